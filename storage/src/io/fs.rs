@@ -1,0 +1,149 @@
+//! The real file system: `pwrite` for writes, a shared read-only memory map for reads.
+
+#![allow(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use memmap2::MmapOptions;
+
+use super::{Io, IoFile, OpenMode};
+
+/// [`Io`] over the operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsIo;
+
+impl Io for FsIo {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file()
+                && let Ok(name) = entry.file_name().into_string()
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn IoFile>> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        match mode {
+            OpenMode::CreateNew => options.create_new(true),
+            OpenMode::CreateTruncate => options.create(true).truncate(true),
+            OpenMode::Existing => &mut options,
+        };
+        let file = options.open(path)?;
+        Ok(Arc::new(FsFile {
+            file,
+            map: RwLock::new(Bytes::new()),
+        }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// A file with a lazily (re)created read-only shared mapping of its whole length.
+///
+/// Reads return `Bytes` that own a reference to the mapping: they stay valid after the file
+/// is unlinked or renamed over (the inode lives on), but not for bytes a later `set_len`
+/// cuts off — callers only shrink files below what they have handed out (`docs/unsafe.md`).
+#[derive(Debug)]
+struct FsFile {
+    file: File,
+    map: RwLock<Bytes>,
+}
+
+impl FsFile {
+    fn remap(&self) -> io::Result<Bytes> {
+        let len = self.file.metadata()?.len();
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::other("file larger than the address space"))?;
+        // SAFETY: the mapping is read-only and shared. Sluice writes these files only through
+        // `write_at` (pwrite), which the kernel keeps coherent with shared mappings, and never
+        // shrinks a file below a range it has handed out, so no access faults past EOF.
+        let mmap = unsafe { MmapOptions::new().len(len).map(&self.file)? };
+        Ok(Bytes::from_owner(mmap))
+    }
+}
+
+fn lock_poisoned() -> io::Error {
+    io::Error::other("memory map lock poisoned")
+}
+
+impl IoFile for FsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        let start = usize::try_from(position).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let end = start.checked_add(len).ok_or(io::ErrorKind::UnexpectedEof)?;
+        {
+            let map = self.map.read().map_err(|_| lock_poisoned())?;
+            if end <= map.len() {
+                return Ok(map.slice(start..end));
+            }
+        }
+        let mut map = self.map.write().map_err(|_| lock_poisoned())?;
+        if end > map.len() {
+            *map = self.remap()?;
+        }
+        if end > map.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(map.slice(start..end))
+    }
+
+    fn write_at(&self, position: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, position)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.len()? >= len {
+            return Ok(());
+        }
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => Ok(()),
+            // File systems without fallocate get a sparse file: no early ENOSPC, still correct.
+            Err(rustix::io::Errno::OPNOTSUPP) => self.file.set_len(len),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut map = self.map.write().map_err(|_| lock_poisoned())?;
+        self.file.set_len(len)?;
+        // Drop our own mapping so later reads map the new length; handed-out slices keep theirs.
+        *map = Bytes::new();
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! The I/O seam: the few file operations the log needs, behind a trait, so tests can swap
+//! the real file system for [`SimIo`], which loses unsynced bytes, tears writes, fails
+//! fsync and runs out of space on command.
+
+use std::fmt::Debug;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+mod fs;
+mod sim;
+
+pub use fs::FsIo;
+pub use sim::{PowerLoss, SimIo};
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file; fail if it exists.
+    CreateNew,
+    /// Create the file, or empty it if it exists.
+    CreateTruncate,
+    /// Open an existing file.
+    Existing,
+}
+
+/// Directory-level operations. Implementations are thread-safe.
+pub trait Io: Send + Sync + Debug {
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the regular files in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn IoFile>>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// One open file. Thread-safe; positions are absolute (no cursor).
+#[allow(clippy::len_without_is_empty)]
+pub trait IoFile: Send + Sync + Debug {
+    /// Current length in bytes (including reserved, zero-filled space).
+    fn len(&self) -> io::Result<u64>;
+    /// `len` bytes at `position`. Real files return a slice of a shared memory map (no copy);
+    /// reading past the end is an `UnexpectedEof` error.
+    fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes>;
+    /// Writes all of `data` at `position`, growing the file if needed. Not durable until
+    /// [`IoFile::sync_data`] returns.
+    fn write_at(&self, position: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every write so far durable (`fdatasync`). An error here means data may be lost.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Reserves disk blocks so the file is at least `len` bytes (`fallocate`); a full disk is
+    /// `StorageFull` here rather than a fault on a mapped page later.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Sets the length, truncating or zero-extending.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}

@@ -1,0 +1,35 @@
+//! Sluice's partition log: CRC-checked record batches in segment files.
+//!
+//! A [`Log`] is one directory of segments named by base offset. Batches are appended with
+//! broker-assigned offsets and Raft positions, made durable by [`Log::sync`], read back as
+//! zero-copy [`bytes::Bytes`] slices of memory-mapped files, and recovered after a crash by a
+//! CRC scan that truncates a torn tail but refuses to truncate data below the recovery
+//! checkpoint. This crate knows nothing of Raft, the network or async runtimes.
+#![deny(clippy::indexing_slicing)]
+
+pub mod batch;
+mod checkpoint;
+pub mod cleaner;
+mod clock;
+mod config;
+mod cursor;
+mod error;
+mod frame;
+pub mod fuzzing;
+pub mod io;
+pub mod limits;
+mod log;
+mod read;
+mod recovery;
+mod retention;
+mod segment;
+mod state_file;
+
+pub use batch::{Batch, BatchBuilder, BatchHeader, Compression, RaftPosition, Record};
+pub use cleaner::CompactionReport;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{CleanupPolicy, LogConfig};
+pub use error::{DecodeError, StorageError};
+pub use log::{AppendInfo, Log, LogEnv};
+pub use recovery::RecoveryReport;
+pub use retention::RetentionReport;

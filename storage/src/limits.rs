@@ -1,0 +1,55 @@
+//! Every hard limit and default of the storage layer, each with the reason it exists.
+
+/// Length of the fixed batch header in bytes (DESIGN §2, `docs/formats/batch.md`).
+pub const BATCH_HEADER_LEN: usize = 85;
+
+/// Largest records section a batch may claim. Checked before any allocation so a hostile
+/// length field cannot make the decoder reserve gigabytes; also keeps a batch well inside one
+/// segment's `u32` positions.
+pub const RECORDS_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Largest records section after decompression. Bounds a compression bomb to this much memory.
+pub const DECOMPRESSED_BYTES_MAX: usize = 128 * 1024 * 1024;
+
+/// Smallest accepted `segment_bytes`: a segment must hold at least a few batch headers.
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+
+/// Largest accepted `segment_bytes`. Index positions are `u32`, and an oversized batch may
+/// share a segment with up to `segment_bytes` of others, so both must fit below `u32::MAX`.
+pub const SEGMENT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Default segment size, as Kafka's `log.segment.bytes`.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// Default maximum segment age before a roll (7 days, as Kafka's `log.roll.ms`).
+pub const SEGMENT_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Default bytes of log between two sparse index entries (Kafka's `index.interval.bytes`).
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+
+/// Default time retention (7 days, as Kafka's `retention.ms`).
+pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Default time a tombstone survives compaction (1 day, Kafka's `delete.retention.ms`).
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
+
+/// Default share of dirty bytes that makes a compacted log worth cleaning.
+pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
+/// Memory the cleaner's key map may use per run; the dirty range shrinks to fit
+/// (Kafka's `log.cleaner.dedupe.buffer.size`).
+pub const CLEANER_KEY_MAP_BYTES_MAX: usize = 128 * 1024 * 1024;
+
+/// Largest state file (checkpoints) read back; they are tens of bytes.
+pub const STATE_FILE_BYTES_MAX: u64 = 4096;
+
+/// Largest index file read back, rejected before reading: one entry per 1 KiB of a 2 GiB
+/// segment is far below this.
+pub const INDEX_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+const _: () = assert!(
+    SEGMENT_BYTES_MAX + RECORDS_BYTES_MAX as u64 + BATCH_HEADER_LEN as u64 <= u32::MAX as u64
+);
+const _: () = assert!(SEGMENT_BYTES_MIN >= 4 * BATCH_HEADER_LEN as u64);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(DECOMPRESSED_BYTES_MAX >= RECORDS_BYTES_MAX as usize);

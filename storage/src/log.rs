@@ -1,0 +1,385 @@
+//! `Log`: one partition's ordered sequence of segments, with a single writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{Batch, BatchHeader, RaftPosition};
+use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint};
+use crate::clock::{Clock, SystemClock};
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::io::{FsIo, Io};
+use crate::recovery::{RecoveryReport, recover};
+use crate::segment::{
+    Segment, SegmentFile, SegmentParams, remove_index_files, segment_file_name, write_index_files,
+};
+
+/// The environment a log runs in: its file system and its clock.
+#[derive(Debug, Clone)]
+pub struct LogEnv {
+    /// File operations (the real file system, or [`crate::io::SimIo`] in tests).
+    pub io: Arc<dyn Io>,
+    /// Wall-clock time for segment age, retention and tombstone expiry.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for LogEnv {
+    fn default() -> Self {
+        Self {
+            io: Arc::new(FsIo),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset assigned to the batch's first record.
+    pub base_offset: u64,
+    /// Offset the next batch will get.
+    pub next_offset: u64,
+}
+
+/// A partition log: segments of CRC-checked batches in one directory.
+///
+/// Single writer (`&mut self`); reads take `&self` and return `Bytes` that stay valid after
+/// later appends, rolls, retention and compaction. Appends are not durable until
+/// [`Log::sync`] returns; after an fsync error the log refuses writes (see
+/// [`StorageError::Failed`]) because the kernel may have dropped the unsynced pages.
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) io: Arc<dyn Io>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    /// Oldest first; never empty; the last one is the active segment.
+    pub(crate) segments: Vec<Segment>,
+    /// The last recovery checkpoint written.
+    pub(crate) checkpoint: RecoveryCheckpoint,
+    pub(crate) cleaner: CleanerCheckpoint,
+    pub(crate) flushed_offset: u64,
+    pub(crate) failed: bool,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir` on the real file system, recovering from any
+    /// crash: see [`RecoveryReport`].
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Self, RecoveryReport)> {
+        Self::open_with(dir, config, LogEnv::default())
+    }
+
+    /// Opens the log with an explicit file system and clock.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        env: LogEnv,
+    ) -> Result<(Self, RecoveryReport)> {
+        recover(dir.as_ref(), config, env)
+    }
+
+    pub(crate) fn params(&self) -> SegmentParams {
+        SegmentParams {
+            index_interval_bytes: self.config.index_interval_bytes,
+            reserve_bytes: self.config.segment_bytes,
+            now_ms: self.clock.now_ms(),
+        }
+    }
+
+    pub(crate) fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First offset still stored.
+    pub fn log_start_offset(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    /// Offset the next appended record will get (the log end offset).
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    /// Every offset below this was made durable by a successful sync.
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
+    }
+
+    /// Raft index of the oldest stored batch.
+    pub fn first_raft_index(&self) -> Option<u64> {
+        self.segments.iter().find_map(|s| s.first_raft_index)
+    }
+
+    /// Raft log id of the newest stored batch.
+    pub fn last_raft_position(&self) -> Option<RaftPosition> {
+        self.segments.iter().rev().find_map(|s| s.last_raft)
+    }
+
+    /// Bytes of batches stored, over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.written).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether an fsync error has made the log refuse writes.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.failed {
+            Err(StorageError::Failed {
+                dir: self.dir.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the log failed if `result` is an error: used around every fsync, because after
+    /// a failed fsync the page cache may have dropped data that was never written.
+    pub(crate) fn fatal_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Appends a verified batch, assigning the next offset and stamping `raft`.
+    ///
+    /// `raft.index` must equal the last batch's index (same entry) or follow it by one.
+    /// Rolls the active segment first when the batch does not fit or the segment is older
+    /// than `segment_ms`. Not durable until [`Log::sync`].
+    pub fn append(&mut self, batch: &Batch, raft: RaftPosition) -> Result<AppendInfo> {
+        self.check_writable()?;
+        if let Some(last) = self.last_raft_position()
+            && raft.index != last.index
+            && raft.index != last.index + 1
+        {
+            return Err(StorageError::RaftIndexNotContiguous {
+                last: last.index,
+                got: raft.index,
+            });
+        }
+        let base_offset = self.next_offset();
+        let header = BatchHeader {
+            base_offset,
+            raft,
+            ..*batch.header()
+        };
+        if self.should_roll(&header) {
+            self.roll()?;
+        }
+        let reserve = self.config.segment_bytes;
+        self.active_mut()
+            .append(batch, base_offset, raft, reserve)?;
+        Ok(AppendInfo {
+            base_offset,
+            next_offset: header.next_offset(),
+        })
+    }
+
+    fn should_roll(&self, header: &BatchHeader) -> bool {
+        let active = self.active();
+        if active.batch_count == 0 {
+            return false;
+        }
+        let full = active.written + header.batch_len() > self.config.segment_bytes;
+        let old = self.clock.now_ms().saturating_sub(active.created_ms) >= self.config.segment_ms;
+        full || old || !active.fits_relative(header)
+    }
+
+    /// Makes every appended batch durable (`fdatasync` of the active segment; sealed
+    /// segments were synced when they were sealed).
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_writable()?;
+        let result = self.active().sync();
+        self.fatal_on_error(result)?;
+        self.flushed_offset = self.next_offset();
+        Ok(())
+    }
+
+    /// Syncs and writes the recovery checkpoint, so the next open scans only what comes
+    /// after this point. Call periodically and on shutdown.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.sync()?;
+        let active = self.active();
+        let checkpoint = RecoveryCheckpoint {
+            segment_base: active.base_offset,
+            position: active.written,
+        };
+        let result = checkpoint.write(self.io.as_ref(), &self.dir);
+        self.fatal_on_error(result)?;
+        self.checkpoint = checkpoint;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the next offset; a no-op while the
+    /// active segment is empty. The new segment is reserved first, so a full disk fails
+    /// with `NoSpace` before anything changes.
+    pub fn roll(&mut self) -> Result<()> {
+        self.check_writable()?;
+        if self.active().batch_count == 0 {
+            return Ok(());
+        }
+        let next = Segment::create(
+            self.io.as_ref(),
+            &self.dir,
+            self.next_offset(),
+            self.params(),
+        )?;
+        let result = self.seal_active();
+        self.fatal_on_error(result)?;
+        let checkpoint = RecoveryCheckpoint {
+            segment_base: next.base_offset,
+            position: 0,
+        };
+        self.segments.push(next);
+        self.flushed_offset = self.next_offset();
+        let result = checkpoint.write(self.io.as_ref(), &self.dir);
+        self.fatal_on_error(result)?;
+        self.checkpoint = checkpoint;
+        Ok(())
+    }
+
+    fn seal_active(&mut self) -> Result<()> {
+        let (io, dir) = (Arc::clone(&self.io), self.dir.clone());
+        let active = self.active_mut();
+        active.seal()?;
+        write_index_files(io.as_ref(), &dir, active)
+    }
+
+    /// Removes every record at or after `from_offset`, durably. Batches are cut whole: the
+    /// batch holding `from_offset` goes too. Truncating below `log_start_offset` is an error.
+    pub fn truncate_suffix(&mut self, from_offset: u64) -> Result<()> {
+        self.check_writable()?;
+        if from_offset >= self.next_offset() {
+            return Ok(());
+        }
+        let start = self.log_start_offset();
+        if from_offset < start {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: from_offset,
+                log_start: start,
+                next: self.next_offset(),
+            });
+        }
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset <= from_offset)
+            .saturating_sub(1);
+        let position = self
+            .segments
+            .get(i)
+            .map(|s| s.position_for_offset(from_offset))
+            .transpose()?
+            .unwrap_or(0);
+        self.truncate_at(i, position)
+    }
+
+    /// Removes every batch whose Raft index is `from_index` or later, durably (Raft's
+    /// "delete conflicting suffix").
+    pub fn truncate_raft_suffix(&mut self, from_index: u64) -> Result<()> {
+        self.check_writable()?;
+        let Some(last) = self.last_raft_position() else {
+            return Ok(());
+        };
+        if from_index > last.index {
+            return Ok(());
+        }
+        let i = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_raft_index.is_some_and(|first| first <= from_index))
+            .unwrap_or(0);
+        let position = self
+            .segments
+            .get(i)
+            .map(|s| s.position_for_raft_index(from_index))
+            .transpose()?
+            .unwrap_or(0);
+        self.truncate_at(i, position)
+    }
+
+    fn truncate_at(&mut self, index: usize, position: u64) -> Result<()> {
+        let Some(segment) = self.segments.get(index) else {
+            return Ok(());
+        };
+        let cut = RecoveryCheckpoint {
+            segment_base: segment.base_offset,
+            position,
+        };
+        if self.checkpoint > cut {
+            // Lower the checkpoint first: recovery must never find data missing below it.
+            let result = cut.write(self.io.as_ref(), &self.dir);
+            self.fatal_on_error(result)?;
+            self.checkpoint = cut;
+        }
+        let params = self.params();
+        let result = self.truncate_segments(index, position, params);
+        self.fatal_on_error(result)?;
+        self.flushed_offset = self.next_offset();
+        self.cleaner.cleaned_up_to = self.cleaner.cleaned_up_to.min(self.next_offset());
+        Ok(())
+    }
+
+    fn truncate_segments(
+        &mut self,
+        index: usize,
+        position: u64,
+        params: SegmentParams,
+    ) -> Result<()> {
+        let (io, dir) = (Arc::clone(&self.io), self.dir.clone());
+        let segment = self
+            .segments
+            .get_mut(index)
+            .expect("index checked by the caller");
+        let was_sealed = segment.sealed;
+        segment.truncate_to(position, params)?;
+        if was_sealed {
+            remove_index_files(io.as_ref(), &dir, segment.base_offset)?;
+        }
+        // Zeroed and synced first, so a crash while removing later segments cannot bring
+        // back the data after the cut.
+        while self.segments.len() > index + 1 {
+            if let Some(later) = self.segments.pop() {
+                remove_segment_files(io.as_ref(), &dir, later.base_offset)?;
+            }
+        }
+        io.sync_dir(&dir)
+            .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
+        let reserve = self.config.segment_bytes;
+        let _ = self.active_mut().reserve(reserve); // a full disk is retried at the next append
+        Ok(())
+    }
+}
+
+/// Removes a segment's log file and index files.
+pub(crate) fn remove_segment_files(io: &dyn Io, dir: &Path, base_offset: u64) -> Result<()> {
+    let path = dir.join(segment_file_name(base_offset, SegmentFile::Log));
+    io.remove_file(&path)
+        .map_err(|e| StorageError::io("remove", &path, e))?;
+    remove_index_files(io, dir, base_offset)
+}

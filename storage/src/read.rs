@@ -1,0 +1,178 @@
+//! Reading a log: by offset (consumers), by Raft index (replication), by timestamp.
+
+use bytes::Bytes;
+
+use crate::batch::{Batch, BatchHeader};
+use crate::error::{Result, StorageError};
+use crate::log::Log;
+use crate::segment::Segment;
+
+impl Log {
+    /// Whole batches starting with the one that holds `from_offset`, up to `max_bytes`
+    /// (at least one batch when any is available, so a large batch never blocks a reader),
+    /// stopping before any batch that reaches `upper_bound` (the high watermark).
+    ///
+    /// Returns slices of the memory-mapped segments: no record bytes are copied.
+    pub fn read(&self, from_offset: u64, max_bytes: usize, upper_bound: u64) -> Result<Vec<Bytes>> {
+        let (start, next) = (self.log_start_offset(), self.next_offset());
+        if from_offset < start || from_offset > next {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: from_offset,
+                log_start: start,
+                next,
+            });
+        }
+        let upper = upper_bound.min(next);
+        let first = self
+            .segments
+            .partition_point(|s| s.base_offset <= from_offset)
+            .saturating_sub(1);
+        let mut reader = BatchCollector::new(max_bytes, false);
+        for (i, segment) in self.segments.iter().enumerate().skip(first) {
+            let position = if i == first {
+                segment.position_for_offset(from_offset)?
+            } else {
+                0
+            };
+            let more = reader.collect(segment, position, |h| {
+                h.next_offset() <= upper && (h.offset_count() > 0 || h.base_offset < upper)
+            })?;
+            if !more {
+                break;
+            }
+        }
+        Ok(reader.batches)
+    }
+
+    /// Whole batches from the first with Raft index `from_index`, up to `max_bytes`, never
+    /// splitting one Raft entry, stopping before index `upper_index` (exclusive).
+    pub fn read_raft(
+        &self,
+        from_index: u64,
+        max_bytes: usize,
+        upper_index: u64,
+    ) -> Result<Vec<Bytes>> {
+        let first_index = self.first_raft_index();
+        let last = self.last_raft_position().map(|r| r.index);
+        if first_index.is_none_or(|first| from_index < first)
+            || last.is_none_or(|last| from_index > last)
+        {
+            let (log_start, next) = (first_index.unwrap_or(0), last.map_or(0, |l| l + 1));
+            if from_index == next {
+                return Ok(Vec::new());
+            }
+            return Err(StorageError::OffsetOutOfRange {
+                requested: from_index,
+                log_start,
+                next,
+            });
+        }
+        let first = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_raft_index.is_some_and(|f| f <= from_index))
+            .unwrap_or(0);
+        let mut reader = BatchCollector::new(max_bytes, true);
+        for (i, segment) in self.segments.iter().enumerate().skip(first) {
+            let position = if i == first {
+                segment.position_for_raft_index(from_index)?
+            } else {
+                0
+            };
+            if !reader.collect(segment, position, |h| h.raft.index < upper_index)? {
+                break;
+            }
+        }
+        Ok(reader.batches)
+    }
+
+    /// The first offset whose record timestamp is at least `timestamp`, as Kafka's
+    /// `ListOffsets` by time; `None` if every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        for segment in &self.segments {
+            if segment.max_timestamp < timestamp {
+                continue;
+            }
+            let relative = segment.time_index.offset_at_or_before(timestamp);
+            let mut position =
+                segment.position_for_offset(segment.base_offset + u64::from(relative))?;
+            while position < segment.written {
+                let header = segment.header_at(position)?;
+                if header.max_timestamp >= timestamp
+                    && header.record_count > 0
+                    && !header.attributes.is_control()
+                    && let Some(offset) =
+                        first_record_at_or_after(segment, position, &header, timestamp)?
+                {
+                    return Ok(Some(offset));
+                }
+                position += header.batch_len();
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn first_record_at_or_after(
+    segment: &Segment,
+    position: u64,
+    header: &BatchHeader,
+    timestamp: i64,
+) -> Result<Option<u64>> {
+    let bytes = segment.read(position, header.batch_len() as usize)?;
+    let corrupt = |e| StorageError::corruption(&segment.path, position, e);
+    let batch = Batch::decode(bytes).map_err(corrupt)?;
+    for record in batch.records().map_err(corrupt)? {
+        let record = record.map_err(corrupt)?;
+        if record.timestamp >= timestamp {
+            return Ok(Some(record.offset));
+        }
+    }
+    Ok(None)
+}
+
+/// Gathers whole batches across segments under a byte budget.
+struct BatchCollector {
+    batches: Vec<Bytes>,
+    bytes: usize,
+    max_bytes: usize,
+    last_raft_index: Option<u64>,
+    /// Raft reads take every batch of an entry or none; consumer reads keep the budget.
+    whole_entries: bool,
+}
+
+impl BatchCollector {
+    fn new(max_bytes: usize, whole_entries: bool) -> Self {
+        Self {
+            batches: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            last_raft_index: None,
+            whole_entries,
+        }
+    }
+
+    /// Adds batches of `segment` from `position` while `admit` accepts them and the budget
+    /// allows; returns whether the next segment should be read too.
+    fn collect(
+        &mut self,
+        segment: &Segment,
+        mut position: u64,
+        admit: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<bool> {
+        while position < segment.written {
+            let header = segment.header_at(position)?;
+            let len = header.batch_len() as usize;
+            let same_entry = self.whole_entries && self.last_raft_index == Some(header.raft.index);
+            let over_budget = !self.batches.is_empty() && self.bytes + len > self.max_bytes;
+            if !admit(&header) || (over_budget && !same_entry) {
+                return Ok(false);
+            }
+            self.batches.push(segment.read(position, len)?);
+            self.bytes += len;
+            self.last_raft_index = Some(header.raft.index);
+            position += len as u64;
+        }
+        Ok(true)
+    }
+}

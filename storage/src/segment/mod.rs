@@ -1,0 +1,368 @@
+//! One segment: a log file of batches starting at `base_offset`, with its sparse indexes
+//! held in memory and written beside it when the segment is sealed.
+
+mod file_name;
+mod index_file;
+mod offset_index;
+mod scan;
+mod time_index;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::batch::{Batch, BatchHeader, RaftPosition, stamp_assigned_fields};
+use crate::error::{Result, StorageError};
+use crate::io::{Io, IoFile, OpenMode};
+use crate::limits::BATCH_HEADER_LEN;
+
+pub(crate) use file_name::{SegmentFile, parse_segment_file_name, segment_file_name};
+pub(crate) use offset_index::{IndexEntry, OffsetIndex};
+pub(crate) use scan::Continuity;
+pub(crate) use time_index::{TimeEntry, TimeIndex};
+
+/// Zero-fill writes go out in chunks of this size.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A segment of a partition log.
+///
+/// `written` bytes are valid batches; beyond them the file is reserved zeros (active
+/// segment) or nothing (sealed). Not durable until [`Segment::sync`]; single writer.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: u64,
+    pub(crate) path: PathBuf,
+    file: Arc<dyn IoFile>,
+    /// Length of the valid batches.
+    pub(crate) written: u64,
+    /// Offset after the last batch (the base offset while empty).
+    pub(crate) next_offset: u64,
+    pub(crate) first_raft_index: Option<u64>,
+    pub(crate) last_raft: Option<RaftPosition>,
+    /// Largest record timestamp in the segment; `i64::MIN` while empty.
+    pub(crate) max_timestamp: i64,
+    pub(crate) batch_count: u64,
+    pub(crate) index: OffsetIndex,
+    pub(crate) time_index: TimeIndex,
+    pub(crate) sealed: bool,
+    /// Wall-clock time this process created or reopened the segment; drives `segment_ms`.
+    pub(crate) created_ms: i64,
+    /// Bytes reserved on disk; appends beyond it reserve more first.
+    reserved: u64,
+}
+
+/// How a new or reopened segment is set up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentParams {
+    pub(crate) index_interval_bytes: u32,
+    pub(crate) reserve_bytes: u64,
+    pub(crate) now_ms: i64,
+}
+
+impl Segment {
+    fn empty(
+        base_offset: u64,
+        path: PathBuf,
+        file: Arc<dyn IoFile>,
+        params: SegmentParams,
+    ) -> Self {
+        Self {
+            base_offset,
+            path,
+            file,
+            written: 0,
+            next_offset: base_offset,
+            first_raft_index: None,
+            last_raft: None,
+            max_timestamp: i64::MIN,
+            batch_count: 0,
+            index: OffsetIndex::new(params.index_interval_bytes),
+            time_index: TimeIndex::default(),
+            sealed: false,
+            created_ms: params.now_ms,
+            reserved: 0,
+        }
+    }
+
+    /// Creates a new empty segment file reserved to `reserve_bytes`, and makes its
+    /// directory entry durable. On a full disk the file is removed and `NoSpace` returned.
+    pub(crate) fn create(
+        io: &dyn Io,
+        dir: &Path,
+        base_offset: u64,
+        params: SegmentParams,
+    ) -> Result<Self> {
+        let path = dir.join(segment_file_name(base_offset, SegmentFile::Log));
+        let file = io
+            .open(&path, OpenMode::CreateNew)
+            .map_err(|e| StorageError::io("create", &path, e))?;
+        if let Err(e) = file.allocate(params.reserve_bytes) {
+            let _ = io.remove_file(&path);
+            return Err(StorageError::io("fallocate", &path, e));
+        }
+        io.sync_dir(dir)
+            .map_err(|e| StorageError::io("fsync dir", dir, e))?;
+        let mut segment = Self::empty(base_offset, path, file, params);
+        segment.reserved = params.reserve_bytes;
+        Ok(segment)
+    }
+
+    /// Opens an existing segment file with nothing known about it yet (recovery fills it).
+    pub(crate) fn open_unscanned(
+        io: &dyn Io,
+        dir: &Path,
+        base_offset: u64,
+        params: SegmentParams,
+    ) -> Result<Self> {
+        let path = dir.join(segment_file_name(base_offset, SegmentFile::Log));
+        let file = io
+            .open(&path, OpenMode::Existing)
+            .map_err(|e| StorageError::io("open", &path, e))?;
+        let mut segment = Self::empty(base_offset, path, file, params);
+        segment.reserved = segment.file_len()?;
+        Ok(segment)
+    }
+
+    /// Length of the file on disk, reserved space included.
+    pub(crate) fn file_len(&self) -> Result<u64> {
+        self.file
+            .len()
+            .map_err(|e| StorageError::io("stat", &self.path, e))
+    }
+
+    /// Whether a batch with this header can go into this segment: its offsets and Raft
+    /// index must stay within the `u32` relative columns of the index.
+    pub(crate) fn fits_relative(&self, header: &BatchHeader) -> bool {
+        let offsets_fit = header.next_offset() - self.base_offset <= u64::from(u32::MAX);
+        let raft_fits = self
+            .first_raft_index
+            .is_none_or(|first| header.raft.index - first <= u64::from(u32::MAX));
+        offsets_fit && raft_fits && self.written + header.batch_len() <= u64::from(u32::MAX)
+    }
+
+    /// Updates the summary and indexes for a verified batch at `position`.
+    pub(crate) fn ingest(&mut self, header: &BatchHeader, position: u64) {
+        assert_eq!(
+            position, self.written,
+            "batches are contiguous in a segment"
+        );
+        assert!(
+            header.base_offset >= self.next_offset,
+            "offsets never go backwards"
+        );
+        let first_raft = *self.first_raft_index.get_or_insert(header.raft.index);
+        let relative_offset = (header.base_offset - self.base_offset) as u32;
+        let entry = IndexEntry {
+            relative_offset,
+            relative_raft_index: (header.raft.index - first_raft) as u32,
+            position: position as u32,
+        };
+        let indexed = self.index.on_append(entry, header.batch_len());
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        if indexed {
+            self.time_index.maybe_add(TimeEntry {
+                max_timestamp: self.max_timestamp,
+                relative_offset,
+            });
+        }
+        self.next_offset = header.next_offset();
+        self.last_raft = Some(header.raft);
+        self.batch_count += 1;
+        self.written = position + header.batch_len();
+    }
+
+    /// Writes `batch` with the assigned offset and Raft position; returns its position.
+    pub(crate) fn append(
+        &mut self,
+        batch: &Batch,
+        base_offset: u64,
+        raft: RaftPosition,
+        reserve_bytes: u64,
+    ) -> Result<u64> {
+        debug_assert!(!self.sealed);
+        let bytes = batch.as_bytes();
+        let mut header_bytes = [0u8; BATCH_HEADER_LEN];
+        header_bytes.copy_from_slice(
+            bytes
+                .get(..BATCH_HEADER_LEN)
+                .unwrap_or(&[0; BATCH_HEADER_LEN]),
+        );
+        stamp_assigned_fields(&mut header_bytes, base_offset, raft);
+        let position = self.written;
+        let end = position + bytes.len() as u64;
+        self.reserve(end.max(reserve_bytes))?;
+        let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
+        self.file
+            .write_at(position, &header_bytes)
+            .map_err(|e| StorageError::io("write", &self.path, e))?;
+        self.file
+            .write_at(position + BATCH_HEADER_LEN as u64, records)
+            .map_err(|e| StorageError::io("write", &self.path, e))?;
+        let header = BatchHeader {
+            base_offset,
+            raft,
+            ..*batch.header()
+        };
+        self.ingest(&header, position);
+        Ok(position)
+    }
+
+    /// Makes sure `len` bytes are reserved (a full disk is `NoSpace`, nothing written).
+    pub(crate) fn reserve(&mut self, len: u64) -> Result<()> {
+        if len > self.reserved {
+            self.file
+                .allocate(len)
+                .map_err(|e| StorageError::io("fallocate", &self.path, e))?;
+            self.reserved = len;
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`s the file.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io("fsync", &self.path, e))
+    }
+
+    /// Cuts the reserved tail, makes the segment durable and read-only.
+    pub(crate) fn seal(&mut self) -> Result<()> {
+        self.file
+            .set_len(self.written)
+            .map_err(|e| StorageError::io("truncate", &self.path, e))?;
+        self.sync()?;
+        self.reserved = self.written;
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Reads and verifies the header of the batch at `position` (below `written`).
+    pub(crate) fn header_at(&self, position: u64) -> Result<BatchHeader> {
+        let bytes = self.read(position, BATCH_HEADER_LEN)?;
+        BatchHeader::decode(&bytes).map_err(|e| StorageError::corruption(&self.path, position, e))
+    }
+
+    /// `len` bytes at `position`: a slice of the mapping on real files.
+    pub(crate) fn read(&self, position: u64, len: usize) -> Result<Bytes> {
+        if position + len as u64 > self.written {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                "batch extends beyond the written end",
+            ));
+        }
+        self.file
+            .read_at(position, len)
+            .map_err(|e| StorageError::io("read", &self.path, e))
+    }
+
+    /// Reads a range of a file that may hold anything (recovery): no bound by `written`.
+    pub(crate) fn read_raw(&self, position: u64, len: usize) -> Result<Bytes> {
+        self.file
+            .read_at(position, len)
+            .map_err(|e| StorageError::io("read", &self.path, e))
+    }
+
+    /// Position of the first batch whose offsets reach past `offset` (or `written`).
+    pub(crate) fn position_for_offset(&self, offset: u64) -> Result<u64> {
+        let relative = u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+        let mut position = u64::from(self.index.position_for_offset(relative));
+        while position < self.written {
+            let header = self.header_at(position)?;
+            if header.next_offset() > offset
+                || (header.offset_count() == 0 && header.base_offset > offset)
+            {
+                break;
+            }
+            position += header.batch_len();
+        }
+        Ok(position)
+    }
+
+    /// Position of the first batch whose Raft index is at least `raft_index` (or `written`).
+    pub(crate) fn position_for_raft_index(&self, raft_index: u64) -> Result<u64> {
+        let first = self.first_raft_index.unwrap_or(raft_index);
+        let relative = u32::try_from(raft_index.saturating_sub(first)).unwrap_or(u32::MAX);
+        let mut position = u64::from(self.index.position_for_raft_index(relative));
+        while position < self.written {
+            let header = self.header_at(position)?;
+            if header.raft.index >= raft_index {
+                break;
+            }
+            position += header.batch_len();
+        }
+        Ok(position)
+    }
+
+    /// Durably cuts the segment at `position` (a batch boundary): zero-fills the cut bytes so
+    /// no stale batch can ever be read back or re-linked by recovery, then re-derives the
+    /// summary from the batches that remain.
+    pub(crate) fn truncate_to(&mut self, position: u64, params: SegmentParams) -> Result<()> {
+        assert!(position <= self.written);
+        self.zero_fill(position, self.written)?;
+        self.sync()?;
+        let old_written = self.written;
+        self.sealed = false;
+        self.rescan_headers(position, params)?;
+        debug_assert!(self.written <= old_written);
+        Ok(())
+    }
+
+    /// Writes zeros over `[from, to)`.
+    pub(crate) fn zero_fill(&self, from: u64, to: u64) -> Result<()> {
+        let zeros = vec![0u8; ZERO_CHUNK.min((to.saturating_sub(from)) as usize)];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZERO_CHUNK as u64) as usize;
+            self.file
+                .write_at(at, zeros.get(..n).unwrap_or_default())
+                .map_err(|e| StorageError::io("write", &self.path, e))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds summary and indexes from the headers of the batches in `[0, end)`.
+    fn rescan_headers(&mut self, end: u64, params: SegmentParams) -> Result<()> {
+        let mut fresh = Self::empty(
+            self.base_offset,
+            self.path.clone(),
+            Arc::clone(&self.file),
+            params,
+        );
+        fresh.reserved = self.reserved;
+        fresh.created_ms = self.created_ms;
+        let mut position = 0;
+        while position < end {
+            let header = self.header_at(position)?;
+            fresh.ingest(&header, position);
+            position += header.batch_len();
+        }
+        *self = fresh;
+        Ok(())
+    }
+}
+
+impl Segment {
+    /// The index interval this segment was opened with.
+    pub(crate) fn index_interval(&self) -> u32 {
+        self.index.interval_bytes()
+    }
+
+    /// Takes the summary of a sealed segment from its index files.
+    pub(crate) fn apply_loaded(&mut self, loaded: index_file::LoadedIndex) {
+        self.written = loaded.written;
+        self.next_offset = loaded.next_offset;
+        self.first_raft_index = loaded.first_raft_index;
+        self.last_raft = loaded.last_raft;
+        self.max_timestamp = loaded.max_timestamp;
+        self.batch_count = loaded.batch_count;
+        self.index = loaded.index;
+        self.time_index = loaded.time_index;
+        self.sealed = true;
+        self.reserved = loaded.written;
+    }
+}
+
+pub(crate) use index_file::{load_index_files, remove_index_files, write_index_files};
