@@ -309,11 +309,7 @@ impl Log {
         if from_index > last.index {
             return Ok(());
         }
-        let i = self
-            .segments
-            .iter()
-            .rposition(|s| s.first_raft_index.is_some_and(|first| first <= from_index))
-            .unwrap_or(0);
+        let i = self.segment_for_raft_index(from_index);
         let position = self
             .segments
             .get(i)
@@ -321,6 +317,15 @@ impl Log {
             .transpose()?
             .unwrap_or(0);
         self.truncate_at(i, position)
+    }
+
+    /// The first segment holding a batch with Raft index `index` or later. One entry's
+    /// batches may straddle a roll, so the segment whose *first* index matches can be late.
+    pub(crate) fn segment_for_raft_index(&self, index: u64) -> usize {
+        self.segments
+            .iter()
+            .position(|s| s.last_raft.is_some_and(|last| last.index >= index))
+            .unwrap_or(self.segments.len().saturating_sub(1))
     }
 
     fn truncate_at(&mut self, index: usize, position: u64) -> Result<()> {

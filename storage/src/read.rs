@@ -23,11 +23,15 @@ impl Log {
             });
         }
         let upper = upper_bound.min(next);
+        if from_offset >= upper {
+            return Ok(Vec::new());
+        }
         let first = self
             .segments
             .partition_point(|s| s.base_offset <= from_offset)
             .saturating_sub(1);
         let mut reader = BatchCollector::new(max_bytes, false);
+        reader.stop_offset = Some(upper);
         for (i, segment) in self.segments.iter().enumerate().skip(first) {
             let position = if i == first {
                 segment.position_for_offset(from_offset)?
@@ -67,11 +71,7 @@ impl Log {
                 next,
             });
         }
-        let first = self
-            .segments
-            .iter()
-            .rposition(|s| s.first_raft_index.is_some_and(|f| f <= from_index))
-            .unwrap_or(0);
+        let first = self.segment_for_raft_index(from_index);
         let mut reader = BatchCollector::new(max_bytes, true);
         for (i, segment) in self.segments.iter().enumerate().skip(first) {
             let position = if i == first {
@@ -139,6 +139,10 @@ struct BatchCollector {
     last_raft_index: Option<u64>,
     /// Raft reads take every batch of an entry or none; consumer reads keep the budget.
     whole_entries: bool,
+    /// Offset reads end once a collected batch reaches this, without reading the next
+    /// header: bytes at and above the bound may be unsynced or gone after an fsync error.
+    stop_offset: Option<u64>,
+    next_offset: Option<u64>,
 }
 
 impl BatchCollector {
@@ -149,6 +153,8 @@ impl BatchCollector {
             max_bytes,
             last_raft_index: None,
             whole_entries,
+            stop_offset: None,
+            next_offset: None,
         }
     }
 
@@ -161,6 +167,11 @@ impl BatchCollector {
         admit: impl Fn(&BatchHeader) -> bool,
     ) -> Result<bool> {
         while position < segment.written {
+            if let (Some(stop), Some(next)) = (self.stop_offset, self.next_offset)
+                && next >= stop
+            {
+                return Ok(false);
+            }
             let header = segment.header_at(position)?;
             let len = header.batch_len() as usize;
             let same_entry = self.whole_entries && self.last_raft_index == Some(header.raft.index);
@@ -171,6 +182,7 @@ impl BatchCollector {
             self.batches.push(segment.read(position, len)?);
             self.bytes += len;
             self.last_raft_index = Some(header.raft.index);
+            self.next_offset = Some(header.next_offset());
             position += len as u64;
         }
         Ok(true)

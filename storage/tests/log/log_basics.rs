@@ -1,0 +1,242 @@
+//! The log's everyday contract: append, read, roll, index lookups, truncation, retention,
+//! a full disk and a failed fsync.
+
+use std::path::Path;
+
+use sluice_storage::io::PowerLoss;
+use sluice_storage::{Batch, Compression, Log, LogConfig, RaftPosition, StorageError};
+
+use crate::support::{all_batches, all_records, batch, next_raft, open, sim_env, small_config, value_batch};
+
+fn append_n(log: &mut Log, n: u64, seed: u64) {
+    for i in 0..n {
+        let raft = next_raft(log);
+        log.append(&value_batch(seed + i, 100), raft).expect("append");
+    }
+}
+
+#[test]
+fn appends_get_contiguous_offsets_and_read_back_zero_copy_on_real_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, report) = Log::open(dir.path(), small_config()).expect("open");
+    assert_eq!(report.segments, 1);
+    let three = batch(&[(Some(b"a"), Some(b"1")), (Some(b"b"), Some(b"2")), (None, Some(b"3"))], 5, Compression::None);
+    for i in 0..100u64 {
+        let info = log.append(&three, next_raft(&log)).expect("append");
+        assert_eq!((info.base_offset, info.next_offset), (i * 3, i * 3 + 3));
+    }
+    assert!(log.segment_count() > 1, "small segments roll: {}", log.segment_count());
+    let records = all_records(&log);
+    assert_eq!(records.len(), 300);
+    assert!(records.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+    // From the middle of a batch: the whole batch holding the offset comes first.
+    let from_mid = log.read(151, usize::MAX, u64::MAX).expect("read");
+    assert_eq!(Batch::decode(from_mid[0].clone()).expect("batch").header().base_offset, 150);
+    // A tiny budget still returns one batch; the upper bound (high watermark) stops reads.
+    assert_eq!(log.read(0, 1, u64::MAX).expect("read").len(), 1);
+    assert_eq!(log.read(0, usize::MAX, 30).expect("read").len(), 10);
+    assert!(log.read(300, usize::MAX, u64::MAX).expect("read at end").is_empty());
+    assert!(matches!(log.read(301, 10, u64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn handed_out_reads_stay_valid_after_roll_retention_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { retention_bytes: Some(1), ..small_config() };
+    let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
+    append_n(&mut log, 40, 0);
+    let held = log.read(0, usize::MAX, u64::MAX).expect("read");
+    let copies: Vec<Vec<u8>> = held.iter().map(|b| b.to_vec()).collect();
+    let report = log.apply_retention().expect("retention");
+    assert!(report.segments_deleted > 0);
+    assert_eq!(log.log_start_offset(), report.log_start_offset);
+    drop(log);
+    // The segment files are unlinked and the log closed; the mapped bytes are still ours.
+    assert!(held.iter().zip(&copies).all(|(b, c)| b[..] == c[..]));
+    let (log, _) = Log::open(dir.path(), config).expect("reopen");
+    assert_eq!(log.log_start_offset(), report.log_start_offset);
+    assert_eq!(log.next_offset(), 40);
+}
+
+#[test]
+fn active_segment_is_reserved_with_fallocate_and_sealed_segments_are_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = Log::open(dir.path(), small_config()).expect("open");
+    append_n(&mut log, 60, 0);
+    let mut lens: Vec<(String, u64)> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    lens.sort();
+    let (active, sealed) = lens.split_last().expect("segments");
+    assert_eq!(active.1, 4096, "active segment reserved to segment_bytes");
+    assert!(sealed.iter().all(|(_, len)| *len < 4096 && *len > 0), "{sealed:?}");
+    assert!(Path::new(&dir.path().join(format!("{}.index", &sealed[0].0[..20]))).exists());
+}
+
+#[test]
+fn raft_lookups_find_the_first_batch_of_an_entry_and_never_split_it() {
+    let (_io, _clock, env) = sim_env();
+    let mut log = open(Path::new("/raft"), &small_config(), &env);
+    // Entries 1..=30, each of three batches (the leader's group commit).
+    for index in 1..=30u64 {
+        for j in 0..3 {
+            log.append(&value_batch(index * 3 + j, 60), RaftPosition { term: 2, leader: 1, index }).expect("append");
+        }
+    }
+    let from_17 = log.read_raft(17, 1, u64::MAX).expect("read");
+    let headers: Vec<_> = from_17.iter().map(|b| *Batch::decode(b.clone()).expect("batch").header()).collect();
+    assert_eq!(headers.len(), 3, "one whole entry even with a 1-byte budget");
+    assert!(headers.iter().all(|h| h.raft.index == 17));
+    assert_eq!(headers[0].base_offset, 16 * 3);
+    let upto_20 = log.read_raft(17, usize::MAX, 20).expect("read");
+    assert_eq!(upto_20.len(), 9);
+    assert!(log.read_raft(31, 10, u64::MAX).expect("end").is_empty());
+    let gap = log.append(&value_batch(0, 10), RaftPosition { term: 2, leader: 1, index: 32 });
+    assert!(matches!(gap, Err(StorageError::RaftIndexNotContiguous { last: 30, got: 32 })));
+    log.truncate_raft_suffix(25).expect("truncate");
+    assert_eq!(log.last_raft_position().map(|r| r.index), Some(24));
+    assert_eq!(log.next_offset(), 24 * 3);
+}
+
+#[test]
+fn control_batches_take_no_offsets() {
+    let (_io, _clock, env) = sim_env();
+    let mut log = open(Path::new("/ctl"), &small_config(), &env);
+    let control = Batch::decode(sluice_storage::BatchBuilder::new(Compression::None).control().build().expect("control")).expect("decode");
+    log.append(&control, next_raft(&log)).expect("append");
+    log.append(&value_batch(1, 10), next_raft(&log)).expect("append");
+    log.append(&control, next_raft(&log)).expect("append");
+    log.append(&value_batch(2, 10), next_raft(&log)).expect("append");
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(all_records(&log).iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(log.read(1, usize::MAX, 1).expect("read below hw").len(), 0);
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let (_io, _clock, env) = sim_env();
+    let mut log = open(Path::new("/ts"), &small_config(), &env);
+    for i in 0..200i64 {
+        let b = batch(&[(None, Some(b"v")), (None, Some(b"w"))], 1_000 + i * 10, Compression::None);
+        log.append(&b, next_raft(&log)).expect("append");
+    }
+    assert_eq!(log.offset_for_timestamp(0).expect("ts"), Some(0));
+    assert_eq!(log.offset_for_timestamp(1_000 + 57 * 10).expect("ts"), Some(114));
+    assert_eq!(log.offset_for_timestamp(1_000 + 57 * 10 - 3).expect("ts"), Some(114));
+    assert_eq!(log.offset_for_timestamp(1_000_000).expect("ts"), None);
+}
+
+#[test]
+fn truncate_suffix_is_durable_and_offsets_are_reused() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/trunc");
+    let mut log = open(dir, &small_config(), &env);
+    append_n(&mut log, 50, 0);
+    log.checkpoint().expect("checkpoint");
+    log.truncate_suffix(20).expect("truncate");
+    assert_eq!(log.next_offset(), 20);
+    drop(log);
+    io.power_loss(PowerLoss::DropUnsynced);
+    let mut log = open(dir, &small_config(), &env);
+    assert_eq!(log.next_offset(), 20, "truncated batches must not come back");
+    append_n(&mut log, 5, 1000);
+    log.sync().expect("sync");
+    drop(log);
+    io.power_loss(PowerLoss::DropUnsynced);
+    let log = open(dir, &small_config(), &env);
+    let records = all_records(&log);
+    assert_eq!(records.len(), 25);
+    assert_eq!(records[20].key.as_deref(), Some(&1000u64.to_le_bytes()[..]));
+    assert!(matches!(open(dir, &small_config(), &env).truncate_suffix(0), Ok(())));
+}
+
+#[test]
+fn segments_roll_by_age() {
+    let (_io, clock, env) = sim_env();
+    let config = LogConfig { segment_ms: 1_000, ..small_config() };
+    let mut log = open(Path::new("/age"), &config, &env);
+    append_n(&mut log, 2, 0);
+    assert_eq!(log.segment_count(), 1);
+    clock.advance(1_000);
+    append_n(&mut log, 1, 5);
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[test]
+fn retention_by_time_deletes_only_expired_sealed_segments() {
+    let (_io, clock, env) = sim_env();
+    let config = LogConfig { retention_ms: Some(10_000), ..small_config() };
+    let mut log = open(Path::new("/ret"), &config, &env);
+    for i in 0..60i64 {
+        let b = batch(&[(None, Some(&[7u8; 100]))], 1_000_000 + i * 1_000, Compression::None);
+        log.append(&b, next_raft(&log)).expect("append");
+    }
+    let segments = log.segment_count();
+    clock.set(1_000_000 + 45_000);
+    let report = log.apply_retention().expect("retention");
+    assert!(report.segments_deleted > 0 && report.segments_deleted < segments);
+    let first = all_records(&log)[0].timestamp;
+    assert!(first <= 1_000_000 + 35_000, "kept a segment with unexpired records: {first}");
+    clock.set(10_000_000);
+    log.apply_retention().expect("retention");
+    assert_eq!(log.segment_count(), 1, "the active segment is never deleted");
+}
+
+#[test]
+fn full_disk_is_a_clean_error_and_appends_resume_once_space_is_freed() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/full");
+    let config = LogConfig { retention_bytes: Some(1), ..small_config() };
+    let mut log = open(dir, &config, &env);
+    append_n(&mut log, 30, 0);
+    log.sync().expect("sync");
+    io.set_space_limit(Some(io.used_bytes() + 1_000));
+    let mut saw_no_space = false;
+    for i in 0..100 {
+        match log.append(&value_batch(100 + i, 100), next_raft(&log)) {
+            Ok(_) => {}
+            Err(StorageError::NoSpace { .. }) => {
+                saw_no_space = true;
+                break;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(saw_no_space);
+    let before = all_records(&log).len();
+    assert!(before >= 30, "stored data stays readable");
+    // Opening on a full disk works too.
+    drop(log);
+    let mut log = open(dir, &config, &env);
+    assert_eq!(all_records(&log).len(), before);
+    // Retention frees space; appends resume.
+    log.apply_retention().expect("retention");
+    append_n(&mut log, 20, 500);
+    log.sync().expect("sync");
+}
+
+#[test]
+fn failed_fsync_fails_the_log_and_never_acknowledges_lost_data() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/eio");
+    let mut log = open(dir, &small_config(), &env);
+    append_n(&mut log, 5, 0);
+    log.sync().expect("sync");
+    append_n(&mut log, 3, 10);
+    io.set_fail_sync(true);
+    assert!(log.sync().is_err());
+    assert!(log.is_failed());
+    assert_eq!(log.flushed_offset(), 5);
+    io.set_fail_sync(false);
+    // No retry-then-succeed: the pages the kernel dropped are gone.
+    assert!(matches!(log.sync(), Err(StorageError::Failed { .. })));
+    assert!(matches!(log.append(&value_batch(1, 1), next_raft(&log)), Err(StorageError::Failed { .. })));
+    assert_eq!(log.read(0, usize::MAX, 5).expect("reads still work").len(), 5);
+    drop(log);
+    io.power_loss(PowerLoss::DropUnsynced);
+    let log = open(dir, &small_config(), &env);
+    assert!(all_batches(&log).len() >= 5);
+}

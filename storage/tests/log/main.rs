@@ -1,0 +1,9 @@
+//! Component tests of the storage engine: one test binary (linking is slow on 2 cores).
+
+mod codec;
+mod compaction;
+mod corpus;
+mod log_basics;
+mod model;
+mod recovery;
+mod support;
