@@ -1,1 +1,7 @@
-//! tmp
+//! Shared pieces of Sluice's benchmarks: workloads, same-run baselines, and the report that
+//! states every figure as a ratio to its baseline (these machines are shared and noisy, so
+//! only ratios measured in one run are comparable).
+
+pub mod raw_file;
+pub mod report;
+pub mod workload;

@@ -22,18 +22,36 @@ fn rec() -> impl Strategy<Value = Rec> {
         any::<i64>(),
         proptest::collection::vec((bytes.clone(), proptest::option::of(bytes)), 0..3),
     )
-        .prop_map(|(key, value, timestamp, headers)| Rec { key, value, timestamp, headers })
+        .prop_map(|(key, value, timestamp, headers)| Rec {
+            key,
+            value,
+            timestamp,
+            headers,
+        })
 }
 
 fn codec() -> impl Strategy<Value = Compression> {
-    prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)]
+    prop_oneof![
+        Just(Compression::None),
+        Just(Compression::Lz4),
+        Just(Compression::Zstd)
+    ]
 }
 
 fn build(records: &[Rec], compression: Compression) -> Bytes {
     let mut builder = BatchBuilder::new(compression).producer(7, 3, 11);
     for r in records {
-        let headers: Vec<(&[u8], Option<&[u8]>)> = r.headers.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
-        builder.push(NewRecord { key: r.key.as_deref(), value: r.value.as_deref(), timestamp: r.timestamp, headers: &headers });
+        let headers: Vec<(&[u8], Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        builder.push(NewRecord {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            timestamp: r.timestamp,
+            headers: &headers,
+        });
     }
     builder.build().expect("valid batch")
 }
@@ -85,26 +103,51 @@ proptest! {
 
 #[test]
 fn hostile_lengths_are_refused_before_allocation() {
-    let bytes = build(&[Rec { key: None, value: Some(vec![1; 10]), timestamp: 0, headers: vec![] }], Compression::None);
+    let bytes = build(
+        &[Rec {
+            key: None,
+            value: Some(vec![1; 10]),
+            timestamp: 0,
+            headers: vec![],
+        }],
+        Compression::None,
+    );
     let mut header = sluice_storage::BatchHeader::decode(&bytes).expect("header");
     header.records_len = u32::MAX;
     let encoded = header.encode();
-    assert!(matches!(sluice_storage::BatchHeader::decode(&encoded), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        sluice_storage::BatchHeader::decode(&encoded),
+        Err(DecodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
 fn truncated_batch_is_a_typed_error() {
-    let bytes = build(&[Rec { key: None, value: Some(vec![1; 100]), timestamp: 0, headers: vec![] }], Compression::None);
+    let bytes = build(
+        &[Rec {
+            key: None,
+            value: Some(vec![1; 100]),
+            timestamp: 0,
+            headers: vec![],
+        }],
+        Compression::None,
+    );
     for cut in [0, 10, BATCH_HEADER_LEN, bytes.len() - 1] {
         let err = Batch::decode(bytes.slice(..cut)).expect_err("truncated");
-        assert!(matches!(err, DecodeError::Truncated { .. }), "cut {cut}: {err:?}");
+        assert!(
+            matches!(err, DecodeError::Truncated { .. }),
+            "cut {cut}: {err:?}"
+        );
     }
 }
 
 #[test]
 fn empty_data_batch_is_refused_but_control_batch_is_not() {
     assert!(BatchBuilder::new(Compression::None).build().is_err());
-    let control = BatchBuilder::new(Compression::None).control().build().expect("control");
+    let control = BatchBuilder::new(Compression::None)
+        .control()
+        .build()
+        .expect("control");
     let batch = Batch::decode(control).expect("decodes");
     assert!(batch.header().attributes.is_control());
     assert_eq!(batch.header().offset_count(), 0);
@@ -112,11 +155,29 @@ fn empty_data_batch_is_refused_but_control_batch_is_not() {
 
 #[test]
 fn compression_shrinks_repetitive_records() {
-    let records: Vec<Rec> = (0..500).map(|i| Rec { key: Some(format!("key-{}", i % 10).into_bytes()), value: Some(vec![b'x'; 100]), timestamp: i, headers: vec![] }).collect();
+    let records: Vec<Rec> = (0..500)
+        .map(|i| Rec {
+            key: Some(format!("key-{}", i % 10).into_bytes()),
+            value: Some(vec![b'x'; 100]),
+            timestamp: i,
+            headers: vec![],
+        })
+        .collect();
     let plain = build(&records, Compression::None).len();
     for codec in [Compression::Lz4, Compression::Zstd] {
         let packed = build(&records, codec);
-        assert!(packed.len() * 4 < plain, "{codec:?}: {} vs {plain}", packed.len());
-        assert_eq!(Batch::decode(packed).expect("decodes").records_vec().expect("records").len(), 500);
+        assert!(
+            packed.len() * 4 < plain,
+            "{codec:?}: {} vs {plain}",
+            packed.len()
+        );
+        assert_eq!(
+            Batch::decode(packed)
+                .expect("decodes")
+                .records_vec()
+                .expect("records")
+                .len(),
+            500
+        );
     }
 }

@@ -10,17 +10,32 @@ use sluice_storage::{Batch, CleanupPolicy, Compression, Log, LogConfig, Record};
 
 use crate::support::{Rng, all_records, batch, next_raft, open, sim_env, small_config};
 
+/// A record as appended: (offset, key, value).
+type Appended = (u64, Vec<u8>, Option<Vec<u8>>);
+
 fn compact_config() -> LogConfig {
-    LogConfig { cleanup_policy: CleanupPolicy::Compact, min_cleanable_dirty_ratio: 0.0, ..small_config() }
+    LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        min_cleanable_dirty_ratio: 0.0,
+        ..small_config()
+    }
 }
 
 /// Appends `n` single-record batches with keys `k{i % keys}`; a value `None` every
 /// `tombstone_every` records. Returns every record as appended.
-fn fill(log: &mut Log, n: u64, keys: u64, tombstone_every: u64, timestamp: i64, compression: Compression) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
+fn fill(
+    log: &mut Log,
+    n: u64,
+    keys: u64,
+    tombstone_every: u64,
+    timestamp: i64,
+    compression: Compression,
+) -> Vec<Appended> {
     let mut appended = Vec::new();
     for i in 0..n {
         let key = format!("k{}", i % keys).into_bytes();
-        let value = (tombstone_every == 0 || i % tombstone_every != tombstone_every - 1).then(|| format!("v{i}-{}", "x".repeat(40)).into_bytes());
+        let value = (tombstone_every == 0 || i % tombstone_every != tombstone_every - 1)
+            .then(|| format!("v{i}-{}", "x".repeat(40)).into_bytes());
         let b = batch(&[(Some(&key), value.as_deref())], timestamp, compression);
         let info = log.append(&b, next_raft(log)).expect("append");
         appended.push((info.base_offset, key, value));
@@ -28,7 +43,7 @@ fn fill(log: &mut Log, n: u64, keys: u64, tombstone_every: u64, timestamp: i64, 
     appended
 }
 
-fn newest_per_key(records: &[(u64, Vec<u8>, Option<Vec<u8>>)]) -> HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> {
+fn newest_per_key(records: &[Appended]) -> HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> {
     let mut newest = HashMap::new();
     for (offset, key, value) in records {
         newest.insert(key.clone(), (*offset, value.clone()));
@@ -36,20 +51,35 @@ fn newest_per_key(records: &[(u64, Vec<u8>, Option<Vec<u8>>)]) -> HashMap<Vec<u8
     newest
 }
 
-fn assert_compacted(survivors: &[Record], appended: &[(u64, Vec<u8>, Option<Vec<u8>>)], tombstones_kept: bool) {
-    let by_offset: HashMap<u64, &(u64, Vec<u8>, Option<Vec<u8>>)> = appended.iter().map(|r| (r.0, r)).collect();
+fn assert_compacted(survivors: &[Record], appended: &[Appended], tombstones_kept: bool) {
+    let by_offset: HashMap<u64, &Appended> = appended.iter().map(|r| (r.0, r)).collect();
     let mut last = None;
     for r in survivors {
-        let original = by_offset.get(&r.offset).expect("survivor was appended at this offset");
-        assert_eq!(r.key.as_deref(), Some(&original.1[..]), "offset {} kept its key", r.offset);
-        assert_eq!(r.value.as_deref(), original.2.as_deref(), "offset {} kept its value", r.offset);
+        let original = by_offset
+            .get(&r.offset)
+            .expect("survivor was appended at this offset");
+        assert_eq!(
+            r.key.as_deref(),
+            Some(&original.1[..]),
+            "offset {} kept its key",
+            r.offset
+        );
+        assert_eq!(
+            r.value.as_deref(),
+            original.2.as_deref(),
+            "offset {} kept its value",
+            r.offset
+        );
         assert!(last.is_none_or(|l| l < r.offset), "order preserved");
         last = Some(r.offset);
     }
     let present: HashMap<u64, ()> = survivors.iter().map(|r| (r.offset, ())).collect();
     for (key, (offset, value)) in newest_per_key(appended) {
         if value.is_some() || tombstones_kept {
-            assert!(present.contains_key(&offset), "newest record of {key:?} at {offset} survives");
+            assert!(
+                present.contains_key(&offset),
+                "newest record of {key:?} at {offset} survives"
+            );
         }
     }
 }
@@ -62,13 +92,19 @@ fn compaction_keeps_the_newest_record_per_key_at_its_offset() {
         let appended = fill(&mut log, 300, 7, 0, 1_000_000, compression);
         let before = log.size_bytes();
         let report = log.compact().expect("compact");
-        assert!(report.ran && report.segments_rewritten > 0 && report.records_removed > 200, "{report:?}");
+        assert!(
+            report.ran && report.segments_rewritten > 0 && report.records_removed > 200,
+            "{report:?}"
+        );
         assert!(log.size_bytes() < before);
         let survivors = all_records(&log);
         assert_compacted(&survivors, &appended, true);
         // Every batch keeps its Raft index: the Raft view of the log has no holes.
         let entries = log.read_raft(1, usize::MAX, u64::MAX).expect("raft read");
-        let indexes: Vec<u64> = entries.iter().map(|b| Batch::decode(b.clone()).expect("batch").header().raft.index).collect();
+        let indexes: Vec<u64> = entries
+            .iter()
+            .map(|b| Batch::decode(b.clone()).expect("batch").header().raft.index)
+            .collect();
         assert_eq!(indexes, (1..=300).collect::<Vec<_>>());
         assert_eq!(log.next_offset(), 300);
     }
@@ -77,18 +113,27 @@ fn compaction_keeps_the_newest_record_per_key_at_its_offset() {
 #[test]
 fn tombstones_survive_delete_retention_then_go() {
     let (_io, clock, env) = sim_env();
-    let config = LogConfig { delete_retention_ms: 60_000, ..compact_config() };
+    let config = LogConfig {
+        delete_retention_ms: 60_000,
+        ..compact_config()
+    };
     let mut log = open(Path::new("/t"), &config, &env);
     let appended = fill(&mut log, 200, 5, 4, 1_000_000, Compression::None);
     log.compact().expect("compact");
     assert_compacted(&all_records(&log), &appended, true);
-    assert!(all_records(&log).iter().any(|r| r.value.is_none()), "young tombstones kept");
+    assert!(
+        all_records(&log).iter().any(|r| r.value.is_none()),
+        "young tombstones kept"
+    );
     clock.advance(120_000);
     fill(&mut log, 50, 1000, 0, 1_120_000, Compression::None);
     log.roll().expect("roll");
     let report = log.compact().expect("compact");
     assert!(report.tombstones_removed > 0, "{report:?}");
-    let sealed_tombstones = all_records(&log).iter().filter(|r| r.value.is_none() && r.timestamp < 1_060_000).count();
+    let sealed_tombstones = all_records(&log)
+        .iter()
+        .filter(|r| r.value.is_none() && r.timestamp < 1_060_000)
+        .count();
     assert_eq!(sealed_tombstones, 0);
 }
 

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use sluice_storage::{BatchBuilder, Compression, batch::NewRecord};
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
 }
 
 fn inputs(target: &str) -> Vec<Vec<u8>> {
@@ -17,16 +19,28 @@ fn inputs(target: &str) -> Vec<Vec<u8>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
-    files.iter().map(|p| fs::read(p).expect("corpus file")).collect()
+    files
+        .iter()
+        .map(|p| fs::read(p).expect("corpus file"))
+        .collect()
 }
 
 /// Seed inputs: valid batches with each codec, a tail-torn log, and junk.
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for (name, codec) in [("none", Compression::None), ("lz4", Compression::Lz4), ("zstd", Compression::Zstd)] {
+    for (name, codec) in [
+        ("none", Compression::None),
+        ("lz4", Compression::Lz4),
+        ("zstd", Compression::Zstd),
+    ] {
         let mut b = BatchBuilder::new(codec);
         for i in 0..20u8 {
-            b.push(NewRecord { key: Some(&[i % 3]), value: (i % 5 != 0).then_some(&[i; 30][..]), timestamp: i64::from(i), headers: &[(b"h", Some(b"v"))] });
+            b.push(NewRecord {
+                key: Some(&[i % 3]),
+                value: (i % 5 != 0).then_some(&[i; 30][..]),
+                timestamp: i64::from(i),
+                headers: &[(b"h", Some(b"v"))],
+            });
         }
         out.push((format!("batch-{name}"), b.build().expect("batch").to_vec()));
     }
@@ -51,7 +65,14 @@ fn fuzz_corpus_replays_without_panics() {
     }
     let decode = inputs("decode_batch");
     let recover = inputs("recover_segment");
-    assert!(decode.len() >= 6 && recover.len() >= 6, "corpus is checked in");
-    decode.iter().for_each(|input| sluice_storage::fuzzing::decode_batch(input));
-    recover.iter().for_each(|input| sluice_storage::fuzzing::recover_segment(input));
+    assert!(
+        decode.len() >= 6 && recover.len() >= 6,
+        "corpus is checked in"
+    );
+    decode
+        .iter()
+        .for_each(|input| sluice_storage::fuzzing::decode_batch(input));
+    recover
+        .iter()
+        .for_each(|input| sluice_storage::fuzzing::recover_segment(input));
 }

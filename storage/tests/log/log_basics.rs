@@ -6,12 +6,15 @@ use std::path::Path;
 use sluice_storage::io::PowerLoss;
 use sluice_storage::{Batch, Compression, Log, LogConfig, RaftPosition, StorageError};
 
-use crate::support::{all_batches, all_records, batch, next_raft, open, sim_env, small_config, value_batch};
+use crate::support::{
+    all_batches, all_records, batch, next_raft, open, sim_env, small_config, value_batch,
+};
 
 fn append_n(log: &mut Log, n: u64, seed: u64) {
     for i in 0..n {
         let raft = next_raft(log);
-        log.append(&value_batch(seed + i, 100), raft).expect("append");
+        log.append(&value_batch(seed + i, 100), raft)
+            .expect("append");
     }
 }
 
@@ -20,29 +23,62 @@ fn appends_get_contiguous_offsets_and_read_back_zero_copy_on_real_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, report) = Log::open(dir.path(), small_config()).expect("open");
     assert_eq!(report.segments, 1);
-    let three = batch(&[(Some(b"a"), Some(b"1")), (Some(b"b"), Some(b"2")), (None, Some(b"3"))], 5, Compression::None);
+    let three = batch(
+        &[
+            (Some(b"a"), Some(b"1")),
+            (Some(b"b"), Some(b"2")),
+            (None, Some(b"3")),
+        ],
+        5,
+        Compression::None,
+    );
     for i in 0..100u64 {
         let info = log.append(&three, next_raft(&log)).expect("append");
         assert_eq!((info.base_offset, info.next_offset), (i * 3, i * 3 + 3));
     }
-    assert!(log.segment_count() > 1, "small segments roll: {}", log.segment_count());
+    assert!(
+        log.segment_count() > 1,
+        "small segments roll: {}",
+        log.segment_count()
+    );
     let records = all_records(&log);
     assert_eq!(records.len(), 300);
-    assert!(records.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.offset == i as u64)
+    );
     // From the middle of a batch: the whole batch holding the offset comes first.
     let from_mid = log.read(151, usize::MAX, u64::MAX).expect("read");
-    assert_eq!(Batch::decode(from_mid[0].clone()).expect("batch").header().base_offset, 150);
+    assert_eq!(
+        Batch::decode(from_mid[0].clone())
+            .expect("batch")
+            .header()
+            .base_offset,
+        150
+    );
     // A tiny budget still returns one batch; the upper bound (high watermark) stops reads.
     assert_eq!(log.read(0, 1, u64::MAX).expect("read").len(), 1);
     assert_eq!(log.read(0, usize::MAX, 30).expect("read").len(), 10);
-    assert!(log.read(300, usize::MAX, u64::MAX).expect("read at end").is_empty());
-    assert!(matches!(log.read(301, 10, u64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(
+        log.read(300, usize::MAX, u64::MAX)
+            .expect("read at end")
+            .is_empty()
+    );
+    assert!(matches!(
+        log.read(301, 10, u64::MAX),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
 }
 
 #[test]
 fn handed_out_reads_stay_valid_after_roll_retention_and_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig { retention_bytes: Some(1), ..small_config() };
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    };
     let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
     append_n(&mut log, 40, 0);
     let held = log.read(0, usize::MAX, u64::MAX).expect("read");
@@ -67,12 +103,20 @@ fn active_segment_is_reserved_with_fallocate_and_sealed_segments_are_trimmed() {
         .expect("ls")
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .collect();
     lens.sort();
     let (active, sealed) = lens.split_last().expect("segments");
     assert_eq!(active.1, 4096, "active segment reserved to segment_bytes");
-    assert!(sealed.iter().all(|(_, len)| *len < 4096 && *len > 0), "{sealed:?}");
+    assert!(
+        sealed.iter().all(|(_, len)| *len < 4096 && *len > 0),
+        "{sealed:?}"
+    );
     assert!(Path::new(&dir.path().join(format!("{}.index", &sealed[0].0[..20]))).exists());
 }
 
@@ -83,19 +127,44 @@ fn raft_lookups_find_the_first_batch_of_an_entry_and_never_split_it() {
     // Entries 1..=30, each of three batches (the leader's group commit).
     for index in 1..=30u64 {
         for j in 0..3 {
-            log.append(&value_batch(index * 3 + j, 60), RaftPosition { term: 2, leader: 1, index }).expect("append");
+            log.append(
+                &value_batch(index * 3 + j, 60),
+                RaftPosition {
+                    term: 2,
+                    leader: 1,
+                    index,
+                },
+            )
+            .expect("append");
         }
     }
     let from_17 = log.read_raft(17, 1, u64::MAX).expect("read");
-    let headers: Vec<_> = from_17.iter().map(|b| *Batch::decode(b.clone()).expect("batch").header()).collect();
-    assert_eq!(headers.len(), 3, "one whole entry even with a 1-byte budget");
+    let headers: Vec<_> = from_17
+        .iter()
+        .map(|b| *Batch::decode(b.clone()).expect("batch").header())
+        .collect();
+    assert_eq!(
+        headers.len(),
+        3,
+        "one whole entry even with a 1-byte budget"
+    );
     assert!(headers.iter().all(|h| h.raft.index == 17));
     assert_eq!(headers[0].base_offset, 16 * 3);
     let upto_20 = log.read_raft(17, usize::MAX, 20).expect("read");
     assert_eq!(upto_20.len(), 9);
     assert!(log.read_raft(31, 10, u64::MAX).expect("end").is_empty());
-    let gap = log.append(&value_batch(0, 10), RaftPosition { term: 2, leader: 1, index: 32 });
-    assert!(matches!(gap, Err(StorageError::RaftIndexNotContiguous { last: 30, got: 32 })));
+    let gap = log.append(
+        &value_batch(0, 10),
+        RaftPosition {
+            term: 2,
+            leader: 1,
+            index: 32,
+        },
+    );
+    assert!(matches!(
+        gap,
+        Err(StorageError::RaftIndexNotContiguous { last: 30, got: 32 })
+    ));
     log.truncate_raft_suffix(25).expect("truncate");
     assert_eq!(log.last_raft_position().map(|r| r.index), Some(24));
     assert_eq!(log.next_offset(), 24 * 3);
@@ -105,13 +174,27 @@ fn raft_lookups_find_the_first_batch_of_an_entry_and_never_split_it() {
 fn control_batches_take_no_offsets() {
     let (_io, _clock, env) = sim_env();
     let mut log = open(Path::new("/ctl"), &small_config(), &env);
-    let control = Batch::decode(sluice_storage::BatchBuilder::new(Compression::None).control().build().expect("control")).expect("decode");
+    let control = Batch::decode(
+        sluice_storage::BatchBuilder::new(Compression::None)
+            .control()
+            .build()
+            .expect("control"),
+    )
+    .expect("decode");
     log.append(&control, next_raft(&log)).expect("append");
-    log.append(&value_batch(1, 10), next_raft(&log)).expect("append");
+    log.append(&value_batch(1, 10), next_raft(&log))
+        .expect("append");
     log.append(&control, next_raft(&log)).expect("append");
-    log.append(&value_batch(2, 10), next_raft(&log)).expect("append");
+    log.append(&value_batch(2, 10), next_raft(&log))
+        .expect("append");
     assert_eq!(log.next_offset(), 2);
-    assert_eq!(all_records(&log).iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(
+        all_records(&log)
+            .iter()
+            .map(|r| r.offset)
+            .collect::<Vec<_>>(),
+        vec![0, 1]
+    );
     assert_eq!(log.read(1, usize::MAX, 1).expect("read below hw").len(), 0);
 }
 
@@ -120,12 +203,22 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     let (_io, _clock, env) = sim_env();
     let mut log = open(Path::new("/ts"), &small_config(), &env);
     for i in 0..200i64 {
-        let b = batch(&[(None, Some(b"v")), (None, Some(b"w"))], 1_000 + i * 10, Compression::None);
+        let b = batch(
+            &[(None, Some(b"v")), (None, Some(b"w"))],
+            1_000 + i * 10,
+            Compression::None,
+        );
         log.append(&b, next_raft(&log)).expect("append");
     }
     assert_eq!(log.offset_for_timestamp(0).expect("ts"), Some(0));
-    assert_eq!(log.offset_for_timestamp(1_000 + 57 * 10).expect("ts"), Some(114));
-    assert_eq!(log.offset_for_timestamp(1_000 + 57 * 10 - 3).expect("ts"), Some(114));
+    assert_eq!(
+        log.offset_for_timestamp(1_000 + 57 * 10).expect("ts"),
+        Some(114)
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_000 + 57 * 10 - 3).expect("ts"),
+        Some(114)
+    );
     assert_eq!(log.offset_for_timestamp(1_000_000).expect("ts"), None);
 }
 
@@ -141,7 +234,11 @@ fn truncate_suffix_is_durable_and_offsets_are_reused() {
     drop(log);
     io.power_loss(PowerLoss::DropUnsynced);
     let mut log = open(dir, &small_config(), &env);
-    assert_eq!(log.next_offset(), 20, "truncated batches must not come back");
+    assert_eq!(
+        log.next_offset(),
+        20,
+        "truncated batches must not come back"
+    );
     append_n(&mut log, 5, 1000);
     log.sync().expect("sync");
     drop(log);
@@ -150,13 +247,19 @@ fn truncate_suffix_is_durable_and_offsets_are_reused() {
     let records = all_records(&log);
     assert_eq!(records.len(), 25);
     assert_eq!(records[20].key.as_deref(), Some(&1000u64.to_le_bytes()[..]));
-    assert!(matches!(open(dir, &small_config(), &env).truncate_suffix(0), Ok(())));
+    assert!(matches!(
+        open(dir, &small_config(), &env).truncate_suffix(0),
+        Ok(())
+    ));
 }
 
 #[test]
 fn segments_roll_by_age() {
     let (_io, clock, env) = sim_env();
-    let config = LogConfig { segment_ms: 1_000, ..small_config() };
+    let config = LogConfig {
+        segment_ms: 1_000,
+        ..small_config()
+    };
     let mut log = open(Path::new("/age"), &config, &env);
     append_n(&mut log, 2, 0);
     assert_eq!(log.segment_count(), 1);
@@ -168,10 +271,17 @@ fn segments_roll_by_age() {
 #[test]
 fn retention_by_time_deletes_only_expired_sealed_segments() {
     let (_io, clock, env) = sim_env();
-    let config = LogConfig { retention_ms: Some(10_000), ..small_config() };
+    let config = LogConfig {
+        retention_ms: Some(10_000),
+        ..small_config()
+    };
     let mut log = open(Path::new("/ret"), &config, &env);
     for i in 0..60i64 {
-        let b = batch(&[(None, Some(&[7u8; 100]))], 1_000_000 + i * 1_000, Compression::None);
+        let b = batch(
+            &[(None, Some(&[7u8; 100]))],
+            1_000_000 + i * 1_000,
+            Compression::None,
+        );
         log.append(&b, next_raft(&log)).expect("append");
     }
     let segments = log.segment_count();
@@ -179,17 +289,27 @@ fn retention_by_time_deletes_only_expired_sealed_segments() {
     let report = log.apply_retention().expect("retention");
     assert!(report.segments_deleted > 0 && report.segments_deleted < segments);
     let first = all_records(&log)[0].timestamp;
-    assert!(first <= 1_000_000 + 35_000, "kept a segment with unexpired records: {first}");
+    assert!(
+        first <= 1_000_000 + 35_000,
+        "kept a segment with unexpired records: {first}"
+    );
     clock.set(10_000_000);
     log.apply_retention().expect("retention");
-    assert_eq!(log.segment_count(), 1, "the active segment is never deleted");
+    assert_eq!(
+        log.segment_count(),
+        1,
+        "the active segment is never deleted"
+    );
 }
 
 #[test]
 fn full_disk_is_a_clean_error_and_appends_resume_once_space_is_freed() {
     let (io, _clock, env) = sim_env();
     let dir = Path::new("/full");
-    let config = LogConfig { retention_bytes: Some(1), ..small_config() };
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    };
     let mut log = open(dir, &config, &env);
     append_n(&mut log, 30, 0);
     log.sync().expect("sync");
@@ -233,8 +353,14 @@ fn failed_fsync_fails_the_log_and_never_acknowledges_lost_data() {
     io.set_fail_sync(false);
     // No retry-then-succeed: the pages the kernel dropped are gone.
     assert!(matches!(log.sync(), Err(StorageError::Failed { .. })));
-    assert!(matches!(log.append(&value_batch(1, 1), next_raft(&log)), Err(StorageError::Failed { .. })));
-    assert_eq!(log.read(0, usize::MAX, 5).expect("reads still work").len(), 5);
+    assert!(matches!(
+        log.append(&value_batch(1, 1), next_raft(&log)),
+        Err(StorageError::Failed { .. })
+    ));
+    assert_eq!(
+        log.read(0, usize::MAX, 5).expect("reads still work").len(),
+        5
+    );
     drop(log);
     io.power_loss(PowerLoss::DropUnsynced);
     let log = open(dir, &small_config(), &env);

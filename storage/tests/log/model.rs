@@ -8,7 +8,7 @@ use std::path::Path;
 use sluice_storage::io::{PowerLoss, SimIo};
 use sluice_storage::{Batch, CleanupPolicy, Compression, Log, LogConfig, LogEnv, RaftPosition};
 
-use crate::support::{Rng, batch, seeds, sim_env};
+use crate::support::{Kv, Rng, batch, seeds, sim_env};
 
 /// One record as the model remembers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +55,19 @@ impl Harness {
             delete_retention_ms: i64::MAX / 4,
             ..LogConfig::default()
         };
-        let log = Log::open_with(DIR, config.clone(), env.clone()).expect("open").0;
-        Self { io, env, config, log: Some(log), model: Vec::new(), durable: 0, rng: Rng::new(seed), step: 0 }
+        let log = Log::open_with(DIR, config.clone(), env.clone())
+            .expect("open")
+            .0;
+        Self {
+            io,
+            env,
+            config,
+            log: Some(log),
+            model: Vec::new(),
+            durable: 0,
+            rng: Rng::new(seed),
+            step: 0,
+        }
     }
 
     fn log(&mut self) -> &mut Log {
@@ -67,7 +78,14 @@ impl Harness {
         self.step += 1;
         let roll = self.rng.below(100);
         if std::env::var_os("SLUICE_TRACE").is_some() {
-            eprintln!("step {} op {roll} model {:?}", self.step, self.model.iter().map(|b| (b.base_offset, b.raft_index)).collect::<Vec<_>>());
+            eprintln!(
+                "step {} op {roll} model {:?}",
+                self.step,
+                self.model
+                    .iter()
+                    .map(|b| (b.base_offset, b.raft_index))
+                    .collect::<Vec<_>>()
+            );
         }
         match roll {
             0..=54 => self.append(),
@@ -90,12 +108,22 @@ impl Harness {
 
     fn append(&mut self) {
         let n = 1 + self.rng.below(4) as usize;
-        let keys: Vec<Vec<u8>> = (0..n).map(|_| vec![b'k', self.rng.below(12) as u8]).collect();
-        let values: Vec<Option<Vec<u8>>> = (0..n)
-            .map(|_| (!self.rng.chance(10)).then(|| vec![self.rng.below(256) as u8; self.rng.below(150) as usize]))
+        let keys: Vec<Vec<u8>> = (0..n)
+            .map(|_| vec![b'k', self.rng.below(12) as u8])
             .collect();
-        let kvs: Vec<(Option<&[u8]>, Option<&[u8]>)> = keys.iter().zip(&values).map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
-        let compression = [Compression::None, Compression::Lz4, Compression::Zstd][self.rng.below(3) as usize];
+        let values: Vec<Option<Vec<u8>>> = (0..n)
+            .map(|_| {
+                (!self.rng.chance(10))
+                    .then(|| vec![self.rng.below(256) as u8; self.rng.below(150) as usize])
+            })
+            .collect();
+        let kvs: Vec<Kv<'_>> = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
+            .collect();
+        let compression =
+            [Compression::None, Compression::Lz4, Compression::Zstd][self.rng.below(3) as usize];
         let b = batch(&kvs, 1_000_000, compression);
         let last = self.model.last().map(|m| m.raft_index);
         let raft_index = match last {
@@ -103,9 +131,33 @@ impl Harness {
             Some(last) => last + 1,
             None => self.log().last_raft_position().map_or(1, |r| r.index + 1),
         };
-        let info = self.log().append(&b, RaftPosition { term: 1, leader: 1, index: raft_index }).expect("append");
-        let records = keys.into_iter().zip(values).enumerate().map(|(i, (key, value))| ModelRecord { offset: info.base_offset + i as u64, key, value }).collect();
-        self.model.push(ModelBatch { base_offset: info.base_offset, next_offset: info.next_offset, raft_index, records });
+        let info = self
+            .log()
+            .append(
+                &b,
+                RaftPosition {
+                    term: 1,
+                    leader: 1,
+                    index: raft_index,
+                },
+            )
+            .expect("append");
+        let records = keys
+            .into_iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (key, value))| ModelRecord {
+                offset: info.base_offset + i as u64,
+                key,
+                value,
+            })
+            .collect();
+        self.model.push(ModelBatch {
+            base_offset: info.base_offset,
+            next_offset: info.next_offset,
+            raft_index,
+            records,
+        });
     }
 
     fn truncate(&mut self) {
@@ -115,7 +167,9 @@ impl Harness {
         let cut = self.rng.below(self.model.len() as u64) as usize;
         if self.rng.chance(50) {
             let raft_index = self.model[cut].raft_index;
-            self.log().truncate_raft_suffix(raft_index).expect("truncate raft");
+            self.log()
+                .truncate_raft_suffix(raft_index)
+                .expect("truncate raft");
             self.model.retain(|b| b.raft_index < raft_index);
         } else {
             let offset = self.model[cut].base_offset;
@@ -144,11 +198,22 @@ impl Harness {
             newest.insert(&r.key, r.offset);
         }
         for (got, was) in actual.iter().zip(&before) {
-            assert_eq!((got.base_offset, got.next_offset, got.raft_index), (was.base_offset, was.next_offset, was.raft_index));
-            assert!(got.records.iter().all(|r| was.records.contains(r)), "survivors are unchanged originals");
+            assert_eq!(
+                (got.base_offset, got.next_offset, got.raft_index),
+                (was.base_offset, was.next_offset, was.raft_index)
+            );
+            assert!(
+                got.records.iter().all(|r| was.records.contains(r)),
+                "survivors are unchanged originals"
+            );
             for r in &was.records {
                 if newest.get(r.key.as_slice()) == Some(&r.offset) {
-                    assert!(got.records.contains(r), "newest record of {:?} at {} survives", r.key, r.offset);
+                    assert!(
+                        got.records.contains(r),
+                        "newest record of {:?} at {} survives",
+                        r.key,
+                        r.offset
+                    );
                 }
             }
         }
@@ -157,12 +222,27 @@ impl Harness {
 
     fn power_loss(&mut self) {
         self.log = None;
-        let mode = if self.rng.chance(50) { PowerLoss::DropUnsynced } else { PowerLoss::KeepRandomPrefix { seed: self.rng.next_u64() } };
+        let mode = if self.rng.chance(50) {
+            PowerLoss::DropUnsynced
+        } else {
+            PowerLoss::KeepRandomPrefix {
+                seed: self.rng.next_u64(),
+            }
+        };
         self.io.power_loss(mode);
         self.reopen();
         let actual = self.read_model();
-        assert!(actual.len() >= self.durable, "synced batches lost: had {} durable, found {}", self.durable, actual.len());
-        assert_eq!(actual[..], self.model[..actual.len()], "recovered log is a prefix of what was appended");
+        assert!(
+            actual.len() >= self.durable,
+            "synced batches lost: had {} durable, found {}",
+            self.durable,
+            actual.len()
+        );
+        assert_eq!(
+            actual[..],
+            self.model[..actual.len()],
+            "recovered log is a prefix of what was appended"
+        );
         self.model.truncate(actual.len());
         self.durable = self.model.len();
     }
@@ -175,7 +255,8 @@ impl Harness {
     }
 
     fn reopen(&mut self) {
-        let (log, _report) = Log::open_with(Path::new(DIR), self.config.clone(), self.env.clone()).expect("reopen");
+        let (log, _report) =
+            Log::open_with(Path::new(DIR), self.config.clone(), self.env.clone()).expect("reopen");
         self.log = Some(log);
     }
 
@@ -192,9 +273,18 @@ impl Harness {
                     .records_vec()
                     .expect("records decode")
                     .into_iter()
-                    .map(|r| ModelRecord { offset: r.offset, key: r.key.map(|k| k.to_vec()).unwrap_or_default(), value: r.value.map(|v| v.to_vec()) })
+                    .map(|r| ModelRecord {
+                        offset: r.offset,
+                        key: r.key.map(|k| k.to_vec()).unwrap_or_default(),
+                        value: r.value.map(|v| v.to_vec()),
+                    })
                     .collect();
-                ModelBatch { base_offset: h.base_offset, next_offset: h.next_offset(), raft_index: h.raft.index, records }
+                ModelBatch {
+                    base_offset: h.base_offset,
+                    next_offset: h.next_offset(),
+                    raft_index: h.raft.index,
+                    records,
+                }
             })
             .collect()
     }
@@ -204,7 +294,10 @@ impl Harness {
         assert_eq!(actual, self.model, "log differs from the model");
         let mut last = None;
         for b in &actual {
-            assert!(last.is_none_or(|l: u64| b.base_offset == l), "offsets contiguous across batches");
+            assert!(
+                last.is_none_or(|l: u64| b.base_offset == l),
+                "offsets contiguous across batches"
+            );
             last = Some(b.next_offset);
         }
         let next = self.model.last().map(|b| b.next_offset);
@@ -224,7 +317,10 @@ fn random_operations_match_the_model() {
             }
         }));
         if let Err(panic) = outcome {
-            eprintln!("model test failed at step {}: replay with SLUICE_SEED={seed}", harness.step);
+            eprintln!(
+                "model test failed at step {}: replay with SLUICE_SEED={seed}",
+                harness.step
+            );
             std::panic::resume_unwind(panic);
         }
     }

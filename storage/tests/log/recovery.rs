@@ -19,7 +19,8 @@ fn crashed_log() -> (tempfile::TempDir, LogConfig) {
         if i == BATCHES - 5 {
             log.checkpoint().expect("checkpoint");
         }
-        log.append(&value_batch(i, 100), next_raft(&log)).expect("append");
+        log.append(&value_batch(i, 100), next_raft(&log))
+            .expect("append");
     }
     // Dropped without sync or checkpoint: the process "died" after writing.
     drop(log);
@@ -54,7 +55,10 @@ fn damage(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     fs::write(path, bytes).expect("write");
 }
 
-fn reopen(dir: &Path, config: &LogConfig) -> Result<(Log, sluice_storage::RecoveryReport), StorageError> {
+fn reopen(
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<(Log, sluice_storage::RecoveryReport), StorageError> {
     Log::open(dir, config.clone())
 }
 
@@ -64,7 +68,10 @@ fn clean_zero_filled_preallocated_tail_is_not_a_truncation() {
     let (log, report) = reopen(dir.path(), &config).expect("open");
     assert_eq!(report.truncated_bytes, 0);
     assert_eq!(report.truncated_at, None);
-    assert_eq!(report.segments_scanned, 1, "only the segment after the checkpoint is scanned");
+    assert_eq!(
+        report.segments_scanned, 1,
+        "only the segment after the checkpoint is scanned"
+    );
     assert_eq!(log.next_offset(), BATCHES);
 }
 
@@ -113,13 +120,23 @@ fn flipped_bit_below_the_checkpoint_is_reported_and_nothing_is_truncated() {
     let (dir, config) = crashed_log();
     let active = log_files(dir.path()).pop().expect("active");
     let spans = batch_spans(&active);
-    assert!(spans.len() > 5, "the checkpoint falls inside the active segment");
+    assert!(
+        spans.len() > 5,
+        "the checkpoint falls inside the active segment"
+    );
     let (at, len) = spans[0];
     damage(&active, |b| b[at + len - 3] ^= 0x01);
     let before = fs::read(&active).expect("read");
     let err = reopen(dir.path(), &config).expect_err("corruption must fail the open");
-    assert!(matches!(&err, StorageError::Corruption { position: 0, .. }), "{err}");
-    assert_eq!(fs::read(&active).expect("read"), before, "durable data is never truncated");
+    assert!(
+        matches!(&err, StorageError::Corruption { position: 0, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(&active).expect("read"),
+        before,
+        "durable data is never truncated"
+    );
 }
 
 #[test]
@@ -135,7 +152,10 @@ fn deleted_index_is_rebuilt_and_a_damaged_sealed_segment_without_one_is_refused(
     drop(log);
     fs::remove_file(&index).expect("rm index");
     damage(&sealed, |b| b[120] ^= 0x04);
-    assert!(matches!(reopen(dir.path(), &config), Err(StorageError::Corruption { .. })));
+    assert!(matches!(
+        reopen(dir.path(), &config),
+        Err(StorageError::Corruption { .. })
+    ));
 }
 
 #[test]
@@ -146,14 +166,21 @@ fn inconsistent_index_is_rebuilt() {
     damage(&index, |b| b[20] ^= 0xff);
     let (log, report) = reopen(dir.path(), &config).expect("open");
     assert_eq!(report.indexes_rebuilt, 1);
-    assert_eq!(log.read(3, usize::MAX, u64::MAX).expect("read").len() as u64, BATCHES - 3);
+    assert_eq!(
+        log.read(3, usize::MAX, u64::MAX).expect("read").len() as u64,
+        BATCHES - 3
+    );
 }
 
 #[test]
 fn leftover_temporary_files_are_removed() {
     let (dir, config) = crashed_log();
     fs::write(dir.path().join("recovery-checkpoint.tmp"), b"partial").expect("write");
-    fs::write(dir.path().join("00000000000000000000.log.cleaned"), b"partial").expect("write");
+    fs::write(
+        dir.path().join("00000000000000000000.log.cleaned"),
+        b"partial",
+    )
+    .expect("write");
     let (_, report) = reopen(dir.path(), &config).expect("open");
     assert_eq!(report.leftovers_removed, 2);
     assert!(!dir.path().join("recovery-checkpoint.tmp").exists());

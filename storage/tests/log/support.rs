@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use sluice_storage::batch::NewRecord;
 use sluice_storage::io::SimIo;
-use sluice_storage::{Batch, BatchBuilder, Compression, Log, LogConfig, LogEnv, ManualClock, RaftPosition, Record};
+use sluice_storage::{
+    Batch, BatchBuilder, Compression, Log, LogConfig, LogEnv, ManualClock, RaftPosition, Record,
+};
 
 /// A key/value pair for building batches; `None` value is a tombstone.
 pub type Kv<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
@@ -14,7 +16,12 @@ pub type Kv<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 pub fn batch(records: &[Kv<'_>], timestamp: i64, compression: Compression) -> Batch {
     let mut builder = BatchBuilder::new(compression);
     for (key, value) in records {
-        builder.push(NewRecord { key: *key, value: *value, timestamp, headers: &[] });
+        builder.push(NewRecord {
+            key: *key,
+            value: *value,
+            timestamp,
+            headers: &[],
+        });
     }
     let bytes = builder.build().expect("test batches are valid");
     Batch::decode(bytes).expect("builder output decodes")
@@ -24,13 +31,21 @@ pub fn batch(records: &[Kv<'_>], timestamp: i64, compression: Compression) -> Ba
 pub fn value_batch(seed: u64, len: usize) -> Batch {
     let value: Vec<u8> = (0..len).map(|i| (seed as usize + i) as u8).collect();
     let key = seed.to_le_bytes();
-    batch(&[(Some(&key), Some(&value))], 1_000 + seed as i64, Compression::None)
+    batch(
+        &[(Some(&key), Some(&value))],
+        1_000 + seed as i64,
+        Compression::None,
+    )
 }
 
 /// The Raft position that continues `log` as a new entry.
 pub fn next_raft(log: &Log) -> RaftPosition {
     let index = log.last_raft_position().map_or(1, |r| r.index + 1);
-    RaftPosition { term: 1, leader: 1, index }
+    RaftPosition {
+        term: 1,
+        leader: 1,
+        index,
+    }
 }
 
 /// Small segments and a dense index so tests cross segment and index boundaries.
@@ -47,24 +62,37 @@ pub fn small_config() -> LogConfig {
 pub fn sim_env() -> (SimIo, Arc<ManualClock>, LogEnv) {
     let io = SimIo::new();
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let env = LogEnv { io: Arc::new(io.clone()), clock: clock.clone() };
+    let env = LogEnv {
+        io: Arc::new(io.clone()),
+        clock: clock.clone(),
+    };
     (io, clock, env)
 }
 
 /// Opens a log or fails the test with the error.
 pub fn open(dir: &Path, config: &LogConfig, env: &LogEnv) -> Log {
-    Log::open_with(dir, config.clone(), env.clone()).expect("log opens").0
+    Log::open_with(dir, config.clone(), env.clone())
+        .expect("log opens")
+        .0
 }
 
 /// Every batch from the log start to the end.
 pub fn all_batches(log: &Log) -> Vec<Batch> {
-    let bytes = log.read(log.log_start_offset(), usize::MAX, u64::MAX).expect("read");
-    bytes.into_iter().map(|b| Batch::decode(b).expect("stored batch decodes")).collect()
+    let bytes = log
+        .read(log.log_start_offset(), usize::MAX, u64::MAX)
+        .expect("read");
+    bytes
+        .into_iter()
+        .map(|b| Batch::decode(b).expect("stored batch decodes"))
+        .collect()
 }
 
 /// Every record from the log start to the end.
 pub fn all_records(log: &Log) -> Vec<Record> {
-    all_batches(log).iter().flat_map(|b| b.records_vec().expect("records decode")).collect()
+    all_batches(log)
+        .iter()
+        .flat_map(|b| b.records_vec().expect("records decode"))
+        .collect()
 }
 
 /// A replayable pseudo-random sequence (splitmix64).
@@ -99,7 +127,10 @@ impl Rng {
 
 /// The seeds to run: `SLUICE_SEED` alone if set, else `defaults`.
 pub fn seeds(defaults: &[u64]) -> Vec<u64> {
-    match std::env::var("SLUICE_SEED").ok().and_then(|s| s.parse().ok()) {
+    match std::env::var("SLUICE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         Some(seed) => vec![seed],
         None => defaults.to_vec(),
     }
