@@ -129,10 +129,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Wraps an I/O error, turning "no space" into [`StorageError::NoSpace`].
+    /// Wraps an I/O error, turning "no space" into [`StorageError::NoSpace`] — except from
+    /// an fsync, where ENOSPC means written data was dropped and must stay fatal.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
-        if source.kind() == io::ErrorKind::StorageFull {
+        if source.kind() == io::ErrorKind::StorageFull && !op.starts_with("fsync") {
             StorageError::NoSpace { path }
         } else {
             StorageError::Io { op, path, source }

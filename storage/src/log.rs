@@ -158,10 +158,15 @@ impl Log {
         }
     }
 
-    /// Marks the log failed if `result` is an error: used around every fsync, because after
-    /// a failed fsync the page cache may have dropped data that was never written.
+    /// Marks the log failed if `result` is an error other than `NoSpace`: used around every
+    /// operation that fsyncs, because after a failed fsync the page cache may have dropped
+    /// data that was never written. `NoSpace` comes only from reserving or creating files
+    /// (see [`StorageError::io`]) and leaves everything as it was.
     pub(crate) fn fatal_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
-        if result.is_err() {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, StorageError::NoSpace { .. }))
+        {
             self.failed = true;
         }
         result
@@ -230,9 +235,19 @@ impl Log {
             segment_base: active.base_offset,
             position: active.written,
         };
+        self.advance_checkpoint(checkpoint)
+    }
+
+    /// Writes a higher recovery checkpoint. On a full disk the old one stays: it is still
+    /// true, only lower, so the next open scans a little more.
+    fn advance_checkpoint(&mut self, checkpoint: RecoveryCheckpoint) -> Result<()> {
+        debug_assert!(checkpoint >= self.checkpoint);
         let result = checkpoint.write(self.io.as_ref(), &self.dir);
-        self.fatal_on_error(result)?;
-        self.checkpoint = checkpoint;
+        match self.fatal_on_error(result) {
+            Ok(()) => self.checkpoint = checkpoint,
+            Err(StorageError::NoSpace { .. }) => {}
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
@@ -258,10 +273,7 @@ impl Log {
         };
         self.segments.push(next);
         self.flushed_offset = self.next_offset();
-        let result = checkpoint.write(self.io.as_ref(), &self.dir);
-        self.fatal_on_error(result)?;
-        self.checkpoint = checkpoint;
-        Ok(())
+        self.advance_checkpoint(checkpoint)
     }
 
     fn seal_active(&mut self) -> Result<()> {

@@ -328,10 +328,17 @@ fn full_disk_is_a_clean_error_and_appends_resume_once_space_is_freed() {
     assert!(saw_no_space);
     let before = all_records(&log).len();
     assert!(before >= 30, "stored data stays readable");
-    // Opening on a full disk works too.
+    // Opening on a disk without a free byte works too, and appends fail cleanly there.
     drop(log);
+    io.set_space_limit(Some(io.used_bytes()));
     let mut log = open(dir, &config, &env);
     assert_eq!(all_records(&log).len(), before);
+    let full = log.append(&value_batch(999, 4000), next_raft(&log));
+    assert!(
+        matches!(full, Err(StorageError::NoSpace { .. })),
+        "{full:?}"
+    );
+    assert!(!log.is_failed(), "a full disk is not an fsync failure");
     // Retention frees space; appends resume.
     log.apply_retention().expect("retention");
     append_n(&mut log, 20, 500);
