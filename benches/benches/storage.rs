@@ -236,7 +236,9 @@ fn recovery(c: &mut Criterion, batches: &[Batch]) {
     let segment = dir.path().join("00000000000000000000.log");
     group.bench_function("fresh_mmap_crc32fast", |b| {
         b.iter(|| {
-            let file = FsIo.open(&segment, OpenMode::Existing).expect("open segment");
+            let file = FsIo
+                .open(&segment, OpenMode::Existing)
+                .expect("open segment");
             let bytes = file.read_at(0, scanned as usize).expect("map segment");
             black_box(crc32fast::hash(&bytes))
         })

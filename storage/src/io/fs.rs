@@ -123,6 +123,24 @@ impl IoFile for FsFile {
         self.file.write_all_at(data, position)
     }
 
+    fn write_pair_at(&self, position: u64, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let slices = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        let written = rustix::io::pwritev(&self.file, &slices, position)?;
+        // A short write (signal, nearly full disk) finishes piece by piece.
+        let mut at = position;
+        let mut skip = written;
+        for part in [head, body] {
+            let rest = part.get(skip.min(part.len())..).unwrap_or_default();
+            skip = skip.saturating_sub(part.len());
+            if !rest.is_empty() {
+                self.file
+                    .write_all_at(rest, at + (part.len() - rest.len()) as u64)?;
+            }
+            at += part.len() as u64;
+        }
+        Ok(())
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }

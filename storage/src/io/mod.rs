@@ -53,6 +53,12 @@ pub trait IoFile: Send + Sync + Debug {
     /// Writes all of `data` at `position`, growing the file if needed. Not durable until
     /// [`IoFile::sync_data`] returns.
     fn write_at(&self, position: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes `head` then `body` at `position` as one write where the platform allows
+    /// (`pwritev`): a batch's re-stamped header and its untouched records in one system call.
+    fn write_pair_at(&self, position: u64, head: &[u8], body: &[u8]) -> io::Result<()> {
+        self.write_at(position, head)?;
+        self.write_at(position + head.len() as u64, body)
+    }
     /// Makes every write so far durable (`fdatasync`). An error here means data may be lost.
     fn sync_data(&self) -> io::Result<()>;
     /// Reserves disk blocks so the file is at least `len` bytes (`fallocate`); a full disk is

@@ -194,10 +194,7 @@ impl Segment {
         self.reserve(end.max(reserve_bytes))?;
         let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
         self.file
-            .write_at(position, &header_bytes)
-            .map_err(|e| StorageError::io("write", &self.path, e))?;
-        self.file
-            .write_at(position + BATCH_HEADER_LEN as u64, records)
+            .write_pair_at(position, &header_bytes, records)
             .map_err(|e| StorageError::io("write", &self.path, e))?;
         let header = BatchHeader {
             base_offset,
