@@ -21,13 +21,26 @@ pub(crate) const CLEANER_CHECKPOINT_FILE: &str = "cleaner-checkpoint";
 pub(crate) struct RecoveryCheckpoint {
     pub(crate) segment_base: u64,
     pub(crate) position: u64,
+    /// A `Log::reset_to` is under way: every segment goes, and the log restarts empty at
+    /// `segment_base`. Recovery finishes it.
+    pub(crate) reset: bool,
 }
 
 impl RecoveryCheckpoint {
+    /// A checkpoint at byte `position` of segment `segment_base`.
+    pub(crate) fn at(segment_base: u64, position: u64) -> Self {
+        Self {
+            segment_base,
+            position,
+            reset: false,
+        }
+    }
+
     pub(crate) fn write(self, io: &dyn Io, dir: &Path) -> Result<()> {
         let mut body = Vec::with_capacity(16);
         body.put_u64_le(self.segment_base);
         body.put_u64_le(self.position);
+        body.put_u8(u8::from(self.reset));
         write_atomic(
             io,
             dir,
@@ -52,6 +65,7 @@ impl RecoveryCheckpoint {
         Ok(Some(Self {
             segment_base: c.u64().map_err(bad)?,
             position: c.u64().map_err(bad)?,
+            reset: c.u8().map_err(bad)? == 1,
         }))
     }
 }

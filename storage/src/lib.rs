@@ -40,7 +40,7 @@ mod read;
 mod recovery;
 mod retention;
 mod segment;
-mod state_file;
+pub mod state_file;
 
 pub use batch::{Batch, BatchBuilder, BatchHeader, Compression, RaftPosition, Record};
 pub use cleaner::CompactionReport;

@@ -231,10 +231,7 @@ impl Log {
     pub fn checkpoint(&mut self) -> Result<()> {
         self.sync()?;
         let active = self.active();
-        let checkpoint = RecoveryCheckpoint {
-            segment_base: active.base_offset,
-            position: active.written,
-        };
+        let checkpoint = RecoveryCheckpoint::at(active.base_offset, active.written);
         self.advance_checkpoint(checkpoint)
     }
 
@@ -267,10 +264,7 @@ impl Log {
         )?;
         let result = self.seal_active();
         self.fatal_on_error(result)?;
-        let checkpoint = RecoveryCheckpoint {
-            segment_base: next.base_offset,
-            position: 0,
-        };
+        let checkpoint = RecoveryCheckpoint::at(next.base_offset, 0);
         self.segments.push(next);
         self.flushed_offset = self.next_offset();
         self.advance_checkpoint(checkpoint)
@@ -281,6 +275,37 @@ impl Log {
         let active = self.active_mut();
         active.seal()?;
         write_index_files(io.as_ref(), &dir, active)
+    }
+
+    /// Empties the log durably and restarts it at `next_offset`: a Raft follower installing
+    /// a snapshot beyond its log. `next_offset` must not be below [`Log::next_offset`], so
+    /// offsets never go back. A crash part-way is finished by the next open.
+    pub fn reset_to(&mut self, next_offset: u64) -> Result<()> {
+        self.check_writable()?;
+        if next_offset < self.next_offset() {
+            let (log_start, next) = (self.log_start_offset(), self.next_offset());
+            return Err(StorageError::OffsetOutOfRange {
+                requested: next_offset,
+                log_start,
+                next,
+            });
+        }
+        let marker = RecoveryCheckpoint {
+            segment_base: next_offset,
+            position: 0,
+            reset: true,
+        };
+        let result = marker.write(self.io.as_ref(), &self.dir);
+        self.fatal_on_error(result)?;
+        let bases: Vec<u64> = self.segments.iter().map(|s| s.base_offset).collect();
+        let params = self.params();
+        let result = reset_segments(self.io.as_ref(), &self.dir, &bases, next_offset, params);
+        let fresh = self.fatal_on_error(result)?;
+        self.segments = vec![fresh];
+        self.checkpoint = RecoveryCheckpoint::at(next_offset, 0);
+        self.flushed_offset = next_offset;
+        self.cleaner.cleaned_up_to = next_offset;
+        Ok(())
     }
 
     /// Removes every record at or after `from_offset`, durably. Batches are cut whole: the
@@ -344,10 +369,7 @@ impl Log {
         let Some(segment) = self.segments.get(index) else {
             return Ok(());
         };
-        let cut = RecoveryCheckpoint {
-            segment_base: segment.base_offset,
-            position,
-        };
+        let cut = RecoveryCheckpoint::at(segment.base_offset, position);
         if self.checkpoint > cut {
             // Lower the checkpoint first: recovery must never find data missing below it.
             let result = cut.write(self.io.as_ref(), &self.dir);
@@ -391,6 +413,37 @@ impl Log {
         let _ = self.active_mut().reserve(reserve); // a full disk is retried at the next append
         Ok(())
     }
+}
+
+/// Replaces the segments `bases` with one empty segment at `next_offset`, then writes a
+/// plain checkpoint there: the second half of `Log::reset_to`, also run by recovery when
+/// it finds a reset marker.
+pub(crate) fn reset_segments(
+    io: &dyn Io,
+    dir: &Path,
+    bases: &[u64],
+    next_offset: u64,
+    params: SegmentParams,
+) -> Result<Segment> {
+    for base in bases {
+        remove_segment_files(io, dir, *base)?;
+    }
+    io.sync_dir(dir)
+        .map_err(|e| StorageError::io("fsync dir", dir, e))?;
+    let fresh = match Segment::create(io, dir, next_offset, params) {
+        Err(StorageError::NoSpace { .. }) => Segment::create(
+            io,
+            dir,
+            next_offset,
+            SegmentParams {
+                reserve_bytes: 0,
+                ..params
+            },
+        )?,
+        other => other?,
+    };
+    RecoveryCheckpoint::at(next_offset, 0).write(io, dir)?;
+    Ok(fresh)
 }
 
 /// Removes a segment's log file and index files.

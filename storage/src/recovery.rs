@@ -14,7 +14,7 @@ use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::io::Io;
-use crate::log::{Log, LogEnv, remove_segment_files};
+use crate::log::{Log, LogEnv, remove_segment_files, reset_segments};
 use crate::segment::{
     Continuity, Segment, SegmentFile, SegmentParams, load_index_files, parse_segment_file_name,
     remove_index_files, segment_file_name, write_index_files,
@@ -61,6 +61,18 @@ pub(crate) fn recover(dir: &Path, config: LogConfig, env: LogEnv) -> Result<(Log
         reserve_bytes: config.segment_bytes,
         now_ms: env.clock.now_ms(),
     };
+    if let Some(marker) = checkpoint.filter(|cp| cp.reset) {
+        report.segments_removed += bases.len();
+        let fresh = reset_segments(io, dir, &bases, marker.segment_base, params)?;
+        return finish_open(
+            dir,
+            config,
+            env,
+            vec![fresh],
+            RecoveryCheckpoint::at(marker.segment_base, 0),
+            report,
+        );
+    }
     let mut scan = SegmentsScan {
         io,
         dir,
@@ -72,14 +84,33 @@ pub(crate) fn recover(dir: &Path, config: LogConfig, env: LogEnv) -> Result<(Log
     scan.load(&bases)?;
     let mut segments = scan.segments;
     report.indexes_rebuilt += finish_segments(io, dir, &mut segments, params)?;
-    let mut cleaner = CleanerCheckpoint::read(io, dir)?;
+    finish_open(
+        dir,
+        config,
+        env,
+        segments,
+        checkpoint.unwrap_or_default(),
+        report,
+    )
+}
+
+/// Builds the `Log` from recovered segments and writes a fresh checkpoint.
+fn finish_open(
+    dir: &Path,
+    config: LogConfig,
+    env: LogEnv,
+    segments: Vec<Segment>,
+    checkpoint: RecoveryCheckpoint,
+    mut report: RecoveryReport,
+) -> Result<(Log, RecoveryReport)> {
+    let mut cleaner = CleanerCheckpoint::read(env.io.as_ref(), dir)?;
     let mut log = Log {
         io: Arc::clone(&env.io),
         clock: env.clock,
         dir: dir.to_path_buf(),
         config,
         segments,
-        checkpoint: checkpoint.unwrap_or_default(),
+        checkpoint,
         cleaner,
         flushed_offset: 0,
         failed: false,

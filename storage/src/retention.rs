@@ -52,6 +52,28 @@ impl Log {
     pub fn apply_retention(&mut self) -> Result<RetentionReport> {
         self.check_writable()?;
         let count = self.retention_candidates();
+        self.delete_oldest_segments(count)
+    }
+
+    /// Deletes the oldest sealed segments whose batches all have Raft indexes at or below
+    /// `raft_index`: Raft's purge after a snapshot. Entries after the last deleted segment
+    /// stay on disk until their whole segment qualifies.
+    pub fn delete_segments_through_raft_index(
+        &mut self,
+        raft_index: u64,
+    ) -> Result<RetentionReport> {
+        self.check_writable()?;
+        let sealed = self.segments.len().saturating_sub(1);
+        let count = self
+            .segments
+            .iter()
+            .take(sealed)
+            .take_while(|s| s.last_raft.is_some_and(|r| r.index <= raft_index))
+            .count();
+        self.delete_oldest_segments(count)
+    }
+
+    fn delete_oldest_segments(&mut self, count: usize) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         for _ in 0..count {
             let segment = self.segments.remove(0);

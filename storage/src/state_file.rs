@@ -17,13 +17,17 @@ pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 /// Which state file a frame holds, so one file's bytes are never read as another's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum StateKind {
+pub enum StateKind {
+    /// The log's recovery checkpoint.
     RecoveryCheckpoint = 1,
+    /// The cleaner's checkpoint.
     CleanerCheckpoint = 2,
+    /// The broker's Raft state for a group (vote, committed and purged log ids).
+    RaftState = 3,
 }
 
 /// Durably replaces `dir/name` with a framed `body`.
-pub(crate) fn write_atomic(
+pub fn write_atomic(
     io: &dyn Io,
     dir: &Path,
     name: &str,
@@ -47,12 +51,7 @@ pub(crate) fn write_atomic(
 
 /// Reads `dir/name`: `None` if absent, the body if intact, `Corruption` if not. A state file
 /// is only ever replaced by rename, so a damaged one is media corruption, not a torn write.
-pub(crate) fn read_state(
-    io: &dyn Io,
-    dir: &Path,
-    name: &str,
-    kind: StateKind,
-) -> Result<Option<Vec<u8>>> {
+pub fn read_state(io: &dyn Io, dir: &Path, name: &str, kind: StateKind) -> Result<Option<Vec<u8>>> {
     let path = dir.join(name);
     let file = match io.open(&path, OpenMode::Existing) {
         Ok(file) => file,

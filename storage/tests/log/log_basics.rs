@@ -373,3 +373,61 @@ fn failed_fsync_fails_the_log_and_never_acknowledges_lost_data() {
     let log = open(dir, &small_config(), &env);
     assert!(all_batches(&log).len() >= 5);
 }
+
+#[test]
+fn reset_to_empties_the_log_and_offsets_continue_from_there() {
+    let (_io, _clock, env) = sim_env();
+    let dir = Path::new("/reset");
+    let mut log = open(dir, &small_config(), &env);
+    append_n(&mut log, 50, 0);
+    assert!(matches!(log.reset_to(10), Err(StorageError::OffsetOutOfRange { .. })));
+    log.reset_to(1_000).expect("reset");
+    assert_eq!((log.log_start_offset(), log.next_offset(), log.segment_count()), (1_000, 1_000, 1));
+    assert!(log.last_raft_position().is_none());
+    let info = log.append(&value_batch(7, 10), RaftPosition { term: 3, leader: 1, index: 77 }).expect("append");
+    assert_eq!(info.base_offset, 1_000);
+    drop(log);
+    let log = open(dir, &small_config(), &env);
+    assert_eq!((log.log_start_offset(), log.next_offset()), (1_000, 1_001));
+}
+
+#[test]
+fn crash_at_any_point_of_reset_leaves_the_old_log_or_the_reset_one() {
+    let dir = Path::new("/reset-crash");
+    let mut outcomes = (0, 0);
+    for crash_after in 0.. {
+        let (io, _clock, env) = sim_env();
+        let mut log = open(dir, &small_config(), &env);
+        append_n(&mut log, 50, 0);
+        log.checkpoint().expect("checkpoint");
+        io.crash_after_ops(Some(crash_after));
+        let finished = log.reset_to(5_000).is_ok();
+        drop(log);
+        io.power_loss(PowerLoss::DropUnsynced);
+        io.clear_faults();
+        let log = open(dir, &small_config(), &env);
+        match (log.log_start_offset(), log.next_offset()) {
+            (0, 50) => outcomes.0 += 1,
+            (5_000, 5_000) => outcomes.1 += 1,
+            other => panic!("crash after {crash_after} ops left {other:?}"),
+        }
+        if finished {
+            break;
+        }
+    }
+    assert!(outcomes.0 > 0 && outcomes.1 > 1, "{outcomes:?}");
+}
+
+#[test]
+fn purge_by_raft_index_deletes_whole_sealed_segments_only() {
+    let (_io, _clock, env) = sim_env();
+    let mut log = open(Path::new("/purge"), &small_config(), &env);
+    append_n(&mut log, 60, 0);
+    let segments = log.segment_count();
+    let report = log.delete_segments_through_raft_index(30).expect("purge");
+    assert!(report.segments_deleted > 0 && report.segments_deleted < segments);
+    let first = log.first_raft_index().expect("first");
+    assert!(first <= 31, "entries after the purge point are kept: first is {first}");
+    log.delete_segments_through_raft_index(1_000).expect("purge all");
+    assert_eq!(log.segment_count(), 1, "the active segment stays");
+}
