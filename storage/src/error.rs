@@ -115,9 +115,9 @@ pub enum StorageError {
         /// Offset the next append will get.
         next: u64,
     },
-    /// An append whose Raft index would leave a hole or go backwards.
-    #[error("raft index {got} does not follow last index {last}")]
-    RaftIndexNotContiguous {
+    /// An append whose Raft index is below the last stored one.
+    #[error("raft index {got} is below the last index {last}")]
+    RaftIndexBackwards {
         /// Raft index of the last stored batch.
         last: u64,
         /// Raft index of the batch being appended.

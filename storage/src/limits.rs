@@ -40,8 +40,9 @@ pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
 /// (Kafka's `log.cleaner.dedupe.buffer.size`).
 pub const CLEANER_KEY_MAP_BYTES_MAX: usize = 128 * 1024 * 1024;
 
-/// Largest state file (checkpoints) read back; they are tens of bytes.
-pub const STATE_FILE_BYTES_MAX: u64 = 4096;
+/// Largest state file read back: checkpoints are tens of bytes, Raft snapshots of small
+/// state machines (producer tables, topic metadata) a few MiB at most.
+pub const STATE_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Largest index file read back, rejected before reading: one entry per 1 KiB of a 2 GiB
 /// segment is far below this.

@@ -174,16 +174,17 @@ impl Log {
 
     /// Appends a verified batch, assigning the next offset and stamping `raft`.
     ///
-    /// `raft.index` must equal the last batch's index (same entry) or follow it by one.
+    /// `raft.index` must not be below the last batch's (equal: same entry). Raft itself never
+    /// leaves holes; the log only refuses to go backwards, because openraft's own storage
+    /// test suite appends around holes.
     /// Rolls the active segment first when the batch does not fit or the segment is older
     /// than `segment_ms`. Not durable until [`Log::sync`].
     pub fn append(&mut self, batch: &Batch, raft: RaftPosition) -> Result<AppendInfo> {
         self.check_writable()?;
         if let Some(last) = self.last_raft_position()
-            && raft.index != last.index
-            && raft.index != last.index + 1
+            && raft.index < last.index
         {
-            return Err(StorageError::RaftIndexNotContiguous {
+            return Err(StorageError::RaftIndexBackwards {
                 last: last.index,
                 got: raft.index,
             });
@@ -208,7 +209,10 @@ impl Log {
 
     fn should_roll(&self, header: &BatchHeader) -> bool {
         let active = self.active();
-        if active.batch_count == 0 {
+        // Segments are named by base offset, so a segment must take at least one offset
+        // before the next one starts: a run of control batches (which take none) stays in
+        // one segment, beyond `segment_bytes` if need be.
+        if active.next_offset == active.base_offset {
             return false;
         }
         let full = active.written + header.batch_len() > self.config.segment_bytes;
@@ -249,11 +253,11 @@ impl Log {
     }
 
     /// Seals the active segment and starts a new one at the next offset; a no-op while the
-    /// active segment is empty. The new segment is reserved first, so a full disk fails
+    /// active segment holds no offsets (empty, or control batches only). The new segment is reserved first, so a full disk fails
     /// with `NoSpace` before anything changes.
     pub fn roll(&mut self) -> Result<()> {
         self.check_writable()?;
-        if self.active().batch_count == 0 {
+        if self.active().next_offset == self.active().base_offset {
             return Ok(());
         }
         let next = Segment::create(

@@ -229,16 +229,14 @@ impl SegmentsScan<'_> {
         let mut segment = Segment::open_unscanned(self.io, self.dir, base, self.params)?;
         let file_len = segment.file_len()?;
         if durable_end == u64::MAX && load_index_files(self.io, self.dir, &mut segment, file_len) {
-            let first_ok = c.last_raft_index.is_none_or(|last| {
-                segment
-                    .first_raft_index
-                    .is_some_and(|first| first == last || first == last + 1)
-            });
+            let first_ok = c
+                .last_raft_index
+                .is_none_or(|last| segment.first_raft_index.is_some_and(|first| first >= last));
             if !first_ok {
                 return Err(StorageError::corruption(
                     &segment.path,
                     0,
-                    "raft index does not continue the log",
+                    "raft index goes backwards",
                 ));
             }
             c.next_offset = segment.next_offset;

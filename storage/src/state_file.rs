@@ -24,6 +24,8 @@ pub enum StateKind {
     CleanerCheckpoint = 2,
     /// The broker's Raft state for a group (vote, committed and purged log ids).
     RaftState = 3,
+    /// A Raft group's state machine snapshot.
+    Snapshot = 4,
 }
 
 /// Durably replaces `dir/name` with a framed `body`.

@@ -26,8 +26,8 @@ impl Continuity {
         }
         let raft_ok = self
             .last_raft_index
-            .is_none_or(|last| header.raft.index == last || header.raft.index == last + 1);
-        (!raft_ok).then_some("raft index does not continue the log")
+            .is_none_or(|last| header.raft.index >= last);
+        (!raft_ok).then_some("raft index goes backwards")
     }
 
     /// Advances past `header`.

@@ -158,12 +158,12 @@ fn raft_lookups_find_the_first_batch_of_an_entry_and_never_split_it() {
         RaftPosition {
             term: 2,
             leader: 1,
-            index: 32,
+            index: 29,
         },
     );
     assert!(matches!(
         gap,
-        Err(StorageError::RaftIndexNotContiguous { last: 30, got: 32 })
+        Err(StorageError::RaftIndexBackwards { last: 30, got: 29 })
     ));
     log.truncate_raft_suffix(25).expect("truncate");
     assert_eq!(log.last_raft_position().map(|r| r.index), Some(24));
@@ -380,11 +380,30 @@ fn reset_to_empties_the_log_and_offsets_continue_from_there() {
     let dir = Path::new("/reset");
     let mut log = open(dir, &small_config(), &env);
     append_n(&mut log, 50, 0);
-    assert!(matches!(log.reset_to(10), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.reset_to(10),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
     log.reset_to(1_000).expect("reset");
-    assert_eq!((log.log_start_offset(), log.next_offset(), log.segment_count()), (1_000, 1_000, 1));
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.next_offset(),
+            log.segment_count()
+        ),
+        (1_000, 1_000, 1)
+    );
     assert!(log.last_raft_position().is_none());
-    let info = log.append(&value_batch(7, 10), RaftPosition { term: 3, leader: 1, index: 77 }).expect("append");
+    let info = log
+        .append(
+            &value_batch(7, 10),
+            RaftPosition {
+                term: 3,
+                leader: 1,
+                index: 77,
+            },
+        )
+        .expect("append");
     assert_eq!(info.base_offset, 1_000);
     drop(log);
     let log = open(dir, &small_config(), &env);
@@ -427,7 +446,63 @@ fn purge_by_raft_index_deletes_whole_sealed_segments_only() {
     let report = log.delete_segments_through_raft_index(30).expect("purge");
     assert!(report.segments_deleted > 0 && report.segments_deleted < segments);
     let first = log.first_raft_index().expect("first");
-    assert!(first <= 31, "entries after the purge point are kept: first is {first}");
-    log.delete_segments_through_raft_index(1_000).expect("purge all");
+    assert!(
+        first <= 31,
+        "entries after the purge point are kept: first is {first}"
+    );
+    log.delete_segments_through_raft_index(1_000)
+        .expect("purge all");
     assert_eq!(log.segment_count(), 1, "the active segment stays");
+}
+
+#[test]
+fn control_batches_alone_never_roll_and_reset_to_the_end_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 1024,
+            ..small_config()
+        },
+    )
+    .expect("open");
+    let control = Batch::decode(
+        sluice_storage::BatchBuilder::new(Compression::None)
+            .control()
+            .build()
+            .expect("control"),
+    )
+    .expect("decode");
+    for index in 0..=10 {
+        log.append(
+            &control,
+            RaftPosition {
+                term: 1,
+                leader: 0,
+                index,
+            },
+        )
+        .expect("append");
+    }
+    for index in 11..=100 {
+        log.append(
+            &control,
+            RaftPosition {
+                term: 1,
+                leader: 0,
+                index,
+            },
+        )
+        .expect("append");
+    }
+    assert_eq!(
+        log.segment_count(),
+        1,
+        "segments that take no offsets do not roll"
+    );
+    log.roll().expect("roll is a no-op");
+    assert_eq!(log.segment_count(), 1);
+    log.sync().expect("sync");
+    log.reset_to(log.next_offset()).expect("reset to the end");
+    assert_eq!(log.next_offset(), 0);
 }

@@ -1,0 +1,251 @@
+//! The controller: Raft group 0, holding topics, partition assignments, topic configs and
+//! the producer-id counter. Its state machine is small and snapshotted as JSON.
+
+mod topic_config;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use topic_config::{TopicConfig, TopicConfigError};
+
+use crate::raft::state_machine::GroupState;
+use crate::raft::{Command, CommandResponse, GroupId, LogId, NodeId};
+
+/// The controller's Raft group id.
+pub const CONTROLLER_GROUP: GroupId = 0;
+
+/// A metadata change, proposed through the controller group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerCommand {
+    /// Creates a topic with its partitions placed on `replicas`.
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Number of partitions.
+        partitions: u32,
+        /// Replicas per partition.
+        replication_factor: u32,
+        /// Explicitly set configs (validated before proposing).
+        configs: BTreeMap<String, String>,
+        /// Nodes to place replicas on.
+        nodes: Vec<NodeId>,
+    },
+    /// Deletes a topic; its partitions' data is removed by each hosting broker.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Sets and removes explicit configs.
+    AlterTopicConfig {
+        /// Topic name.
+        name: String,
+        /// Keys to set.
+        set: BTreeMap<String, String>,
+        /// Keys to remove (back to defaults).
+        delete: Vec<String>,
+    },
+    /// Grows a topic to `count` partitions.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new total.
+        count: u32,
+        /// Nodes to place new replicas on.
+        nodes: Vec<NodeId>,
+    },
+    /// Hands out the next idempotent producer id.
+    AllocateProducerId,
+}
+
+/// The controller's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    /// Done.
+    Ok,
+    /// A freshly allocated producer id.
+    ProducerId(u64),
+    /// Refused by the state machine (a race the pre-check could not see).
+    Refused {
+        /// Stable reason string (sluice_protocol::Reason).
+        reason: String,
+        /// Human sentence.
+        message: String,
+    },
+}
+
+/// One partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// The partition's Raft group id, unique for the cluster's lifetime.
+    pub group_id: GroupId,
+    /// Nodes holding a replica.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A topic as the controller knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Topic name.
+    pub name: String,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Explicitly set configs; defaults fill the rest.
+    pub configs: BTreeMap<String, String>,
+    /// Partitions in order.
+    pub partitions: Vec<PartitionMeta>,
+}
+
+/// Everything the controller holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+    /// Next partition group id to hand out (0 is the controller).
+    pub next_group_id: GroupId,
+    /// Next producer id to hand out.
+    pub next_producer_id: u64,
+}
+
+impl Metadata {
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        rf: u32,
+        configs: &BTreeMap<String, String>,
+        nodes: &[NodeId],
+    ) -> ControllerResponse {
+        if self.topics.contains_key(name) {
+            return refused("TOPIC_EXISTS", format!("topic {name} already exists"));
+        }
+        let topic = TopicMeta {
+            name: name.to_string(),
+            replication_factor: rf,
+            configs: configs.clone(),
+            partitions: Vec::new(),
+        };
+        self.topics.insert(name.to_string(), topic);
+        self.grow(name, partitions, nodes)
+    }
+
+    fn grow(&mut self, name: &str, count: u32, nodes: &[NodeId]) -> ControllerResponse {
+        let mut next_group = self.next_group_id.max(1);
+        let Some(topic) = self.topics.get_mut(name) else {
+            return refused("UNKNOWN_TOPIC", format!("topic {name} does not exist"));
+        };
+        if (count as usize) < topic.partitions.len() {
+            return refused(
+                "INVALID_CONFIG",
+                format!(
+                    "topic {name} has {} partitions; it cannot shrink",
+                    topic.partitions.len()
+                ),
+            );
+        }
+        let rf = topic.replication_factor as usize;
+        while topic.partitions.len() < count as usize {
+            let p = topic.partitions.len();
+            let replicas = (0..rf.min(nodes.len()))
+                .filter_map(|r| nodes.get((p + r) % nodes.len()).copied())
+                .collect();
+            topic.partitions.push(PartitionMeta {
+                group_id: next_group,
+                replicas,
+            });
+            next_group += 1;
+        }
+        self.next_group_id = next_group;
+        ControllerResponse::Ok
+    }
+
+    fn apply(&mut self, command: &ControllerCommand) -> ControllerResponse {
+        match command {
+            ControllerCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                nodes,
+            } => self.create_topic(name, *partitions, *replication_factor, configs, nodes),
+            ControllerCommand::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => ControllerResponse::Ok,
+                None => refused("UNKNOWN_TOPIC", format!("topic {name} does not exist")),
+            },
+            ControllerCommand::AlterTopicConfig { name, set, delete } => {
+                match self.topics.get_mut(name) {
+                    Some(topic) => {
+                        for key in delete {
+                            topic.configs.remove(key);
+                        }
+                        topic
+                            .configs
+                            .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        ControllerResponse::Ok
+                    }
+                    None => refused("UNKNOWN_TOPIC", format!("topic {name} does not exist")),
+                }
+            }
+            ControllerCommand::AddPartitions { name, count, nodes } => {
+                self.grow(name, *count, nodes)
+            }
+            ControllerCommand::AllocateProducerId => {
+                let id = self.next_producer_id;
+                self.next_producer_id += 1;
+                ControllerResponse::ProducerId(id)
+            }
+        }
+    }
+}
+
+fn refused(reason: &str, message: String) -> ControllerResponse {
+    ControllerResponse::Refused {
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// The controller group's state: the metadata, published to the broker on every change.
+#[derive(Debug)]
+pub struct ControllerState {
+    metadata: Metadata,
+    published: watch::Sender<Arc<Metadata>>,
+}
+
+impl ControllerState {
+    /// Empty metadata, published through `published`.
+    pub fn new(published: watch::Sender<Arc<Metadata>>) -> Self {
+        Self {
+            metadata: Metadata::default(),
+            published,
+        }
+    }
+}
+
+impl GroupState for ControllerState {
+    type Snapshot = Metadata;
+
+    fn apply(&mut self, _log_id: LogId, command: &Command) -> CommandResponse {
+        match command {
+            Command::Controller(c) => CommandResponse::Controller(self.metadata.apply(c)),
+            Command::Produce(_) => CommandResponse::None,
+        }
+    }
+
+    fn applied(&mut self) {
+        if **self.published.borrow() != self.metadata {
+            self.published.send_replace(Arc::new(self.metadata.clone()));
+        }
+    }
+
+    fn snapshot(&self) -> Metadata {
+        self.metadata.clone()
+    }
+
+    fn restore(&mut self, snapshot: Metadata) -> Result<(), String> {
+        self.metadata = snapshot;
+        Ok(())
+    }
+}

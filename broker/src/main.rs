@@ -1,0 +1,3 @@
+//! `sluiced`: the Sluice broker.
+
+fn main() {}

@@ -1,0 +1,398 @@
+//! openraft's `RaftLogStorage` over a `sluice_storage::Log`: the partition's segmented log
+//! is the Raft log, with no second copy of record bytes.
+//!
+//! Appends write every entry's batches and report the flush to openraft only after
+//! `Log::sync` returned; the vote is durable before `save_vote` returns; `truncate` cuts
+//! the conflicting suffix durably; `purge` records the purge point and deletes whole
+//! segments behind it (entries after the point in a shared segment are filtered on read).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, Vote};
+use sluice_storage::io::Io;
+use sluice_storage::{Batch, Log, StorageError};
+
+use super::entry_codec::{GroupKind, batches_to_entry, entry_to_batches};
+use super::raft_state::RaftState;
+use super::{
+    LogId, NodeId, RaftStorageError, TypeConfig, log_id_of, raft_position, read_logs_error,
+    write_logs_error,
+};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// Bytes one `limited_get_log_entries` call returns at most (at least one entry), so
+/// replication RPCs of large batches stay bounded.
+const REPLICATION_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// The committed log id is a hint; write it at most this often.
+const COMMITTED_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A group's log, shared by the log store, its readers and the partition's fetch path.
+pub type SharedLog = Arc<RwLock<Log>>;
+
+/// The log store of one Raft group. Cloning shares it (the clone is openraft's reader).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kind: GroupKind,
+    log: SharedLog,
+    io: Arc<dyn Io>,
+    dir: PathBuf,
+    state: Mutex<RaftState>,
+    committed_saved_at: Mutex<Option<Instant>>,
+}
+
+/// A poisoned lock means a thread panicked mid-operation on the log: refuse to go on.
+fn poisoned() -> RaftStorageError {
+    read_logs_error(std::io::Error::other("log lock poisoned"))
+}
+
+impl LogStore {
+    /// A store over `log`, with its Raft state file in `dir`.
+    pub fn open(
+        kind: GroupKind,
+        log: SharedLog,
+        io: Arc<dyn Io>,
+        dir: &Path,
+    ) -> Result<Self, RaftStorageError> {
+        let state = RaftState::read(io.as_ref(), dir).map_err(read_logs_error)?;
+        let inner = Inner {
+            kind,
+            log,
+            io,
+            dir: dir.to_path_buf(),
+            state: Mutex::new(state),
+            committed_saved_at: Mutex::new(None),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The log this store writes.
+    pub fn log(&self) -> &SharedLog {
+        &self.inner.log
+    }
+
+    fn state(&self) -> Result<RaftState, RaftStorageError> {
+        self.inner
+            .state
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| poisoned())
+    }
+
+    fn update_state(&self, f: impl FnOnce(&mut RaftState)) -> Result<(), RaftStorageError> {
+        let mut state = self.inner.state.lock().map_err(|_| poisoned())?;
+        let mut next = state.clone();
+        f(&mut next);
+        next.write(self.inner.io.as_ref(), &self.inner.dir)
+            .map_err(write_logs_error)?;
+        *state = next;
+        Ok(())
+    }
+
+    /// Entries with indexes in `[start, end)`, at most about `max_bytes` (never none when
+    /// the range holds any).
+    fn read_entries(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let purged = self.state()?.purged.map(|p| p.index);
+        let start = start.max(purged.map_or(0, |p| p + 1));
+        let log = self.inner.log.read().map_err(|_| poisoned())?;
+        let (Some(first), Some(last)) = (log.first_raft_index(), log.last_raft_position()) else {
+            return Ok(Vec::new());
+        };
+        let start = start.max(first);
+        if start >= end || start > last.index {
+            return Ok(Vec::new());
+        }
+        let stored = log
+            .read_raft(start, max_bytes, end)
+            .map_err(read_logs_error)?;
+        drop(log);
+        self.group_into_entries(stored)
+    }
+
+    fn group_into_entries(
+        &self,
+        stored: Vec<bytes::Bytes>,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let mut entries = Vec::new();
+        let mut pending: Vec<Batch> = Vec::new();
+        for bytes in stored {
+            let batch = Batch::decode(bytes).map_err(read_logs_error)?;
+            let same = pending
+                .first()
+                .is_none_or(|p| p.header().raft == batch.header().raft);
+            if !same {
+                entries.push(self.to_entry(std::mem::take(&mut pending))?);
+            }
+            pending.push(batch);
+        }
+        if !pending.is_empty() {
+            entries.push(self.to_entry(pending)?);
+        }
+        Ok(entries)
+    }
+
+    fn to_entry(&self, batches: Vec<Batch>) -> Result<Entry, RaftStorageError> {
+        let position = batches.first().map(|b| b.header().raft).unwrap_or_default();
+        batches_to_entry(self.inner.kind, log_id_of(position), batches).map_err(read_logs_error)
+    }
+
+    fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let mut log = self.inner.log.write().map_err(|_| StorageError::Failed {
+            dir: self.inner.dir.clone(),
+        })?;
+        for entry in &entries {
+            let batches = entry_to_batches(self.inner.kind, entry).map_err(|e| match e {
+                super::entry_codec::EntryCodecError::Batch(d) => StorageError::InvalidBatch(d),
+                _ => StorageError::InvalidConfig("entry payload does not fit this group"),
+            })?;
+            let position = raft_position(&entry.log_id);
+            for batch in &batches {
+                log.append(batch, position)?;
+            }
+        }
+        log.sync()
+    }
+}
+
+fn range_to_half_open<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let (start, end) = range_to_half_open(&range);
+        let store = self.clone();
+        run_blocking(move || store.read_entries(start, end, usize::MAX)).await
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let store = self.clone();
+        run_blocking(move || store.read_entries(start, end, REPLICATION_READ_BYTES_MAX)).await
+    }
+}
+
+/// Runs blocking file I/O off the async workers.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+) -> Result<T, RaftStorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| read_logs_error(std::io::Error::other(e.to_string())))?
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let purged = self.state()?.purged;
+        let last = self
+            .inner
+            .log
+            .read()
+            .map_err(|_| poisoned())?
+            .last_raft_position()
+            .map(log_id_of);
+        let last_log_id = match (last, purged) {
+            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
+            (Some(last), _) => Some(last),
+            (None, purged) => purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftStorageError> {
+        let store = self.clone();
+        let vote = *vote;
+        run_blocking(move || store.update_state(|s| s.vote = Some(vote))).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, RaftStorageError> {
+        Ok(self.state()?.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        // A hint only (a lower committed id is always safe), so it need not cost an fsync
+        // per commit.
+        let due = {
+            let mut saved_at = self
+                .inner
+                .committed_saved_at
+                .lock()
+                .map_err(|_| poisoned())?;
+            let due = saved_at.is_none_or(|t| t.elapsed() >= COMMITTED_SAVE_INTERVAL);
+            if due {
+                *saved_at = Some(Instant::now());
+            }
+            due
+        };
+        if !due {
+            return Ok(());
+        }
+        let store = self.clone();
+        run_blocking(move || store.update_state(|s| s.committed = committed)).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        Ok(self.state()?.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.clone();
+        let result = tokio::task::spawn_blocking(move || store.write_entries(entries))
+            .await
+            .map_err(|e| write_logs_error(std::io::Error::other(e.to_string())))?;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                callback.log_io_completed(Err(std::io::Error::other(message)));
+                Err(write_logs_error(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let store = self.clone();
+        run_blocking(move || {
+            let mut log = store.inner.log.write().map_err(|_| poisoned())?;
+            log.truncate_raft_suffix(log_id.index)
+                .map_err(write_logs_error)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let store = self.clone();
+        run_blocking(move || {
+            store.update_state(|s| s.purged = Some(log_id))?;
+            let mut log = store.inner.log.write().map_err(|_| poisoned())?;
+            let last = log.last_raft_position().map(|r| r.index);
+            if last.is_some_and(|last| last <= log_id.index) {
+                // Everything goes: restart the log empty, offsets continuing.
+                let next = log.next_offset();
+                log.reset_to(next).map_err(write_logs_error)
+            } else {
+                log.delete_segments_through_raft_index(log_id.index)
+                    .map(|_| ())
+                    .map_err(write_logs_error)
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use sluice_storage::io::{FsIo, Io};
+    use sluice_storage::{Log, LogConfig};
+    use tokio::sync::watch;
+
+    use super::{LogStore, RaftStorageError, read_logs_error};
+    use crate::partition::state::PartitionState;
+    use crate::raft::TypeConfig;
+    use crate::raft::entry_codec::GroupKind;
+    use crate::raft::state_machine::GroupStateMachine;
+
+    struct PartitionStoreBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine<PartitionState>, tempfile::TempDir>
+        for PartitionStoreBuilder
+    {
+        async fn build(
+            &self,
+        ) -> Result<
+            (
+                tempfile::TempDir,
+                LogStore,
+                GroupStateMachine<PartitionState>,
+            ),
+            RaftStorageError,
+        > {
+            let dir = tempfile::tempdir().map_err(read_logs_error)?;
+            let io: Arc<dyn Io> = Arc::new(FsIo);
+            // Small segments, so purges and truncations cross segment boundaries.
+            let config = LogConfig {
+                segment_bytes: 1024,
+                retention_ms: None,
+                ..LogConfig::default()
+            };
+            let (log, _) = Log::open(dir.path().join("log"), config).map_err(read_logs_error)?;
+            let log = Arc::new(RwLock::new(log));
+            let store = LogStore::open(
+                GroupKind::Partition,
+                Arc::clone(&log),
+                Arc::clone(&io),
+                dir.path(),
+            )?;
+            let (high_watermark, _) = watch::channel(0);
+            let sm =
+                GroupStateMachine::open(PartitionState::new(log, high_watermark), io, dir.path())?;
+            Ok((dir, store, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite_passes_against_the_log_store() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info")
+            .try_init();
+        Suite::test_all(PartitionStoreBuilder).expect("openraft storage suite");
+    }
+}
