@@ -1,7 +1,9 @@
 //! The Sluice broker: every partition is a Raft group over its segmented log, the controller
 //! is Raft group 0, and everything is served over gRPC (`sluice-protocol`).
 
+pub mod config;
 pub mod controller;
+pub mod limits;
 pub mod partition;
 // openraft's `StorageError` is large by its own design; boxing it at every await would only
 // add allocations on the hot path.

@@ -108,6 +108,14 @@ impl Log {
         &self.config
     }
 
+    /// Replaces the configuration (a topic's configs were altered). Segment size and age
+    /// apply from the next roll, retention and compaction settings from the next pass.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// First offset still stored.
     pub fn log_start_offset(&self) -> u64 {
         self.segments.first().map_or(0, |s| s.base_offset)

@@ -3,9 +3,13 @@
 
 pub mod command;
 pub mod entry_codec;
+pub mod group;
 pub mod log_store;
+pub mod network;
 pub mod raft_state;
+pub mod service;
 pub mod state_machine;
+pub mod wire;
 
 use std::io::Cursor;
 

@@ -1,0 +1,53 @@
+//! The broker's limits and defaults, each with its reason.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Default client address: loopback only until TLS and authentication exist.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9092);
+/// Default metrics address (Redpanda's admin port).
+pub const METRICS_LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9644);
+
+/// Default produce bytes in flight per partition: a few group commits' worth.
+pub const PARTITION_INFLIGHT_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+/// Default produce bytes in flight per broker: bounds memory whatever producers do.
+pub const BROKER_INFLIGHT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// Smallest budget accepted. A batch larger than a whole budget takes all of it, so any
+/// budget admits any batch; below this, group commit has nothing to group.
+pub const INFLIGHT_BYTES_MIN: u64 = 1024 * 1024;
+
+/// Bytes of batches one group commit (one Raft entry) carries at most.
+pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Produce requests one group commit carries at most.
+pub const GROUP_COMMIT_REQUESTS_MAX: usize = 1024;
+/// Produce requests queued per partition writer; the in-flight byte budget binds first.
+pub const PRODUCE_QUEUE_DEPTH: usize = 4096;
+
+/// How long a unary produce waits for budget when the client set no deadline.
+pub const THROTTLE_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// The retry hint sent with THROTTLED.
+pub const THROTTLE_RETRY_AFTER_MS: u32 = 100;
+
+/// Longest long-poll a fetch may ask for.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+/// Largest fetch response.
+pub const FETCH_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// Partitions in one fetch request.
+pub const FETCH_PARTITIONS_MAX: usize = 1000;
+
+/// Raft heartbeat: many groups on 2 cores must not flood an idle node (STACK.md).
+pub const RAFT_HEARTBEAT_MS: u64 = 250;
+/// Raft election timeout range, at least 5× the heartbeat.
+pub const RAFT_ELECTION_MS: (u64, u64) = (1500, 3000);
+
+/// Most partitions one topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
+/// Longest topic name (Kafka's limit).
+pub const TOPIC_NAME_LEN_MAX: usize = 249;
+
+/// How long admin calls wait for a new partition to elect its leader.
+pub const PARTITION_READY_WAIT: Duration = Duration::from_secs(20);
+
+const _: () = assert!(RAFT_ELECTION_MS.0 >= 5 * RAFT_HEARTBEAT_MS);
+const _: () = assert!(PARTITION_INFLIGHT_BYTES_DEFAULT >= INFLIGHT_BYTES_MIN);
+const _: () = assert!(BROKER_INFLIGHT_BYTES_DEFAULT >= PARTITION_INFLIGHT_BYTES_DEFAULT);

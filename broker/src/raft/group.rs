@@ -1,0 +1,150 @@
+//! Starting a Raft group over a log directory, and the registry of this node's groups.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::{BasicNode, SnapshotPolicy};
+use sluice_storage::io::{FsIo, Io};
+use sluice_storage::{Log, LogConfig, RecoveryReport};
+
+use super::entry_codec::GroupKind;
+use super::log_store::{LogStore, SharedLog};
+use super::network::{GroupNetwork, PeerChannels};
+use super::state_machine::{GroupState, GroupStateMachine};
+use super::{GroupId, GroupRaft, NodeId};
+use crate::limits;
+
+/// A running group of this node: its Raft handle and its log.
+#[derive(Clone)]
+pub struct Group {
+    /// The group id.
+    pub id: GroupId,
+    /// The Raft instance.
+    pub raft: GroupRaft,
+    /// The group's log (the Raft log).
+    pub log: SharedLog,
+    /// Where its files live.
+    pub dir: PathBuf,
+}
+
+/// Failure to start a group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The log could not be opened or recovered.
+    #[error("opening log in {dir}: {source}")]
+    Storage {
+        /// The group directory.
+        dir: PathBuf,
+        /// Why.
+        source: sluice_storage::StorageError,
+    },
+    /// openraft refused to start or initialise.
+    #[error("starting raft group {group}: {message}")]
+    Raft {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Raft timing for many groups on few cores (STACK.md): no snapshots but at retention
+/// points, and no purge openraft would decide on its own.
+pub fn raft_config() -> Result<Arc<openraft::Config>, GroupError> {
+    let config = openraft::Config {
+        cluster_name: "sluice".to_string(),
+        heartbeat_interval: limits::RAFT_HEARTBEAT_MS,
+        election_timeout_min: limits::RAFT_ELECTION_MS.0,
+        election_timeout_max: limits::RAFT_ELECTION_MS.1,
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        ..openraft::Config::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| GroupError::Raft { group: 0, message: e.to_string() })
+}
+
+/// What a group needs to start.
+pub struct GroupSpec<'a> {
+    /// This node.
+    pub node_id: NodeId,
+    /// This node's client address, stored in the membership.
+    pub node_address: String,
+    /// The group id.
+    pub group_id: GroupId,
+    /// Controller or partition.
+    pub kind: GroupKind,
+    /// The group's directory (log and Raft state).
+    pub dir: &'a Path,
+    /// The log's configuration.
+    pub log_config: LogConfig,
+    /// Replicas of the group, with their addresses, for a first start.
+    pub members: BTreeMap<NodeId, String>,
+}
+
+/// Opens the log (recovering it), builds the log store and state machine, and starts Raft;
+/// a group that never ran is initialised with `members`, and a group of one elects itself
+/// at once instead of waiting out an election timeout.
+pub async fn start_group<S: GroupState>(
+    spec: GroupSpec<'_>,
+    state: impl FnOnce(SharedLog) -> S,
+    peers: Arc<PeerChannels>,
+) -> Result<(Group, GroupStateMachine<S>, RecoveryReport), GroupError> {
+    let dir = spec.dir.to_path_buf();
+    let storage_error = |source| GroupError::Storage { dir: dir.clone(), source };
+    let log_dir = dir.join("log");
+    let config = spec.log_config.clone();
+    let opened = tokio::task::spawn_blocking(move || Log::open(log_dir, config))
+        .await
+        .map_err(|e| GroupError::Raft { group: spec.group_id, message: e.to_string() })?;
+    let (log, report) = opened.map_err(storage_error)?;
+    let log: SharedLog = Arc::new(RwLock::new(log));
+    let io: Arc<dyn Io> = Arc::new(FsIo);
+    let raft_error = |e: &dyn std::fmt::Display| GroupError::Raft { group: spec.group_id, message: e.to_string() };
+    let store = LogStore::open(spec.kind, Arc::clone(&log), Arc::clone(&io), &dir).map_err(|e| raft_error(&e))?;
+    let sm = GroupStateMachine::open(state(Arc::clone(&log)), io, &dir).map_err(|e| raft_error(&e))?;
+    let network = GroupNetwork::new(spec.group_id, peers);
+    let raft = GroupRaft::new(spec.node_id, raft_config()?, network, store, sm.clone()).await.map_err(|e| raft_error(&e))?;
+    if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
+        let members: BTreeMap<NodeId, BasicNode> =
+            spec.members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        raft.initialize(members).await.map_err(|e| raft_error(&e))?;
+    }
+    let single = spec.members.len() == 1 && spec.members.contains_key(&spec.node_id);
+    if single {
+        // A group of one has no one to wait for.
+        let _ = raft.trigger().elect().await;
+    }
+    Ok((Group { id: spec.group_id, raft, log, dir }, sm, report))
+}
+
+/// This node's running groups by id, for the internal Raft service.
+#[derive(Default)]
+pub struct GroupRegistry {
+    groups: RwLock<HashMap<GroupId, GroupRaft>>,
+}
+
+impl GroupRegistry {
+    /// Registers a started group.
+    pub fn insert(&self, id: GroupId, raft: GroupRaft) {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, raft);
+    }
+
+    /// Forgets a group (deleted topic).
+    pub fn remove(&self, id: GroupId) -> Option<GroupRaft> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    }
+
+    /// The Raft handle of a group.
+    pub fn get(&self, id: GroupId) -> Option<GroupRaft> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Every registered group.
+    pub fn all(&self) -> Vec<(GroupId, GroupRaft)> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+}
