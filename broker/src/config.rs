@@ -13,7 +13,11 @@ use crate::limits;
 
 /// `sluiced` command line. Every flag also has a `SLUICE_*` variable and a TOML key.
 #[derive(Debug, Parser, Default)]
-#[command(name = "sluiced", version, about = "The Sluice broker: an append-only event log over Raft.")]
+#[command(
+    name = "sluiced",
+    version,
+    about = "The Sluice broker: an append-only event log over Raft."
+)]
 pub struct Args {
     /// TOML file whose keys (same names, `-` as `_`) fill in what flags and env leave unset.
     #[arg(long, env = "SLUICE_CONFIG")]
@@ -101,8 +105,14 @@ pub enum ConfigError {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl BrokerConfig {
@@ -113,9 +123,18 @@ impl BrokerConfig {
             None => FileConfig::default(),
         };
         let config = Self {
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
-            listen: args.listen.or(file.listen).unwrap_or(limits::LISTEN_DEFAULT),
-            metrics_listen: args.metrics_listen.or(file.metrics_listen).unwrap_or(limits::METRICS_LISTEN_DEFAULT),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or(limits::LISTEN_DEFAULT),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or(limits::METRICS_LISTEN_DEFAULT),
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             partition_inflight_bytes: args
                 .partition_inflight_bytes
@@ -126,7 +145,9 @@ impl BrokerConfig {
                 .or(file.broker_inflight_bytes)
                 .unwrap_or(limits::BROKER_INFLIGHT_BYTES_DEFAULT),
             housekeeping_interval: Duration::from_secs(
-                args.housekeeping_interval_secs.or(file.housekeeping_interval_secs).unwrap_or(30),
+                args.housekeeping_interval_secs
+                    .or(file.housekeeping_interval_secs)
+                    .unwrap_or(30),
             ),
             default_log: LogConfig::default(),
         };
@@ -137,10 +158,14 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let min = limits::INFLIGHT_BYTES_MIN;
         if self.partition_inflight_bytes < min || self.broker_inflight_bytes < min {
-            return Err(ConfigError::Invalid("in-flight budgets must be at least 1 MiB"));
+            return Err(ConfigError::Invalid(
+                "in-flight budgets must be at least 1 MiB",
+            ));
         }
         if self.housekeeping_interval.is_zero() {
-            return Err(ConfigError::Invalid("housekeeping_interval_secs must be positive"));
+            return Err(ConfigError::Invalid(
+                "housekeeping_interval_secs must be positive",
+            ));
         }
         Ok(())
     }

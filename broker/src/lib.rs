@@ -3,9 +3,15 @@
 
 pub mod config;
 pub mod controller;
+pub mod error;
+pub mod housekeeping;
 pub mod limits;
+pub mod node;
 pub mod partition;
 // openraft's `StorageError` is large by its own design; boxing it at every await would only
 // add allocations on the hot path.
 #[allow(clippy::result_large_err)]
 pub mod raft;
+pub mod server;
+pub mod service;
+mod status;

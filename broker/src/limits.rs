@@ -6,7 +6,8 @@ use std::time::Duration;
 /// Default client address: loopback only until TLS and authentication exist.
 pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9092);
 /// Default metrics address (Redpanda's admin port).
-pub const METRICS_LISTEN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9644);
+pub const METRICS_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9644);
 
 /// Default produce bytes in flight per partition: a few group commits' worth.
 pub const PARTITION_INFLIGHT_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;

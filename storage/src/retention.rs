@@ -47,6 +47,17 @@ impl Log {
         count
     }
 
+    /// The Raft index up to which retention would delete now (the last batch of the last
+    /// candidate segment): where the broker snapshots and purges (DESIGN §3).
+    pub fn retention_raft_index(&self) -> Option<u64> {
+        let count = self.retention_candidates();
+        count
+            .checked_sub(1)
+            .and_then(|i| self.segments.get(i))
+            .and_then(|s| s.last_raft)
+            .map(|r| r.index)
+    }
+
     /// Deletes the segments [`Log::retention_candidates`] names, oldest first, and moves the
     /// log start offset forward. A crash part-way leaves a shorter prefix deleted, never a hole.
     pub fn apply_retention(&mut self) -> Result<RetentionReport> {

@@ -235,7 +235,8 @@ impl GroupState for ControllerState {
     }
 
     fn applied(&mut self) {
-        if **self.published.borrow() != self.metadata {
+        let changed = **self.published.borrow() != self.metadata;
+        if changed {
             self.published.send_replace(Arc::new(self.metadata.clone()));
         }
     }

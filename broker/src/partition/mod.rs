@@ -1,4 +1,9 @@
 //! A partition replica: its log, its Raft group, and the produce and fetch paths.
 
 pub mod producer_state;
+pub mod replica;
 pub mod state;
+pub mod writer;
+
+pub use replica::{Partition, PartitionParts, ReadResult};
+pub use writer::Produced;

@@ -110,6 +110,15 @@ impl ProducerTable {
         }
     }
 
+    /// The entries of just these producer ids (for the writer's per-round overlay).
+    pub fn subset(&self, producer_ids: &std::collections::BTreeSet<u64>) -> Self {
+        let producers = producer_ids
+            .iter()
+            .filter_map(|id| self.producers.get(id).map(|e| (*id, e.clone())))
+            .collect();
+        Self { producers }
+    }
+
     /// Records a stored batch.
     pub fn record(&mut self, header: &BatchHeader, base_offset: u64) {
         if header.producer_id == NO_PRODUCER_ID {

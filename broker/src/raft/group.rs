@@ -64,7 +64,10 @@ pub fn raft_config() -> Result<Arc<openraft::Config>, GroupError> {
     config
         .validate()
         .map(Arc::new)
-        .map_err(|e| GroupError::Raft { group: 0, message: e.to_string() })
+        .map_err(|e| GroupError::Raft {
+            group: 0,
+            message: e.to_string(),
+        })
 }
 
 /// What a group needs to start.
@@ -94,23 +97,40 @@ pub async fn start_group<S: GroupState>(
     peers: Arc<PeerChannels>,
 ) -> Result<(Group, GroupStateMachine<S>, RecoveryReport), GroupError> {
     let dir = spec.dir.to_path_buf();
-    let storage_error = |source| GroupError::Storage { dir: dir.clone(), source };
-    let log_dir = dir.join("log");
+    let storage_error = |source| GroupError::Storage {
+        dir: dir.clone(),
+        source,
+    };
+    // The log's segments and the group's small state files share the directory (DESIGN §2).
+    let log_dir = dir.clone();
     let config = spec.log_config.clone();
     let opened = tokio::task::spawn_blocking(move || Log::open(log_dir, config))
         .await
-        .map_err(|e| GroupError::Raft { group: spec.group_id, message: e.to_string() })?;
+        .map_err(|e| GroupError::Raft {
+            group: spec.group_id,
+            message: e.to_string(),
+        })?;
     let (log, report) = opened.map_err(storage_error)?;
     let log: SharedLog = Arc::new(RwLock::new(log));
     let io: Arc<dyn Io> = Arc::new(FsIo);
-    let raft_error = |e: &dyn std::fmt::Display| GroupError::Raft { group: spec.group_id, message: e.to_string() };
-    let store = LogStore::open(spec.kind, Arc::clone(&log), Arc::clone(&io), &dir).map_err(|e| raft_error(&e))?;
-    let sm = GroupStateMachine::open(state(Arc::clone(&log)), io, &dir).map_err(|e| raft_error(&e))?;
+    let raft_error = |e: &dyn std::fmt::Display| GroupError::Raft {
+        group: spec.group_id,
+        message: e.to_string(),
+    };
+    let store = LogStore::open(spec.kind, Arc::clone(&log), Arc::clone(&io), &dir)
+        .map_err(|e| raft_error(&e))?;
+    let sm =
+        GroupStateMachine::open(state(Arc::clone(&log)), io, &dir).map_err(|e| raft_error(&e))?;
     let network = GroupNetwork::new(spec.group_id, peers);
-    let raft = GroupRaft::new(spec.node_id, raft_config()?, network, store, sm.clone()).await.map_err(|e| raft_error(&e))?;
+    let raft = GroupRaft::new(spec.node_id, raft_config()?, network, store, sm.clone())
+        .await
+        .map_err(|e| raft_error(&e))?;
     if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
-        let members: BTreeMap<NodeId, BasicNode> =
-            spec.members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        let members: BTreeMap<NodeId, BasicNode> = spec
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
         raft.initialize(members).await.map_err(|e| raft_error(&e))?;
     }
     let single = spec.members.len() == 1 && spec.members.contains_key(&spec.node_id);
@@ -118,7 +138,16 @@ pub async fn start_group<S: GroupState>(
         // A group of one has no one to wait for.
         let _ = raft.trigger().elect().await;
     }
-    Ok((Group { id: spec.group_id, raft, log, dir }, sm, report))
+    Ok((
+        Group {
+            id: spec.group_id,
+            raft,
+            log,
+            dir,
+        },
+        sm,
+        report,
+    ))
 }
 
 /// This node's running groups by id, for the internal Raft service.
@@ -130,21 +159,36 @@ pub struct GroupRegistry {
 impl GroupRegistry {
     /// Registers a started group.
     pub fn insert(&self, id: GroupId, raft: GroupRaft) {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, raft);
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, raft);
     }
 
     /// Forgets a group (deleted topic).
     pub fn remove(&self, id: GroupId) -> Option<GroupRaft> {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
     }
 
     /// The Raft handle of a group.
     pub fn get(&self, id: GroupId) -> Option<GroupRaft> {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// Every registered group.
     pub fn all(&self) -> Vec<(GroupId, GroupRaft)> {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect()
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 }

@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
-use openraft::BasicNode;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::internal::v1::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
@@ -61,13 +64,21 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
         let client = self
             .peers
             .channel(&node.addr)
-            .map(|c| RaftClient::new(c).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX))
+            .map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX)
+            })
             .map_err(|e| e.to_string());
-        PeerConnection { group_id: self.group_id, client }
+        PeerConnection {
+            group_id: self.group_id,
+            client,
+        }
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 fn unreachable<E: std::error::Error + 'static>(e: E) -> Unreachable {
     Unreachable::new(&e)
@@ -79,7 +90,9 @@ struct Message(String);
 
 impl PeerConnection {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
-        self.client.clone().map_err(|e| Unreachable::new(&Message(e)))
+        self.client
+            .clone()
+            .map_err(|e| Unreachable::new(&Message(e)))
     }
 }
 
@@ -95,13 +108,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let message = wire::append_request_to_pb(self.group_id, &rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let message = wire::append_request_to_pb(self.group_id, &rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let response = client
             .append_entries(with_timeout(&option, message))
             .await
             .map_err(|s| RPCError::Unreachable(unreachable(s)))?;
-        wire::append_response_from_pb(response.into_inner()).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        wire::append_response_from_pb(response.into_inner())
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     async fn install_snapshot(
@@ -109,23 +124,30 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let message = wire::snapshot_request_to_pb(self.group_id, &rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let message = wire::snapshot_request_to_pb(self.group_id, &rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let response = client
             .install_snapshot(with_timeout(&option, message))
             .await
             .map_err(|s| RPCError::Unreachable(unreachable(s)))?;
-        let vote = wire::snapshot_vote_from_pb(response.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let vote = wire::snapshot_vote_from_pb(response.get_ref())
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         Ok(InstallSnapshotResponse { vote })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
         let message = wire::vote_request_to_pb(self.group_id, &rpc);
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let response = client
             .vote(with_timeout(&option, message))
             .await
             .map_err(|s| RPCError::Unreachable(unreachable(s)))?;
-        wire::vote_response_from_pb(response.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        wire::vote_response_from_pb(response.get_ref())
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }

@@ -22,7 +22,9 @@ impl RaftService {
 
     fn group(&self, id: u64) -> Result<GroupRaft, Status> {
         // Unknown group: the peer treats NOT_FOUND as unreachable and backs off.
-        self.groups.get(id).ok_or_else(|| Status::not_found(format!("raft group {id} is not on this node")))
+        self.groups
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("raft group {id} is not on this node")))
     }
 }
 
@@ -36,7 +38,10 @@ fn raft_failed(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, request: Request<pb::AppendEntriesRequest>) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let message = request.into_inner();
         let raft = self.group(message.group_id)?;
         let rpc = wire::append_request_from_pb(message).map_err(invalid)?;
@@ -44,7 +49,10 @@ impl RaftRpc for RaftService {
         Ok(Response::new(wire::append_response_to_pb(&response)))
     }
 
-    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let message = request.into_inner();
         let raft = self.group(message.group_id)?;
         let rpc = wire::vote_request_from_pb(&message).map_err(invalid)?;

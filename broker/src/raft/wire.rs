@@ -2,7 +2,9 @@
 //! travel as `bytes` in the storage format; small openraft structures (membership,
 //! snapshot meta) as JSON inside the protobuf, since openraft owns their shape.
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
+};
 use openraft::{CommittedLeaderId, EntryPayload, LeaderId, Vote};
 use sluice_protocol::internal::v1 as pb;
 
@@ -23,21 +25,35 @@ type Entry = openraft::Entry<TypeConfig>;
 
 /// LogId to protobuf.
 pub fn log_id_to_pb(log_id: &LogId) -> pb::LogId {
-    pb::LogId { term: log_id.leader_id.term, leader: log_id.leader_id.node_id, index: log_id.index }
+    pb::LogId {
+        term: log_id.leader_id.term,
+        leader: log_id.leader_id.node_id,
+        index: log_id.index,
+    }
 }
 
 /// LogId from protobuf.
 pub fn log_id_from_pb(log_id: &pb::LogId) -> LogId {
-    LogId::new(CommittedLeaderId::new(log_id.term, log_id.leader), log_id.index)
+    LogId::new(
+        CommittedLeaderId::new(log_id.term, log_id.leader),
+        log_id.index,
+    )
 }
 
 fn vote_to_pb(vote: &Vote<NodeId>) -> pb::Vote {
-    pb::Vote { term: vote.leader_id.term, node_id: vote.leader_id.node_id, committed: vote.committed }
+    pb::Vote {
+        term: vote.leader_id.term,
+        node_id: vote.leader_id.node_id,
+        committed: vote.committed,
+    }
 }
 
 fn vote_from_pb(vote: Option<&pb::Vote>) -> Result<Vote<NodeId>, WireError> {
     let vote = vote.ok_or(WireError::Missing("vote"))?;
-    Ok(Vote { leader_id: LeaderId::new(vote.term, vote.node_id), committed: vote.committed })
+    Ok(Vote {
+        leader_id: LeaderId::new(vote.term, vote.node_id),
+        committed: vote.committed,
+    })
 }
 
 fn entry_to_pb(entry: &Entry) -> Result<pb::Entry, WireError> {
@@ -45,10 +61,17 @@ fn entry_to_pb(entry: &Entry) -> Result<pb::Entry, WireError> {
     let payload = match &entry.payload {
         EntryPayload::Blank => Payload::Blank(pb::Blank {}),
         EntryPayload::Membership(m) => Payload::Membership(serde_json::to_vec(m)?.into()),
-        EntryPayload::Normal(Command::Produce(p)) => Payload::Batches(pb::Batches { batches: p.batches.clone() }),
-        EntryPayload::Normal(Command::Controller(c)) => Payload::Controller(serde_json::to_vec(c)?.into()),
+        EntryPayload::Normal(Command::Produce(p)) => Payload::Batches(pb::Batches {
+            batches: p.batches.clone(),
+        }),
+        EntryPayload::Normal(Command::Controller(c)) => {
+            Payload::Controller(serde_json::to_vec(c)?.into())
+        }
     };
-    Ok(pb::Entry { log_id: Some(log_id_to_pb(&entry.log_id)), payload: Some(payload) })
+    Ok(pb::Entry {
+        log_id: Some(log_id_to_pb(&entry.log_id)),
+        payload: Some(payload),
+    })
 }
 
 fn entry_from_pb(entry: pb::Entry) -> Result<Entry, WireError> {
@@ -57,29 +80,46 @@ fn entry_from_pb(entry: pb::Entry) -> Result<Entry, WireError> {
     let payload = match entry.payload.ok_or(WireError::Missing("entry.payload"))? {
         Payload::Blank(_) => EntryPayload::Blank,
         Payload::Membership(m) => EntryPayload::Membership(serde_json::from_slice(&m)?),
-        Payload::Batches(b) => EntryPayload::Normal(Command::Produce(ProduceCommand { batches: b.batches })),
-        Payload::Controller(c) => EntryPayload::Normal(Command::Controller(serde_json::from_slice(&c)?)),
+        Payload::Batches(b) => {
+            EntryPayload::Normal(Command::Produce(ProduceCommand { batches: b.batches }))
+        }
+        Payload::Controller(c) => {
+            EntryPayload::Normal(Command::Controller(serde_json::from_slice(&c)?))
+        }
     };
     Ok(Entry { log_id, payload })
 }
 
 /// AppendEntries to protobuf.
-pub fn append_request_to_pb(group_id: u64, rpc: &AppendEntriesRequest<TypeConfig>) -> Result<pb::AppendEntriesRequest, WireError> {
+pub fn append_request_to_pb(
+    group_id: u64,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+) -> Result<pb::AppendEntriesRequest, WireError> {
     Ok(pb::AppendEntriesRequest {
         group_id,
         vote: Some(vote_to_pb(&rpc.vote)),
         prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_pb),
-        entries: rpc.entries.iter().map(entry_to_pb).collect::<Result<_, _>>()?,
+        entries: rpc
+            .entries
+            .iter()
+            .map(entry_to_pb)
+            .collect::<Result<_, _>>()?,
         leader_commit: rpc.leader_commit.as_ref().map(log_id_to_pb),
     })
 }
 
 /// AppendEntries from protobuf.
-pub fn append_request_from_pb(rpc: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, WireError> {
+pub fn append_request_from_pb(
+    rpc: pb::AppendEntriesRequest,
+) -> Result<AppendEntriesRequest<TypeConfig>, WireError> {
     Ok(AppendEntriesRequest {
         vote: vote_from_pb(rpc.vote.as_ref())?,
         prev_log_id: rpc.prev_log_id.as_ref().map(log_id_from_pb),
-        entries: rpc.entries.into_iter().map(entry_from_pb).collect::<Result<_, _>>()?,
+        entries: rpc
+            .entries
+            .into_iter()
+            .map(entry_from_pb)
+            .collect::<Result<_, _>>()?,
         leader_commit: rpc.leader_commit.as_ref().map(log_id_from_pb),
     })
 }
@@ -96,11 +136,15 @@ pub fn append_response_to_pb(resp: &AppendEntriesResponse<NodeId>) -> pb::Append
         AppendEntriesResponse::Conflict => R::Conflict(pb::Blank {}),
         AppendEntriesResponse::HigherVote(v) => R::HigherVote(vote_to_pb(v)),
     };
-    pb::AppendEntriesResponse { result: Some(result) }
+    pb::AppendEntriesResponse {
+        result: Some(result),
+    }
 }
 
 /// AppendEntries response from protobuf.
-pub fn append_response_from_pb(resp: pb::AppendEntriesResponse) -> Result<AppendEntriesResponse<NodeId>, WireError> {
+pub fn append_response_from_pb(
+    resp: pb::AppendEntriesResponse,
+) -> Result<AppendEntriesResponse<NodeId>, WireError> {
     use pb::append_entries_response::Result as R;
     Ok(match resp.result.ok_or(WireError::Missing("result"))? {
         R::Success(_) => AppendEntriesResponse::Success,
@@ -112,12 +156,19 @@ pub fn append_response_from_pb(resp: pb::AppendEntriesResponse) -> Result<Append
 
 /// Vote request to protobuf.
 pub fn vote_request_to_pb(group_id: u64, rpc: &VoteRequest<NodeId>) -> pb::VoteRequest {
-    pb::VoteRequest { group_id, vote: Some(vote_to_pb(&rpc.vote)), last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb) }
+    pb::VoteRequest {
+        group_id,
+        vote: Some(vote_to_pb(&rpc.vote)),
+        last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb),
+    }
 }
 
 /// Vote request from protobuf.
 pub fn vote_request_from_pb(rpc: &pb::VoteRequest) -> Result<VoteRequest<NodeId>, WireError> {
-    Ok(VoteRequest { vote: vote_from_pb(rpc.vote.as_ref())?, last_log_id: rpc.last_log_id.as_ref().map(log_id_from_pb) })
+    Ok(VoteRequest {
+        vote: vote_from_pb(rpc.vote.as_ref())?,
+        last_log_id: rpc.last_log_id.as_ref().map(log_id_from_pb),
+    })
 }
 
 /// Vote response to protobuf.
@@ -139,7 +190,10 @@ pub fn vote_response_from_pb(resp: &pb::VoteResponse) -> Result<VoteResponse<Nod
 }
 
 /// Snapshot chunk to protobuf.
-pub fn snapshot_request_to_pb(group_id: u64, rpc: &InstallSnapshotRequest<TypeConfig>) -> Result<pb::InstallSnapshotRequest, WireError> {
+pub fn snapshot_request_to_pb(
+    group_id: u64,
+    rpc: &InstallSnapshotRequest<TypeConfig>,
+) -> Result<pb::InstallSnapshotRequest, WireError> {
     Ok(pb::InstallSnapshotRequest {
         group_id,
         vote: Some(vote_to_pb(&rpc.vote)),
@@ -151,7 +205,9 @@ pub fn snapshot_request_to_pb(group_id: u64, rpc: &InstallSnapshotRequest<TypeCo
 }
 
 /// Snapshot chunk from protobuf.
-pub fn snapshot_request_from_pb(rpc: pb::InstallSnapshotRequest) -> Result<InstallSnapshotRequest<TypeConfig>, WireError> {
+pub fn snapshot_request_from_pb(
+    rpc: pb::InstallSnapshotRequest,
+) -> Result<InstallSnapshotRequest<TypeConfig>, WireError> {
     Ok(InstallSnapshotRequest {
         vote: vote_from_pb(rpc.vote.as_ref())?,
         meta: serde_json::from_slice(&rpc.meta)?,
@@ -163,10 +219,14 @@ pub fn snapshot_request_from_pb(rpc: pb::InstallSnapshotRequest) -> Result<Insta
 
 /// The vote a snapshot response carries.
 pub fn snapshot_vote_to_pb(vote: &Vote<NodeId>) -> pb::InstallSnapshotResponse {
-    pb::InstallSnapshotResponse { vote: Some(vote_to_pb(vote)) }
+    pb::InstallSnapshotResponse {
+        vote: Some(vote_to_pb(vote)),
+    }
 }
 
 /// The vote from a snapshot response.
-pub fn snapshot_vote_from_pb(resp: &pb::InstallSnapshotResponse) -> Result<Vote<NodeId>, WireError> {
+pub fn snapshot_vote_from_pb(
+    resp: &pb::InstallSnapshotResponse,
+) -> Result<Vote<NodeId>, WireError> {
     vote_from_pb(resp.vote.as_ref())
 }

@@ -1,0 +1,106 @@
+//! The broker's error type. Each variant has exactly one reason string (status.rs maps it).
+
+/// Why a client request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// No such topic.
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    /// The topic has no such partition.
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+    },
+    /// Another broker leads the group.
+    #[error("this broker does not lead {what}")]
+    NotLeader {
+        /// What was asked for.
+        what: String,
+        /// The leader's client address, if known.
+        leader_hint: Option<String>,
+    },
+    /// The batch is larger than the topic allows.
+    #[error("batch of {len} bytes exceeds max.message.bytes = {max}")]
+    RecordTooLarge {
+        /// Encoded batch length.
+        len: u64,
+        /// The topic's limit.
+        max: u64,
+    },
+    /// The batch failed CRC or format checks.
+    #[error("corrupt batch: {0}")]
+    CorruptBatch(String),
+    /// Sequence gap or reordering from an idempotent producer.
+    #[error("out of order sequence from producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: u64,
+        /// What the broker expected.
+        expected: u32,
+        /// What arrived.
+        got: u32,
+    },
+    /// An older epoch of the producer id.
+    #[error("producer {0} was fenced by a newer epoch")]
+    ProducerFenced(u64),
+    /// Offset outside the log.
+    #[error("offset {requested} is out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        /// Asked for.
+        requested: u64,
+        /// First stored.
+        log_start: u64,
+        /// Next to be written.
+        log_end: u64,
+    },
+    /// In-flight budget exhausted for longer than the request could wait.
+    #[error("too many bytes in flight for {0}; retry later")]
+    Throttled(String),
+    /// A config key or value is invalid.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// The topic exists already.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The disk is full.
+    #[error("no space left on the broker's disk")]
+    NoSpace,
+    /// The partition's storage refuses writes (fsync failure, corruption).
+    #[error("partition storage failed: {0}")]
+    StorageFailed(String),
+    /// Starting, shutting down, or no leader elected yet.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected condition.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<sluice_storage::StorageError> for BrokerError {
+    fn from(e: sluice_storage::StorageError) -> Self {
+        use sluice_storage::StorageError as S;
+        match e {
+            S::NoSpace { .. } => Self::NoSpace,
+            S::OffsetOutOfRange {
+                requested,
+                log_start,
+                next,
+            } => Self::OffsetOutOfRange {
+                requested,
+                log_start,
+                log_end: next,
+            },
+            S::InvalidBatch(d) => Self::CorruptBatch(d.to_string()),
+            S::Failed { .. } | S::Corruption { .. } | S::Io { .. } => {
+                Self::StorageFailed(e.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

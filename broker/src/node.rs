@@ -1,0 +1,390 @@
+//! A broker node: the controller group, the partitions it hosts, and the shared budgets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::BrokerConfig;
+use crate::controller::{
+    CONTROLLER_GROUP, ControllerCommand, ControllerResponse, ControllerState, Metadata,
+    TopicConfig, TopicMeta,
+};
+use crate::error::BrokerError;
+use crate::partition::state::PartitionState;
+use crate::partition::{Partition, PartitionParts};
+use crate::raft::entry_codec::GroupKind;
+use crate::raft::group::{Group, GroupError, GroupRegistry, GroupSpec, start_group};
+use crate::raft::network::PeerChannels;
+use crate::raft::state_machine::GroupStateMachine;
+use crate::raft::{Command, CommandResponse, GroupId, NodeId};
+use crate::{housekeeping, limits};
+
+/// Directory of internal state inside the data dir; user topics may not start with `__`.
+const CLUSTER_DIR: &str = "__cluster";
+
+/// A partition key: topic and partition number.
+type PartitionKey = (String, u32);
+
+/// One broker.
+pub struct Node {
+    /// Effective configuration.
+    pub config: BrokerConfig,
+    /// The client address other nodes and clients reach this node at.
+    pub address: String,
+    /// This node's Raft groups, for the internal service.
+    pub groups: Arc<GroupRegistry>,
+    peers: Arc<PeerChannels>,
+    controller: Group,
+    metadata: watch::Receiver<Arc<Metadata>>,
+    partitions: RwLock<BTreeMap<PartitionKey, Arc<Partition>>>,
+    reconciling: tokio::sync::Mutex<()>,
+    /// Produce bytes in flight across the broker.
+    pub broker_budget: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({} at {})", self.config.node_id, self.address)
+    }
+}
+
+/// Starting the node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory is unusable.
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// A Raft group failed to start.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The controller elected no leader in time.
+    #[error("the controller group elected no leader within {0:?}")]
+    NoController(Duration),
+}
+
+impl Node {
+    /// Opens the data dir, recovers the controller and every hosted partition, and starts
+    /// the background reconciler and housekeeping.
+    pub async fn start(config: BrokerConfig, address: String) -> Result<Arc<Self>, NodeError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| NodeError::DataDir(config.data_dir.clone(), e))?;
+        let peers = Arc::new(PeerChannels::default());
+        let groups = Arc::new(GroupRegistry::default());
+        let (published, metadata) = watch::channel(Arc::new(Metadata::default()));
+        let controller_dir = config.data_dir.join(CLUSTER_DIR).join("controller");
+        let spec = GroupSpec {
+            node_id: config.node_id,
+            node_address: address.clone(),
+            group_id: CONTROLLER_GROUP,
+            kind: GroupKind::Controller,
+            dir: &controller_dir,
+            log_config: sluice_storage::LogConfig {
+                segment_bytes: 64 * 1024 * 1024,
+                retention_ms: None,
+                ..Default::default()
+            },
+            members: BTreeMap::from([(config.node_id, address.clone())]),
+        };
+        let (controller, _sm, report): (Group, GroupStateMachine<ControllerState>, _) =
+            start_group(
+                spec,
+                |_| ControllerState::new(published),
+                Arc::clone(&peers),
+            )
+            .await?;
+        tracing::info!(?report, "controller log recovered");
+        groups.insert(CONTROLLER_GROUP, controller.raft.clone());
+        let wait = Duration::from_secs(30);
+        controller
+            .raft
+            .wait(Some(wait))
+            .current_leader(config.node_id, "controller leader")
+            .await
+            .map_err(|_| NodeError::NoController(wait))?;
+        let budget = usize::try_from(config.broker_inflight_bytes)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        let node = Arc::new(Self {
+            config,
+            address,
+            groups,
+            peers,
+            controller,
+            metadata,
+            partitions: RwLock::new(BTreeMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+            broker_budget: Arc::new(Semaphore::new(budget)),
+        });
+        // Wait for the controller to re-apply its log, so restarts see every topic.
+        // Read in its own statement: a watch borrow held across an await blocks the sender.
+        let last_log_index = node.controller.raft.metrics().borrow().last_log_index;
+        let _ = node
+            .controller
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(last_log_index, "controller caught up")
+            .await;
+        node.reconcile().await;
+        tokio::spawn(Arc::clone(&node).reconcile_forever());
+        tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// The current metadata.
+    pub fn metadata(&self) -> Arc<Metadata> {
+        Arc::clone(&self.metadata.borrow())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The controller's current leader.
+    pub fn controller_leader(&self) -> Option<NodeId> {
+        self.controller.raft.metrics().borrow().current_leader
+    }
+
+    /// Proposes a metadata change and waits for it to be applied.
+    pub async fn propose(
+        &self,
+        command: ControllerCommand,
+    ) -> Result<ControllerResponse, BrokerError> {
+        match self
+            .controller
+            .raft
+            .client_write(Command::Controller(command))
+            .await
+        {
+            Ok(response) => match response.data {
+                CommandResponse::Controller(r) => Ok(r),
+                other => Err(BrokerError::Internal(format!(
+                    "unexpected controller result {other:?}"
+                ))),
+            },
+            Err(e) => Err(crate::partition::writer::write_error(e)),
+        }
+    }
+
+    /// The effective config of a topic.
+    pub fn topic_config(&self, topic: &TopicMeta) -> Result<TopicConfig, BrokerError> {
+        TopicConfig::resolve(&self.config.default_log, &topic.configs)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
+    }
+
+    /// The local replica of a partition, or why there is none.
+    pub fn partition(&self, topic: &str, index: u32) -> Result<Arc<Partition>, BrokerError> {
+        let key = (topic.to_string(), index);
+        if let Some(p) = self
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Arc::clone(p));
+        }
+        let metadata = self.metadata();
+        let meta = metadata
+            .topics
+            .get(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        if index as usize >= meta.partitions.len() {
+            return Err(BrokerError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: index,
+            });
+        }
+        Err(BrokerError::Unavailable(format!(
+            "{topic}/{index} is not open on this broker yet"
+        )))
+    }
+
+    /// Every partition this node hosts.
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until every partition of `topic` is open here and has a leader.
+    pub async fn wait_topic_ready(&self, topic: &str) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + limits::PARTITION_READY_WAIT;
+        loop {
+            let count = self
+                .metadata()
+                .topics
+                .get(topic)
+                .map_or(0, |t| t.partitions.len());
+            let ready = (0..count as u32)
+                .all(|i| self.partition(topic, i).is_ok_and(|p| p.leader().is_some()));
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::Unavailable(format!(
+                    "partitions of {topic} did not elect leaders in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn reconcile_forever(self: Arc<Self>) {
+        let mut metadata = self.metadata.clone();
+        while metadata.changed().await.is_ok() {
+            self.reconcile().await;
+        }
+    }
+
+    /// Opens partitions the metadata places here and closes (and deletes) the ones it no
+    /// longer lists.
+    pub async fn reconcile(&self) {
+        let _guard = self.reconciling.lock().await;
+        let metadata = self.metadata();
+        let wanted: BTreeMap<PartitionKey, (GroupId, &TopicMeta)> = metadata
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.replicas.contains(&self.node_id()))
+                    .map(move |(i, p)| ((t.name.clone(), i as u32), (p.group_id, t)))
+            })
+            .collect();
+        self.close_unwanted(&wanted).await;
+        for (key, (group_id, topic)) in &wanted {
+            let existing = self
+                .partitions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .cloned();
+            match existing {
+                Some(p) => {
+                    if let Ok(config) = self.topic_config(topic)
+                        && config != p.config()
+                        && let Err(e) = p.set_config(config)
+                    {
+                        tracing::warn!(topic = %key.0, partition = key.1, error = %e, "config change not applied");
+                    }
+                }
+                None => {
+                    if let Err(e) = self.open_partition(key, *group_id, topic).await {
+                        tracing::error!(topic = %key.0, partition = key.1, error = %e, "cannot open partition");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn close_unwanted(&self, wanted: &BTreeMap<PartitionKey, (GroupId, &TopicMeta)>) {
+        let unwanted: Vec<(PartitionKey, Arc<Partition>)> = self
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, p)| wanted.get(*k).is_none_or(|(g, _)| *g != p.group.id))
+            .map(|(k, p)| (k.clone(), Arc::clone(p)))
+            .collect();
+        let mut topics = BTreeSet::new();
+        for (key, partition) in unwanted {
+            partition.shutdown().await;
+            self.groups.remove(partition.group.id);
+            self.partitions
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            if let Err(e) = std::fs::remove_dir_all(&partition.group.dir) {
+                tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot remove partition data");
+            }
+            topics.insert(key.0);
+        }
+        for topic in topics {
+            // Removes the topic directory once its last partition is gone.
+            let _ = std::fs::remove_dir(self.config.data_dir.join(&topic));
+        }
+    }
+
+    async fn open_partition(
+        &self,
+        key: &PartitionKey,
+        group_id: GroupId,
+        topic: &TopicMeta,
+    ) -> Result<(), BrokerError> {
+        let config = self.topic_config(topic)?;
+        let dir = self.config.data_dir.join(&key.0).join(key.1.to_string());
+        let members: BTreeMap<NodeId, String> = topic
+            .partitions
+            .get(key.1 as usize)
+            .map(|p| {
+                p.replicas
+                    .iter()
+                    .map(|r| {
+                        (
+                            *r,
+                            if *r == self.node_id() {
+                                self.address.clone()
+                            } else {
+                                String::new()
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (high_watermark_tx, high_watermark) = watch::channel(0);
+        let spec = GroupSpec {
+            node_id: self.node_id(),
+            node_address: self.address.clone(),
+            group_id,
+            kind: GroupKind::Partition,
+            dir: &dir,
+            log_config: config.log.clone(),
+            members,
+        };
+        let (group, sm, report) = start_group(
+            spec,
+            |log| PartitionState::new(log, high_watermark_tx),
+            Arc::clone(&self.peers),
+        )
+        .await
+        .map_err(|e| BrokerError::StorageFailed(e.to_string()))?;
+        tracing::info!(topic = %key.0, partition = key.1, ?report, "partition log recovered");
+        self.groups.insert(group_id, group.raft.clone());
+        let partition = Partition::new(PartitionParts {
+            topic: key.0.clone(),
+            index: key.1,
+            group,
+            sm,
+            high_watermark,
+            config,
+            node_id: self.node_id(),
+            budget_bytes: self.config.partition_inflight_bytes,
+        });
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), Arc::new(partition));
+        Ok(())
+    }
+
+    /// Stops every group and checkpoints every log.
+    pub async fn shutdown(&self) {
+        for partition in self.partitions() {
+            partition.shutdown().await;
+        }
+        let _ = self.controller.raft.shutdown().await;
+        if let Ok(mut log) = self.controller.log.write()
+            && let Err(e) = log.checkpoint()
+        {
+            tracing::warn!(error = %e, "controller checkpoint at shutdown failed");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! One partition replica on this node: its Raft group, its log, its writer and budget.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_storage::Batch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::state::PartitionState;
+use super::writer::{PendingProduce, Produced, run_writer};
+use crate::controller::TopicConfig;
+use crate::error::BrokerError;
+use crate::limits::PRODUCE_QUEUE_DEPTH;
+use crate::raft::NodeId;
+use crate::raft::group::Group;
+use crate::raft::state_machine::GroupStateMachine;
+
+/// What a read found.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// Whole batches, mmap-backed.
+    pub batches: Vec<Bytes>,
+    /// The high watermark when read.
+    pub high_watermark: u64,
+    /// The log start offset when read.
+    pub log_start_offset: u64,
+}
+
+impl ReadResult {
+    /// Bytes of all batches.
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(Bytes::len).sum()
+    }
+}
+
+/// A partition replica hosted by this broker.
+pub struct Partition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub index: u32,
+    /// The Raft group.
+    pub group: Group,
+    node_id: NodeId,
+    sm: GroupStateMachine<PartitionState>,
+    high_watermark: watch::Receiver<u64>,
+    config: RwLock<TopicConfig>,
+    queue: mpsc::Sender<PendingProduce>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u64,
+    writer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Partition({}/{}, group {})",
+            self.topic, self.index, self.group.id
+        )
+    }
+}
+
+/// Everything a partition is built from.
+pub struct PartitionParts {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub index: u32,
+    /// The started group.
+    pub group: Group,
+    /// Its state machine.
+    pub sm: GroupStateMachine<PartitionState>,
+    /// Watch of its high watermark.
+    pub high_watermark: watch::Receiver<u64>,
+    /// Effective topic config.
+    pub config: TopicConfig,
+    /// This node.
+    pub node_id: NodeId,
+    /// Produce bytes in flight allowed for this partition.
+    pub budget_bytes: u64,
+}
+
+impl Partition {
+    /// Wraps a started group and spawns its writer.
+    pub fn new(parts: PartitionParts) -> Self {
+        let (queue, rx) = mpsc::channel(PRODUCE_QUEUE_DEPTH);
+        let writer = tokio::spawn(run_writer(parts.group.raft.clone(), parts.sm.clone(), rx));
+        let budget_permits = usize::try_from(parts.budget_bytes)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            topic: parts.topic,
+            index: parts.index,
+            group: parts.group,
+            node_id: parts.node_id,
+            sm: parts.sm,
+            high_watermark: parts.high_watermark,
+            config: RwLock::new(parts.config),
+            queue,
+            budget: Arc::new(Semaphore::new(budget_permits)),
+            budget_bytes: parts.budget_bytes,
+            writer,
+        }
+    }
+
+    /// This partition's share of the in-flight budget.
+    pub fn budget(&self) -> (&Arc<Semaphore>, u64) {
+        (&self.budget, self.budget_bytes)
+    }
+
+    /// The topic's effective config.
+    pub fn config(&self) -> TopicConfig {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Applies altered topic configs to the partition and its log.
+    pub fn set_config(&self, config: TopicConfig) -> Result<(), BrokerError> {
+        self.group
+            .log
+            .write()
+            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?
+            .set_config(config.log.clone())?;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The node that leads the group, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.group.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node leads the group now.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// Refuses unless this node leads the partition.
+    pub fn require_leader(&self) -> Result<(), BrokerError> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        let metrics = self.group.raft.metrics().borrow().clone();
+        let leader_hint = metrics.current_leader.and_then(|l| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        if metrics.current_leader.is_none() {
+            return Err(BrokerError::Unavailable(format!(
+                "{}/{} has no leader yet",
+                self.topic, self.index
+            )));
+        }
+        Err(BrokerError::NotLeader {
+            what: format!("{}/{}", self.topic, self.index),
+            leader_hint,
+        })
+    }
+
+    /// Queues a verified batch for the writer and waits for its offsets. `permits` are held
+    /// until the answer.
+    pub async fn produce(
+        &self,
+        batch: Batch,
+        permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Produced, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(PendingProduce {
+                batch,
+                reply,
+                permits,
+            })
+            .await
+            .map_err(|_| BrokerError::Unavailable("partition is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| BrokerError::Unavailable("partition writer stopped".into()))?
+    }
+
+    /// The committed end: consumers read below it.
+    pub fn high_watermark(&self) -> u64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// A watch of the high watermark, for long polls and subscriptions.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.high_watermark.clone()
+    }
+
+    /// Reads whole batches from `offset` below the high watermark, up to `max_bytes` (at
+    /// least one batch when any is available).
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, BrokerError> {
+        let high_watermark = self.high_watermark();
+        let log = self
+            .group
+            .log
+            .read()
+            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?;
+        let (log_start_offset, log_end) = (log.log_start_offset(), log.next_offset());
+        if offset < log_start_offset || offset > log_end.max(high_watermark) {
+            return Err(BrokerError::OffsetOutOfRange {
+                requested: offset,
+                log_start: log_start_offset,
+                log_end,
+            });
+        }
+        let batches = if offset >= high_watermark {
+            Vec::new()
+        } else {
+            log.read(offset, max_bytes, high_watermark)?
+        };
+        Ok(ReadResult {
+            batches,
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// Waits until the high watermark passes `offset` or `timeout` elapses.
+    pub async fn wait_past(&self, offset: u64, timeout: Duration) {
+        let mut watch = self.watch_high_watermark();
+        let _ = tokio::time::timeout(timeout, watch.wait_for(|hw| *hw > offset)).await;
+    }
+
+    /// First offset, high watermark, and size on disk.
+    pub fn offsets(&self) -> Result<(u64, u64, u64), BrokerError> {
+        let log = self
+            .group
+            .log
+            .read()
+            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?;
+        Ok((
+            log.log_start_offset(),
+            self.high_watermark(),
+            log.size_bytes(),
+        ))
+    }
+
+    /// The first offset at or after `timestamp_ms`, bounded by the high watermark.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
+        let high_watermark = self.high_watermark();
+        let log = self
+            .group
+            .log
+            .read()
+            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?;
+        Ok(log
+            .offset_for_timestamp(timestamp_ms)?
+            .map_or(high_watermark, |o| o.min(high_watermark)))
+    }
+
+    /// Stops the writer and the Raft group, then checkpoints the log.
+    pub async fn shutdown(&self) {
+        self.writer.abort();
+        let _ = self.group.raft.shutdown().await;
+        if let Ok(mut log) = self.group.log.write() {
+            if let Err(e) = log.checkpoint() {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "checkpoint at shutdown failed");
+            }
+        }
+    }
+
+    /// The state machine (for snapshots at retention points).
+    pub fn state_machine(&self) -> &GroupStateMachine<PartitionState> {
+        &self.sm
+    }
+}

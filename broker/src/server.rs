@@ -1,0 +1,101 @@
+//! Binding, serving, and shutting down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_protocol::MESSAGE_BYTES_MAX;
+use sluice_protocol::internal::v1::raft_server::RaftServer;
+use sluice_protocol::v1::admin_server::AdminServer;
+use sluice_protocol::v1::consumer_server::ConsumerServer;
+use sluice_protocol::v1::producer_server::ProducerServer;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::BrokerConfig;
+use crate::node::Node;
+use crate::raft::service::RaftService;
+use crate::service::admin::AdminService;
+use crate::service::consumer::ConsumerService;
+use crate::service::producer::ProducerService;
+
+/// How long in-flight requests and open streams get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the broker until SIGINT or SIGTERM, then shuts down cleanly: stop accepting, let
+/// in-flight requests finish (bounded), stop the Raft groups, checkpoint every log.
+pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?.to_string();
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(config.metrics_listen)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {}", config.metrics_listen))?;
+    let data_dir = config.data_dir.clone();
+    let node = Node::start(config, address.clone())
+        .await
+        .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
+    let stop = Arc::new(Notify::new());
+    let server = serve(Arc::clone(&node), listener, Arc::clone(&stop));
+    // Tests and scripts wait for this line: the broker accepts requests from here on.
+    println!("sluiced listening on {address}");
+    tracing::info!(%address, data_dir = %data_dir.display(), "sluiced ready");
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            stop.notify_one();
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+                tracing::warn!("requests still open after the grace period; closing them");
+            }
+        }
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> anyhow::Result<()> {
+    let producer = ProducerServer::new(ProducerService::new(Arc::clone(&node)))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let consumer = ConsumerServer::new(ConsumerService::new(Arc::clone(&node)))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let admin = AdminServer::new(AdminService::new(Arc::clone(&node)));
+    let raft = RaftServer::new(RaftService::new(Arc::clone(&node.groups)))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .add_service(producer)
+        .add_service(consumer)
+        .add_service(admin)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.notified().await
+        })
+        .await
+        .context("gRPC server failed")
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,265 @@
+//! `sluice.v1.Admin`: topics, partitions and the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::v1::admin_server::Admin;
+use sluice_protocol::v1::{
+    AddPartitionsRequest, AlterTopicConfigRequest, ClusterDescription, CreateTopicRequest,
+    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
+    DescribeTopicRequest, ListTopicsRequest, ListTopicsResponse, NodeDescription,
+    PartitionDescription, TopicDescription,
+};
+use tonic::{Request, Response, Status};
+
+use crate::controller::{ControllerCommand, ControllerResponse, TopicConfig, TopicMeta};
+use crate::error::BrokerError;
+use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_LEN_MAX};
+use crate::node::Node;
+
+/// Serves `sluice.v1.Admin`.
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn describe(&self, topic: &TopicMeta) -> TopicDescription {
+        let configs = self
+            .node
+            .topic_config(topic)
+            .map(|c| c.describe().into_iter().collect())
+            .unwrap_or_default();
+        let partitions = topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, meta)| {
+                let local = self.node.partition(&topic.name, i as u32).ok();
+                let (log_start_offset, high_watermark, size_bytes) = local
+                    .as_ref()
+                    .and_then(|p| p.offsets().ok())
+                    .unwrap_or_default();
+                PartitionDescription {
+                    partition: i as u32,
+                    leader: local.and_then(|p| p.leader()).unwrap_or_default(),
+                    replicas: meta.replicas.clone(),
+                    log_start_offset,
+                    high_watermark,
+                    size_bytes,
+                }
+            })
+            .collect();
+        TopicDescription {
+            name: topic.name.clone(),
+            replication_factor: topic.replication_factor,
+            configs,
+            partitions,
+        }
+    }
+
+    fn topic(&self, name: &str) -> Result<TopicMeta, BrokerError> {
+        self.node
+            .metadata()
+            .topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+    }
+
+    async fn propose(&self, command: ControllerCommand) -> Result<(), BrokerError> {
+        match self.node.propose(command).await? {
+            ControllerResponse::Ok | ControllerResponse::ProducerId(_) => Ok(()),
+            ControllerResponse::Refused { reason, message } => Err(match reason.as_str() {
+                "TOPIC_EXISTS" => BrokerError::TopicExists(message),
+                "UNKNOWN_TOPIC" => BrokerError::UnknownTopic(message),
+                _ => BrokerError::InvalidConfig(message),
+            }),
+        }
+    }
+}
+
+/// Kafka's topic name rules; names starting with `__` are reserved for the broker.
+pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
+    let legal = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > TOPIC_NAME_LEN_MAX || name == "." || name == ".." || !legal {
+        return Err(BrokerError::InvalidRequest(format!(
+            "topic name {name:?} must be 1 to {TOPIC_NAME_LEN_MAX} of [a-zA-Z0-9._-] and not . or .."
+        )));
+    }
+    if name.starts_with("__") {
+        return Err(BrokerError::InvalidRequest(format!(
+            "topic names starting with __ are reserved: {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_partition_count(count: u32) -> Result<(), BrokerError> {
+    if count == 0 || count > PARTITIONS_PER_TOPIC_MAX {
+        return Err(BrokerError::InvalidConfig(format!(
+            "partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}, got {count}"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let r = request.into_inner();
+        validate_topic_name(&r.name)?;
+        validate_partition_count(r.partitions)?;
+        let replication_factor = r.replication_factor.max(1);
+        let nodes = vec![self.node.node_id()];
+        if replication_factor as usize > nodes.len() {
+            return Err(BrokerError::InvalidConfig(format!(
+                "replication factor {replication_factor} exceeds the {} node(s) in the cluster",
+                nodes.len()
+            ))
+            .into());
+        }
+        let configs: BTreeMap<String, String> = r.configs.into_iter().collect();
+        TopicConfig::resolve(&self.node.config.default_log, &configs)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        if self.node.metadata().topics.contains_key(&r.name) {
+            return Err(BrokerError::TopicExists(r.name).into());
+        }
+        let command = ControllerCommand::CreateTopic {
+            name: r.name.clone(),
+            partitions: r.partitions,
+            replication_factor,
+            configs,
+            nodes,
+        };
+        self.propose(command).await?;
+        self.node.reconcile().await;
+        self.node.wait_topic_ready(&r.name).await?;
+        Ok(Response::new(CreateTopicResponse {
+            topic: Some(self.describe(&self.topic(&r.name)?)),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        self.topic(&name)?;
+        self.propose(ControllerCommand::DeleteTopic { name: name.clone() })
+            .await?;
+        self.node.reconcile().await;
+        // The reconciler closed the partitions and removed their data.
+        let gone = self.node.partitions().iter().all(|p| p.topic != name);
+        if !gone {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let topics = self
+            .node
+            .metadata()
+            .topics
+            .values()
+            .map(|t| self.describe(t))
+            .collect();
+        Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let topic = self.topic(&request.into_inner().name)?;
+        Ok(Response::new(self.describe(&topic)))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let topic = self.topic(&r.name)?;
+        let mut merged = topic.configs.clone();
+        for key in &r.delete {
+            merged.remove(key);
+        }
+        let set: BTreeMap<String, String> = r.set.into_iter().collect();
+        merged.extend(set.clone());
+        TopicConfig::resolve(&self.node.config.default_log, &merged)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        self.propose(ControllerCommand::AlterTopicConfig {
+            name: r.name.clone(),
+            set,
+            delete: r.delete,
+        })
+        .await?;
+        self.node.reconcile().await;
+        Ok(Response::new(self.describe(&self.topic(&r.name)?)))
+    }
+
+    async fn add_partitions(
+        &self,
+        request: Request<AddPartitionsRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let topic = self.topic(&r.name)?;
+        validate_partition_count(r.count)?;
+        if (r.count as usize) <= topic.partitions.len() {
+            return Err(BrokerError::InvalidConfig(format!(
+                "topic {} already has {} partitions; the new count must be larger",
+                r.name,
+                topic.partitions.len()
+            ))
+            .into());
+        }
+        let nodes = vec![self.node.node_id()];
+        self.propose(ControllerCommand::AddPartitions {
+            name: r.name.clone(),
+            count: r.count,
+            nodes,
+        })
+        .await?;
+        self.node.reconcile().await;
+        self.node.wait_topic_ready(&r.name).await?;
+        Ok(Response::new(self.describe(&self.topic(&r.name)?)))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<DescribeClusterRequest>,
+    ) -> Result<Response<ClusterDescription>, Status> {
+        let nodes = vec![NodeDescription {
+            node_id: self.node.node_id(),
+            address: self.node.address.clone(),
+        }];
+        let topics = self
+            .node
+            .metadata()
+            .topics
+            .values()
+            .map(|t| self.describe(t))
+            .collect();
+        Ok(Response::new(ClusterDescription {
+            nodes,
+            controller: self.node.controller_leader().unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            topics,
+        }))
+    }
+}

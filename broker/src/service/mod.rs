@@ -1,0 +1,6 @@
+//! The client-facing gRPC services.
+
+pub mod admin;
+pub mod consumer;
+pub mod deadline;
+pub mod producer;

@@ -1,0 +1,221 @@
+//! `sluice.v1.Producer`: unary and streamed produce, and producer ids.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
+use sluice_protocol::v1::producer_server::Producer;
+use sluice_protocol::v1::{
+    Acks, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+};
+use sluice_storage::Batch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::deadline::grpc_timeout;
+use crate::controller::{ControllerCommand, ControllerResponse};
+use crate::error::BrokerError;
+use crate::limits::THROTTLE_WAIT_DEFAULT;
+use crate::node::Node;
+
+/// Requests one produce stream may have in flight; the byte budgets usually bind first.
+const STREAM_INFLIGHT_MAX: usize = 256;
+
+/// Serves `sluice.v1.Producer`.
+pub struct ProducerService {
+    node: Arc<Node>,
+}
+
+impl ProducerService {
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// A validated produce, holding its budget, ready to queue.
+struct Admitted {
+    partition: Arc<crate::partition::Partition>,
+    batch: Batch,
+    permits: Vec<OwnedSemaphorePermit>,
+    request_id: u64,
+}
+
+async fn acquire(
+    budget: &Arc<Semaphore>,
+    total: u64,
+    len: usize,
+) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    // A batch larger than the whole budget takes all of it, so any batch can pass.
+    let permits = u32::try_from((len as u64).min(total).max(1)).unwrap_or(u32::MAX);
+    Arc::clone(budget).acquire_many_owned(permits).await
+}
+
+/// Validates a request and takes its share of the broker's and the partition's budgets,
+/// waiting at most `wait` (`None`: as long as it takes, for streams).
+async fn admit(
+    node: &Node,
+    message: ProduceRequest,
+    wait: Option<Duration>,
+) -> Result<Admitted, BrokerError> {
+    let partition = node.partition(&message.topic, message.partition)?;
+    partition.require_leader()?;
+    Acks::try_from(message.acks)
+        .map_err(|_| BrokerError::InvalidRequest(format!("unknown acks value {}", message.acks)))?;
+    let batch =
+        Batch::decode(message.batch).map_err(|e| BrokerError::CorruptBatch(e.to_string()))?;
+    if batch.header().attributes.is_control() || batch.header().record_count == 0 {
+        return Err(BrokerError::InvalidRequest(
+            "a produced batch must be a data batch with records".into(),
+        ));
+    }
+    let max = partition.config().max_message_bytes;
+    if batch.len() as u64 > max {
+        return Err(BrokerError::RecordTooLarge {
+            len: batch.len() as u64,
+            max,
+        });
+    }
+    let len = batch.len();
+    let (partition_budget, partition_total) = partition.budget();
+    let permits = async {
+        let broker = acquire(&node.broker_budget, node.config.broker_inflight_bytes, len).await?;
+        let local = acquire(partition_budget, partition_total, len).await?;
+        Ok::<_, tokio::sync::AcquireError>(vec![broker, local])
+    };
+    let throttled = || BrokerError::Throttled(format!("{}/{}", message.topic, message.partition));
+    let permits = match wait {
+        Some(wait) => tokio::time::timeout(wait, permits)
+            .await
+            .map_err(|_| throttled())?,
+        None => permits.await,
+    }
+    .map_err(|_| BrokerError::Unavailable("broker is shutting down".into()))?;
+    Ok(Admitted {
+        partition,
+        batch,
+        permits,
+        request_id: message.request_id,
+    })
+}
+
+async fn complete(admitted: Admitted) -> Result<ProduceResponse, BrokerError> {
+    let produced = admitted
+        .partition
+        .produce(admitted.batch, admitted.permits)
+        .await?;
+    Ok(ProduceResponse {
+        request_id: admitted.request_id,
+        base_offset: produced.base_offset,
+        log_append_time_ms: produced.log_append_time_ms,
+        duplicate: produced.duplicate,
+        error: None,
+    })
+}
+
+fn error_response(request_id: u64, e: &BrokerError) -> ProduceResponse {
+    ProduceResponse {
+        request_id,
+        error: Some(e.to_error_info()),
+        ..ProduceResponse::default()
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn std::future::Future<Output = ProduceResponse> + Send>>;
+
+/// Drives one produce stream: reads requests only while budget allows (so HTTP/2 flow
+/// control pushes back on the client) and answers in request order.
+async fn drive_stream(
+    node: Arc<Node>,
+    mut requests: Streaming<ProduceRequest>,
+    responses: mpsc::Sender<Result<ProduceResponse, Status>>,
+) {
+    let mut in_flight: FuturesOrdered<ResponseFuture> = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            message = requests.message(), if reading && in_flight.len() < STREAM_INFLIGHT_MAX => match message {
+                Ok(Some(message)) => {
+                    let request_id = message.request_id;
+                    let future: ResponseFuture = match admit(&node, message, None).await {
+                        Ok(admitted) => {
+                            // Spawned, so the batch reaches the writer (and frees its budget)
+                            // while this loop waits for budget for the next one.
+                            let task = tokio::spawn(complete(admitted));
+                            Box::pin(async move {
+                                match task.await {
+                                    Ok(result) => result.unwrap_or_else(|e| error_response(request_id, &e)),
+                                    Err(e) => error_response(request_id, &BrokerError::Internal(e.to_string())),
+                                }
+                            })
+                        }
+                        Err(e) => Box::pin(async move { error_response(request_id, &e) }),
+                    };
+                    in_flight.push_back(future);
+                }
+                Ok(None) => reading = false,
+                Err(status) => {
+                    let _ = responses.send(Err(status)).await;
+                    return;
+                }
+            },
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                if responses.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Producer for ProducerService {
+    async fn init_producer_id(
+        &self,
+        _request: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        match self
+            .node
+            .propose(ControllerCommand::AllocateProducerId)
+            .await?
+        {
+            ControllerResponse::ProducerId(producer_id) => {
+                Ok(Response::new(InitProducerIdResponse {
+                    producer_id,
+                    producer_epoch: 0,
+                }))
+            }
+            other => {
+                Err(BrokerError::Internal(format!("unexpected controller answer {other:?}")).into())
+            }
+        }
+    }
+
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let wait = grpc_timeout(request.metadata()).unwrap_or(THROTTLE_WAIT_DEFAULT);
+        let admitted = admit(&self.node, request.into_inner(), Some(wait)).await?;
+        Ok(Response::new(complete(admitted).await?))
+    }
+
+    type ProduceStreamStream = Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send>>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_INFLIGHT_MAX);
+        tokio::spawn(drive_stream(
+            Arc::clone(&self.node),
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

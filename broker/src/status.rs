@@ -1,0 +1,79 @@
+//! The one mapping from broker errors to gRPC statuses and stable reason strings.
+
+use sluice_protocol::v1::ErrorInfo;
+use sluice_protocol::{LEADER_HINT_KEY, RETRY_AFTER_MS_KEY, Reason, status_with_reason};
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::error::BrokerError;
+use crate::limits::THROTTLE_RETRY_AFTER_MS;
+
+impl BrokerError {
+    /// The stable reason of this error.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::UnknownTopic(_) => Reason::UnknownTopic,
+            Self::UnknownPartition { .. } => Reason::UnknownPartition,
+            Self::NotLeader { .. } => Reason::NotLeader,
+            Self::RecordTooLarge { .. } => Reason::RecordTooLarge,
+            Self::CorruptBatch(_) => Reason::CorruptBatch,
+            Self::OutOfOrderSequence { .. } => Reason::OutOfOrderSequence,
+            Self::ProducerFenced(_) => Reason::ProducerFenced,
+            Self::OffsetOutOfRange { .. } => Reason::OffsetOutOfRange,
+            Self::Throttled(_) => Reason::Throttled,
+            Self::InvalidConfig(_) => Reason::InvalidConfig,
+            Self::TopicExists(_) => Reason::TopicExists,
+            Self::InvalidRequest(_) => Reason::InvalidRequest,
+            Self::NoSpace => Reason::NoSpace,
+            Self::StorageFailed(_) => Reason::StorageFailed,
+            Self::Unavailable(_) => Reason::Unavailable,
+            Self::Internal(_) => Reason::Internal,
+        }
+    }
+
+    fn leader_hint(&self) -> Option<&str> {
+        match self {
+            Self::NotLeader { leader_hint, .. } => leader_hint.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The gRPC status for a unary call, with reason and hints in metadata.
+    pub fn to_status(&self) -> Status {
+        let mut status = status_with_reason(self.reason(), self.to_string());
+        if matches!(self, Self::Throttled(_)) {
+            status.metadata_mut().insert(
+                RETRY_AFTER_MS_KEY,
+                MetadataValue::from(THROTTLE_RETRY_AFTER_MS),
+            );
+        }
+        if let Some(hint) = self
+            .leader_hint()
+            .and_then(|h| MetadataValue::try_from(h).ok())
+        {
+            status.metadata_mut().insert(LEADER_HINT_KEY, hint);
+        }
+        status
+    }
+
+    /// The same error for one item of a streamed or batched response.
+    pub fn to_error_info(&self) -> ErrorInfo {
+        ErrorInfo {
+            code: self.reason().code() as i32,
+            reason: self.reason().as_str().to_string(),
+            message: self.to_string(),
+            retry_after_ms: if matches!(self, Self::Throttled(_)) {
+                THROTTLE_RETRY_AFTER_MS
+            } else {
+                0
+            },
+            leader_hint: self.leader_hint().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        e.to_status()
+    }
+}
