@@ -1,0 +1,156 @@
+//! `Client`: connections to brokers and the cluster metadata used to route requests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use sluice_protocol::MESSAGE_BYTES_MAX;
+use sluice_protocol::v1::admin_client::AdminClient;
+use sluice_protocol::v1::consumer_client::ConsumerClient;
+use sluice_protocol::v1::producer_client::ProducerClient;
+use sluice_protocol::v1::{ClusterDescription, DescribeClusterRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::admin::Admin;
+use crate::consumer::{Consumer, ConsumerConfig};
+use crate::error::ClientError;
+use crate::producer::{Producer, ProducerConfig};
+
+/// A handle on a Sluice cluster. Cheap to clone; share one per process.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bootstrap: Channel,
+    channels: RwLock<HashMap<String, Channel>>,
+    metadata: RwLock<Metadata>,
+}
+
+/// What the client knows of the cluster: partitions per topic and their leaders' addresses.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Metadata {
+    pub(crate) partitions: HashMap<String, u32>,
+    pub(crate) leaders: HashMap<(String, u32), String>,
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
+    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    Endpoint::from_shared(url).map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
+}
+
+impl Client {
+    /// Connects to the first reachable broker of `brokers` (`host:port`) and loads metadata.
+    pub async fn connect<I, S>(brokers: I) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let brokers: Vec<String> = brokers.into_iter().map(|b| b.as_ref().to_string()).collect();
+        if brokers.is_empty() {
+            return Err(ClientError::InvalidArgument("no broker address given".into()));
+        }
+        let mut last_error = String::new();
+        for broker in &brokers {
+            match endpoint(broker)?.connect().await {
+                Ok(channel) => {
+                    let client = Self {
+                        inner: Arc::new(Inner {
+                            bootstrap: channel.clone(),
+                            channels: RwLock::new(HashMap::from([(broker.clone(), channel)])),
+                            metadata: RwLock::new(Metadata::default()),
+                        }),
+                    };
+                    client.refresh_metadata().await?;
+                    return Ok(client);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(ClientError::Connect { brokers: brokers.join(","), message: last_error })
+    }
+
+    /// Re-reads topics and partition leaders from the cluster.
+    pub async fn refresh_metadata(&self) -> Result<(), ClientError> {
+        let cluster = self.describe_cluster().await?;
+        let mut metadata = Metadata::default();
+        let addresses: HashMap<u64, String> = cluster.nodes.iter().map(|n| (n.node_id, n.address.clone())).collect();
+        for topic in &cluster.topics {
+            metadata.partitions.insert(topic.name.clone(), topic.partitions.len() as u32);
+            for p in &topic.partitions {
+                if let Some(address) = addresses.get(&p.leader) {
+                    metadata.leaders.insert((topic.name.clone(), p.partition), address.clone());
+                }
+            }
+        }
+        *self.inner.metadata.write().unwrap_or_else(|p| p.into_inner()) = metadata;
+        Ok(())
+    }
+
+    pub(crate) async fn describe_cluster(&self) -> Result<ClusterDescription, ClientError> {
+        Ok(self.admin_client().describe_cluster(DescribeClusterRequest {}).await?.into_inner())
+    }
+
+    /// Partitions of `topic`, refreshing metadata once if it is not known.
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(n) = self.metadata().partitions.get(topic) {
+            return Ok(*n);
+        }
+        self.refresh_metadata().await?;
+        self.metadata().partitions.get(topic).copied().ok_or_else(|| ClientError::Refused {
+            reason: Some(sluice_protocol::Reason::UnknownTopic),
+            code: tonic::Code::NotFound,
+            message: format!("topic {topic:?} does not exist"),
+            retry_after_ms: None,
+        })
+    }
+
+    pub(crate) fn metadata(&self) -> Metadata {
+        self.inner.metadata.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The channel to the leader of a partition (the bootstrap broker if unknown).
+    pub(crate) fn leader_channel(&self, topic: &str, partition: u32) -> Channel {
+        let address = self.metadata().leaders.get(&(topic.to_string(), partition)).cloned();
+        let Some(address) = address else { return self.inner.bootstrap.clone() };
+        if let Some(channel) = self.inner.channels.read().unwrap_or_else(|p| p.into_inner()).get(&address) {
+            return channel.clone();
+        }
+        match endpoint(&address) {
+            Ok(e) => {
+                let channel = e.connect_lazy();
+                self.inner.channels.write().unwrap_or_else(|p| p.into_inner()).insert(address, channel.clone());
+                channel
+            }
+            Err(_) => self.inner.bootstrap.clone(),
+        }
+    }
+
+    pub(crate) fn admin_client(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.inner.bootstrap.clone())
+    }
+
+    pub(crate) fn producer_client(&self, channel: Channel) -> ProducerClient<Channel> {
+        ProducerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    pub(crate) fn consumer_client(&self, channel: Channel) -> ConsumerClient<Channel> {
+        ConsumerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// Topic and cluster administration.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.clone())
+    }
+
+    /// A producer with its own accumulators and (if idempotent) its own producer id.
+    pub async fn producer(&self, config: ProducerConfig) -> Result<Producer, ClientError> {
+        Producer::new(self.clone(), config).await
+    }
+
+    /// A consumer with manual partition assignment.
+    pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
+        Consumer::new(self.clone(), config)
+    }
+}

@@ -1,0 +1,204 @@
+//! The consumer: manual assignment, seek by offset or time, and a `Stream` of records fed
+//! by credit-paced subscriptions. Credit is granted back only after records were handed to
+//! the stream, so a slow reader slows the broker instead of filling memory.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use futures::stream::SelectAll;
+use sluice_protocol::v1::subscribe_request::Kind;
+use sluice_protocol::v1::{Credit, ListOffsetsRequest, OffsetSpec, SubscribeRequest, SubscribeStart};
+use sluice_storage::Batch;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::connection::Client;
+use crate::error::ClientError;
+
+/// How a consumer paces its subscriptions.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Bytes of credit per partition; must be at least the topics' `max.message.bytes`.
+    pub credit_bytes: u64,
+    /// Batches of credit per partition.
+    pub credit_batches: u32,
+    /// Records buffered between the subscriptions and the stream.
+    pub buffer_records: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self { credit_bytes: 8 * 1024 * 1024, credit_batches: 256, buffer_records: 4096 }
+    }
+}
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    /// The first stored offset.
+    Earliest,
+    /// The high watermark: only records produced from now on.
+    Latest,
+    /// This offset.
+    At(u64),
+    /// The first record at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// A consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Timestamp, ms since the epoch.
+    pub timestamp: i64,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value; `None` is a tombstone.
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+/// A consumer with manually assigned partitions.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    assignments: Vec<(String, u32, u64)>,
+}
+
+/// The records of every assigned partition, interleaved; each partition in offset order.
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<ConsumerRecord, ClientError>> + Send>>;
+
+impl Consumer {
+    pub(crate) fn new(client: Client, config: ConsumerConfig) -> Self {
+        Self { client, config, assignments: Vec::new() }
+    }
+
+    /// Resolves `from` to an offset of `topic`/`partition`.
+    pub async fn resolve(&self, topic: &str, partition: u32, from: Offset) -> Result<u64, ClientError> {
+        let (spec, timestamp_ms) = match from {
+            Offset::At(offset) => return Ok(offset),
+            Offset::Earliest => (OffsetSpec::Earliest, 0),
+            Offset::Latest => (OffsetSpec::Latest, 0),
+            Offset::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
+        };
+        let mut consumer = self.client.consumer_client(self.client.leader_channel(topic, partition));
+        let request = ListOffsetsRequest { topic: topic.to_string(), partition, spec: spec as i32, timestamp_ms };
+        Ok(consumer.list_offsets(request).await?.into_inner().offset)
+    }
+
+    /// Adds (or moves) a partition to read from `from`.
+    pub async fn assign(&mut self, topic: &str, partition: u32, from: Offset) -> Result<(), ClientError> {
+        let offset = self.resolve(topic, partition, from).await?;
+        self.assignments.retain(|(t, p, _)| !(t == topic && *p == partition));
+        self.assignments.push((topic.to_string(), partition, offset));
+        Ok(())
+    }
+
+    /// Moves an assigned partition (same as `assign`).
+    pub async fn seek(&mut self, topic: &str, partition: u32, to: Offset) -> Result<(), ClientError> {
+        self.assign(topic, partition, to).await
+    }
+
+    /// The stream of records. Dropping it ends the subscriptions.
+    pub fn into_stream(self) -> RecordStream {
+        let mut streams = SelectAll::new();
+        for (topic, partition, offset) in self.assignments {
+            let (tx, rx) = mpsc::channel(self.config.buffer_records);
+            tokio::spawn(run_partition(self.client.clone(), self.config.clone(), topic, partition, offset, tx));
+            streams.push(ReceiverStream::new(rx));
+        }
+        Box::pin(streams)
+    }
+}
+
+type Sink = mpsc::Sender<Result<ConsumerRecord, ClientError>>;
+
+/// Reads one partition until the stream is dropped, reconnecting on retriable errors.
+async fn run_partition(client: Client, config: ConsumerConfig, topic: String, partition: u32, mut position: u64, out: Sink) {
+    let mut failures = 0u32;
+    loop {
+        match subscribe_once(&client, &config, &topic, partition, &mut position, &out).await {
+            Ok(()) => return,
+            Err(e) if e.is_retriable() && failures < 50 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                let _ = client.refresh_metadata().await;
+            }
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// One subscription: `Ok` when the caller dropped the stream, `Err` when the broker failed.
+async fn subscribe_once(
+    client: &Client,
+    config: &ConsumerConfig,
+    topic: &str,
+    partition: u32,
+    position: &mut u64,
+    out: &Sink,
+) -> Result<(), ClientError> {
+    let (requests, rx) = mpsc::channel(4);
+    let start = SubscribeStart { topic: topic.to_string(), partition, offset: *position };
+    let credit = Credit { bytes: config.credit_bytes, batches: config.credit_batches };
+    for kind in [Kind::Start(start), Kind::Credit(credit)] {
+        requests.send(SubscribeRequest { kind: Some(kind) }).await.map_err(|_| ClientError::Closed)?;
+    }
+    let mut consumer = client.consumer_client(client.leader_channel(topic, partition));
+    let mut responses = consumer.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    while let Some(response) = responses.message().await? {
+        let (mut bytes, mut batches) = (0u64, 0u32);
+        for stored in response.batches {
+            bytes += stored.len() as u64;
+            batches += 1;
+            // Verified again here: integrity is end to end.
+            let batch = Batch::decode(stored)?;
+            let header = *batch.header();
+            if !header.attributes.is_control() {
+                for record in batch.records()? {
+                    let record = record?;
+                    if record.offset < *position {
+                        continue;
+                    }
+                    *position = record.offset + 1;
+                    let headers = record.headers.into_iter().map(|h| (h.key, h.value)).collect();
+                    let record = ConsumerRecord {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: record.offset,
+                        timestamp: record.timestamp,
+                        key: record.key,
+                        value: record.value,
+                        headers,
+                    };
+                    if out.send(Ok(record)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            *position = (*position).max(header.next_offset());
+        }
+        let credit = Credit { bytes, batches };
+        if requests.send(SubscribeRequest { kind: Some(Kind::Credit(credit)) }).await.is_err() {
+            return Ok(());
+        }
+    }
+    Err(ClientError::Refused {
+        reason: Some(sluice_protocol::Reason::Unavailable),
+        code: tonic::Code::Unavailable,
+        message: "subscription ended".into(),
+        retry_after_ms: None,
+    })
+}

@@ -1,0 +1,48 @@
+//! End-to-end tests against real `sluiced` processes.
+
+mod bad_input;
+mod backpressure;
+mod durability;
+mod idempotence;
+mod produce_consume;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
+
+/// A runtime for one test: the tests are synchronous around the broker process.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// Reads `expected` records from every partition of `topic` from the beginning, failing
+/// the test if they do not arrive within `timeout`.
+pub async fn read_all(client: &Client, topic: &str, partitions: u32, expected: usize, timeout: Duration) -> Vec<ConsumerRecord> {
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    for p in 0..partitions {
+        consumer.assign(topic, p, Offset::Earliest).await.expect("assign");
+    }
+    let mut stream = consumer.into_stream();
+    let mut records = Vec::with_capacity(expected);
+    let read = async {
+        while records.len() < expected {
+            match stream.next().await {
+                Some(record) => records.push(record.expect("record")),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| panic!("read only {} of {expected} records", records.len()));
+    records
+}
+
+/// Records per partition, in the order they were read.
+pub fn by_partition(records: &[ConsumerRecord]) -> HashMap<u32, Vec<&ConsumerRecord>> {
+    let mut map: HashMap<u32, Vec<&ConsumerRecord>> = HashMap::new();
+    for r in records {
+        map.entry(r.partition).or_default().push(r);
+    }
+    map
+}
