@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod flow;
 pub mod housekeeping;
 pub mod limits;
 pub mod node;

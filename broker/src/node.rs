@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
 use crate::controller::{
@@ -13,6 +13,7 @@ use crate::controller::{
     TopicConfig, TopicMeta,
 };
 use crate::error::BrokerError;
+use crate::flow::produce_budget::ByteBudget;
 use crate::partition::state::PartitionState;
 use crate::partition::{Partition, PartitionParts};
 use crate::raft::entry_codec::GroupKind;
@@ -42,7 +43,7 @@ pub struct Node {
     partitions: RwLock<BTreeMap<PartitionKey, Arc<Partition>>>,
     reconciling: tokio::sync::Mutex<()>,
     /// Produce bytes in flight across the broker.
-    pub broker_budget: Arc<Semaphore>,
+    pub broker_budget: ByteBudget,
 }
 
 impl std::fmt::Debug for Node {
@@ -104,9 +105,7 @@ impl Node {
             .current_leader(config.node_id, "controller leader")
             .await
             .map_err(|_| NodeError::NoController(wait))?;
-        let budget = usize::try_from(config.broker_inflight_bytes)
-            .unwrap_or(Semaphore::MAX_PERMITS)
-            .min(Semaphore::MAX_PERMITS);
+        let broker_budget = ByteBudget::new(config.broker_inflight_bytes);
         let node = Arc::new(Self {
             config,
             address,
@@ -116,7 +115,7 @@ impl Node {
             metadata,
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
-            broker_budget: Arc::new(Semaphore::new(budget)),
+            broker_budget,
         });
         // Wait for the controller to re-apply its log, so restarts see every topic.
         // Read in its own statement: a watch borrow held across an await blocks the sender.

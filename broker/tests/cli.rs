@@ -9,22 +9,45 @@ fn sluiced() -> Command {
 
 #[test]
 fn help_documents_every_flag_with_its_env_var() {
-    let out = sluiced().arg("--help").output().expect("run sluiced --help");
+    let out = sluiced()
+        .arg("--help")
+        .output()
+        .expect("run sluiced --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--data-dir", "--listen", "--metrics-listen", "--config", "--node-id", "SLUICE_DATA_DIR", "SLUICE_LISTEN"] {
+    for flag in [
+        "--data-dir",
+        "--listen",
+        "--metrics-listen",
+        "--config",
+        "--node-id",
+        "SLUICE_DATA_DIR",
+        "SLUICE_LISTEN",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
 
 #[test]
 fn bad_flags_and_bad_config_files_fail_with_a_message() {
-    let out = sluiced().arg("--listen").arg("not-an-address").output().expect("run");
+    let out = sluiced()
+        .arg("--listen")
+        .arg("not-an-address")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
     std::fs::write(&config, "no_such_key = 1\n").expect("write config");
-    let out = sluiced().arg("--config").arg(&config).output().expect("run");
+    let out = sluiced()
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no_such_key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

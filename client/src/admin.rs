@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use sluice_protocol::v1::{
-    AddPartitionsRequest, AlterTopicConfigRequest, ClusterDescription, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, ListTopicsRequest, TopicDescription,
+    AddPartitionsRequest, AlterTopicConfigRequest, ClusterDescription, CreateTopicRequest,
+    DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest, TopicDescription,
 };
 
 use crate::connection::Client;
@@ -29,26 +29,56 @@ impl Admin {
         replication_factor: u32,
         configs: HashMap<String, String>,
     ) -> Result<TopicDescription, ClientError> {
-        let request = CreateTopicRequest { name: name.to_string(), partitions, replication_factor, configs };
-        let response = self.client.admin_client().create_topic(request).await?.into_inner();
+        let request = CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+        };
+        let response = self
+            .client
+            .admin_client()
+            .create_topic(request)
+            .await?
+            .into_inner();
         self.client.refresh_metadata().await?;
-        response.topic.ok_or_else(|| ClientError::InvalidArgument("broker returned no topic".into()))
+        response
+            .topic
+            .ok_or_else(|| ClientError::InvalidArgument("broker returned no topic".into()))
     }
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        self.client.admin_client().delete_topic(DeleteTopicRequest { name: name.to_string() }).await?;
+        self.client
+            .admin_client()
+            .delete_topic(DeleteTopicRequest {
+                name: name.to_string(),
+            })
+            .await?;
         self.client.refresh_metadata().await
     }
 
     /// Every topic.
     pub async fn list_topics(&self) -> Result<Vec<TopicDescription>, ClientError> {
-        Ok(self.client.admin_client().list_topics(ListTopicsRequest {}).await?.into_inner().topics)
+        Ok(self
+            .client
+            .admin_client()
+            .list_topics(ListTopicsRequest {})
+            .await?
+            .into_inner()
+            .topics)
     }
 
     /// One topic, with per-partition leader, offsets and size.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
-        Ok(self.client.admin_client().describe_topic(DescribeTopicRequest { name: name.to_string() }).await?.into_inner())
+        Ok(self
+            .client
+            .admin_client()
+            .describe_topic(DescribeTopicRequest {
+                name: name.to_string(),
+            })
+            .await?
+            .into_inner())
     }
 
     /// Sets and removes topic configs.
@@ -58,14 +88,35 @@ impl Admin {
         set: HashMap<String, String>,
         delete: Vec<String>,
     ) -> Result<TopicDescription, ClientError> {
-        let request = AlterTopicConfigRequest { name: name.to_string(), set, delete };
-        Ok(self.client.admin_client().alter_topic_config(request).await?.into_inner())
+        let request = AlterTopicConfigRequest {
+            name: name.to_string(),
+            set,
+            delete,
+        };
+        Ok(self
+            .client
+            .admin_client()
+            .alter_topic_config(request)
+            .await?
+            .into_inner())
     }
 
     /// Grows a topic to `count` partitions.
-    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicDescription, ClientError> {
-        let request = AddPartitionsRequest { name: name.to_string(), count };
-        let description = self.client.admin_client().add_partitions(request).await?.into_inner();
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: u32,
+    ) -> Result<TopicDescription, ClientError> {
+        let request = AddPartitionsRequest {
+            name: name.to_string(),
+            count,
+        };
+        let description = self
+            .client
+            .admin_client()
+            .add_partitions(request)
+            .await?
+            .into_inner();
         self.client.refresh_metadata().await?;
         Ok(description)
     }

@@ -36,8 +36,13 @@ pub(crate) struct Metadata {
 }
 
 fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
-    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    Endpoint::from_shared(url).map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Endpoint::from_shared(url)
+        .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
 }
 
 impl Client {
@@ -47,9 +52,14 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let brokers: Vec<String> = brokers.into_iter().map(|b| b.as_ref().to_string()).collect();
+        let brokers: Vec<String> = brokers
+            .into_iter()
+            .map(|b| b.as_ref().to_string())
+            .collect();
         if brokers.is_empty() {
-            return Err(ClientError::InvalidArgument("no broker address given".into()));
+            return Err(ClientError::InvalidArgument(
+                "no broker address given".into(),
+            ));
         }
         let mut last_error = String::new();
         for broker in &brokers {
@@ -68,28 +78,47 @@ impl Client {
                 Err(e) => last_error = e.to_string(),
             }
         }
-        Err(ClientError::Connect { brokers: brokers.join(","), message: last_error })
+        Err(ClientError::Connect {
+            brokers: brokers.join(","),
+            message: last_error,
+        })
     }
 
     /// Re-reads topics and partition leaders from the cluster.
     pub async fn refresh_metadata(&self) -> Result<(), ClientError> {
         let cluster = self.describe_cluster().await?;
         let mut metadata = Metadata::default();
-        let addresses: HashMap<u64, String> = cluster.nodes.iter().map(|n| (n.node_id, n.address.clone())).collect();
+        let addresses: HashMap<u64, String> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.node_id, n.address.clone()))
+            .collect();
         for topic in &cluster.topics {
-            metadata.partitions.insert(topic.name.clone(), topic.partitions.len() as u32);
+            metadata
+                .partitions
+                .insert(topic.name.clone(), topic.partitions.len() as u32);
             for p in &topic.partitions {
                 if let Some(address) = addresses.get(&p.leader) {
-                    metadata.leaders.insert((topic.name.clone(), p.partition), address.clone());
+                    metadata
+                        .leaders
+                        .insert((topic.name.clone(), p.partition), address.clone());
                 }
             }
         }
-        *self.inner.metadata.write().unwrap_or_else(|p| p.into_inner()) = metadata;
+        *self
+            .inner
+            .metadata
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = metadata;
         Ok(())
     }
 
     pub(crate) async fn describe_cluster(&self) -> Result<ClusterDescription, ClientError> {
-        Ok(self.admin_client().describe_cluster(DescribeClusterRequest {}).await?.into_inner())
+        Ok(self
+            .admin_client()
+            .describe_cluster(DescribeClusterRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Partitions of `topic`, refreshing metadata once if it is not known.
@@ -98,29 +127,53 @@ impl Client {
             return Ok(*n);
         }
         self.refresh_metadata().await?;
-        self.metadata().partitions.get(topic).copied().ok_or_else(|| ClientError::Refused {
-            reason: Some(sluice_protocol::Reason::UnknownTopic),
-            code: tonic::Code::NotFound,
-            message: format!("topic {topic:?} does not exist"),
-            retry_after_ms: None,
-        })
+        self.metadata()
+            .partitions
+            .get(topic)
+            .copied()
+            .ok_or_else(|| ClientError::Refused {
+                reason: Some(sluice_protocol::Reason::UnknownTopic),
+                code: tonic::Code::NotFound,
+                message: format!("topic {topic:?} does not exist"),
+                retry_after_ms: None,
+            })
     }
 
     pub(crate) fn metadata(&self) -> Metadata {
-        self.inner.metadata.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The channel to the leader of a partition (the bootstrap broker if unknown).
     pub(crate) fn leader_channel(&self, topic: &str, partition: u32) -> Channel {
-        let address = self.metadata().leaders.get(&(topic.to_string(), partition)).cloned();
-        let Some(address) = address else { return self.inner.bootstrap.clone() };
-        if let Some(channel) = self.inner.channels.read().unwrap_or_else(|p| p.into_inner()).get(&address) {
+        let address = self
+            .metadata()
+            .leaders
+            .get(&(topic.to_string(), partition))
+            .cloned();
+        let Some(address) = address else {
+            return self.inner.bootstrap.clone();
+        };
+        if let Some(channel) = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&address)
+        {
             return channel.clone();
         }
         match endpoint(&address) {
             Ok(e) => {
                 let channel = e.connect_lazy();
-                self.inner.channels.write().unwrap_or_else(|p| p.into_inner()).insert(address, channel.clone());
+                self.inner
+                    .channels
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(address, channel.clone());
                 channel
             }
             Err(_) => self.inner.bootstrap.clone(),
@@ -132,11 +185,15 @@ impl Client {
     }
 
     pub(crate) fn producer_client(&self, channel: Channel) -> ProducerClient<Channel> {
-        ProducerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX)
+        ProducerClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
     pub(crate) fn consumer_client(&self, channel: Channel) -> ConsumerClient<Channel> {
-        ConsumerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX)
+        ConsumerClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
     /// Topic and cluster administration.

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures::Stream;
 use futures::stream::SelectAll;
 use sluice_protocol::v1::subscribe_request::Kind;
-use sluice_protocol::v1::{Credit, ListOffsetsRequest, OffsetSpec, SubscribeRequest, SubscribeStart};
+use sluice_protocol::v1::{
+    Credit, ListOffsetsRequest, OffsetSpec, SubscribeRequest, SubscribeStart,
+};
 use sluice_storage::Batch;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +32,11 @@ pub struct ConsumerConfig {
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { credit_bytes: 8 * 1024 * 1024, credit_batches: 256, buffer_records: 4096 }
+        Self {
+            credit_bytes: 8 * 1024 * 1024,
+            credit_batches: 256,
+            buffer_records: 4096,
+        }
     }
 }
 
@@ -79,32 +85,60 @@ pub type RecordStream = Pin<Box<dyn Stream<Item = Result<ConsumerRecord, ClientE
 
 impl Consumer {
     pub(crate) fn new(client: Client, config: ConsumerConfig) -> Self {
-        Self { client, config, assignments: Vec::new() }
+        Self {
+            client,
+            config,
+            assignments: Vec::new(),
+        }
     }
 
     /// Resolves `from` to an offset of `topic`/`partition`.
-    pub async fn resolve(&self, topic: &str, partition: u32, from: Offset) -> Result<u64, ClientError> {
+    pub async fn resolve(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+    ) -> Result<u64, ClientError> {
         let (spec, timestamp_ms) = match from {
             Offset::At(offset) => return Ok(offset),
             Offset::Earliest => (OffsetSpec::Earliest, 0),
             Offset::Latest => (OffsetSpec::Latest, 0),
             Offset::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
         };
-        let mut consumer = self.client.consumer_client(self.client.leader_channel(topic, partition));
-        let request = ListOffsetsRequest { topic: topic.to_string(), partition, spec: spec as i32, timestamp_ms };
+        let mut consumer = self
+            .client
+            .consumer_client(self.client.leader_channel(topic, partition));
+        let request = ListOffsetsRequest {
+            topic: topic.to_string(),
+            partition,
+            spec: spec as i32,
+            timestamp_ms,
+        };
         Ok(consumer.list_offsets(request).await?.into_inner().offset)
     }
 
     /// Adds (or moves) a partition to read from `from`.
-    pub async fn assign(&mut self, topic: &str, partition: u32, from: Offset) -> Result<(), ClientError> {
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+    ) -> Result<(), ClientError> {
         let offset = self.resolve(topic, partition, from).await?;
-        self.assignments.retain(|(t, p, _)| !(t == topic && *p == partition));
-        self.assignments.push((topic.to_string(), partition, offset));
+        self.assignments
+            .retain(|(t, p, _)| !(t == topic && *p == partition));
+        self.assignments
+            .push((topic.to_string(), partition, offset));
         Ok(())
     }
 
     /// Moves an assigned partition (same as `assign`).
-    pub async fn seek(&mut self, topic: &str, partition: u32, to: Offset) -> Result<(), ClientError> {
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        to: Offset,
+    ) -> Result<(), ClientError> {
         self.assign(topic, partition, to).await
     }
 
@@ -113,7 +147,14 @@ impl Consumer {
         let mut streams = SelectAll::new();
         for (topic, partition, offset) in self.assignments {
             let (tx, rx) = mpsc::channel(self.config.buffer_records);
-            tokio::spawn(run_partition(self.client.clone(), self.config.clone(), topic, partition, offset, tx));
+            tokio::spawn(run_partition(
+                self.client.clone(),
+                self.config.clone(),
+                topic,
+                partition,
+                offset,
+                tx,
+            ));
             streams.push(ReceiverStream::new(rx));
         }
         Box::pin(streams)
@@ -123,7 +164,14 @@ impl Consumer {
 type Sink = mpsc::Sender<Result<ConsumerRecord, ClientError>>;
 
 /// Reads one partition until the stream is dropped, reconnecting on retriable errors.
-async fn run_partition(client: Client, config: ConsumerConfig, topic: String, partition: u32, mut position: u64, out: Sink) {
+async fn run_partition(
+    client: Client,
+    config: ConsumerConfig,
+    topic: String,
+    partition: u32,
+    mut position: u64,
+    out: Sink,
+) {
     let mut failures = 0u32;
     loop {
         match subscribe_once(&client, &config, &topic, partition, &mut position, &out).await {
@@ -151,13 +199,26 @@ async fn subscribe_once(
     out: &Sink,
 ) -> Result<(), ClientError> {
     let (requests, rx) = mpsc::channel(4);
-    let start = SubscribeStart { topic: topic.to_string(), partition, offset: *position };
-    let credit = Credit { bytes: config.credit_bytes, batches: config.credit_batches };
+    let start = SubscribeStart {
+        topic: topic.to_string(),
+        partition,
+        offset: *position,
+    };
+    let credit = Credit {
+        bytes: config.credit_bytes,
+        batches: config.credit_batches,
+    };
     for kind in [Kind::Start(start), Kind::Credit(credit)] {
-        requests.send(SubscribeRequest { kind: Some(kind) }).await.map_err(|_| ClientError::Closed)?;
+        requests
+            .send(SubscribeRequest { kind: Some(kind) })
+            .await
+            .map_err(|_| ClientError::Closed)?;
     }
     let mut consumer = client.consumer_client(client.leader_channel(topic, partition));
-    let mut responses = consumer.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    let mut responses = consumer
+        .subscribe(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     while let Some(response) = responses.message().await? {
         let (mut bytes, mut batches) = (0u64, 0u32);
         for stored in response.batches {
@@ -173,7 +234,11 @@ async fn subscribe_once(
                         continue;
                     }
                     *position = record.offset + 1;
-                    let headers = record.headers.into_iter().map(|h| (h.key, h.value)).collect();
+                    let headers = record
+                        .headers
+                        .into_iter()
+                        .map(|h| (h.key, h.value))
+                        .collect();
                     let record = ConsumerRecord {
                         topic: topic.to_string(),
                         partition,
@@ -191,7 +256,13 @@ async fn subscribe_once(
             *position = (*position).max(header.next_offset());
         }
         let credit = Credit { bytes, batches };
-        if requests.send(SubscribeRequest { kind: Some(Kind::Credit(credit)) }).await.is_err() {
+        if requests
+            .send(SubscribeRequest {
+                kind: Some(Kind::Credit(credit)),
+            })
+            .await
+            .is_err()
+        {
             return Ok(());
         }
     }

@@ -48,9 +48,13 @@ impl ClientError {
     /// Whether retrying the same request may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Self::Refused { reason: Some(r), .. } => r.is_retriable(),
+            Self::Refused {
+                reason: Some(r), ..
+            } => r.is_retriable(),
             // Transport failures surface as UNAVAILABLE without a reason.
-            Self::Refused { reason: None, code, .. } => matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown),
+            Self::Refused {
+                reason: None, code, ..
+            } => matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown),
             _ => false,
         }
     }

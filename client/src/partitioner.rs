@@ -50,7 +50,10 @@ mod tests {
         assert_eq!(murmur2(b"foobar"), -790_332_482);
         assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
         assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58_897_971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58_897_971
+        );
         assert_eq!(murmur2(b"abc"), 479_470_107);
     }
 
@@ -59,6 +62,9 @@ mod tests {
         for p in 1..20 {
             assert!(partition_for_key(b"key", p) < p);
         }
-        assert_eq!(partition_for_key(b"foobar", 6), partition_for_key(b"foobar", 6));
+        assert_eq!(
+            partition_for_key(b"foobar", 6),
+            partition_for_key(b"foobar", 6)
+        );
     }
 }

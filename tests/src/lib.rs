@@ -18,9 +18,16 @@ pub fn sluiced_binary() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/sluiced; `cargo test --workspace`
     // builds it because the broker package has integration tests of its own.
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let binary = profile_dir.join("sluiced");
-    assert!(binary.exists(), "{} is missing: run `cargo build -p sluice-broker` or set SLUICED", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p sluice-broker` or set SLUICED",
+        binary.display()
+    );
     binary
 }
 
@@ -52,7 +59,13 @@ impl TestBroker {
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
         let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let (child, address) = spawn(data_dir, &extra_args);
-        Self { child: Some(child), address, data_dir: data_dir.to_path_buf(), extra_args, _temp: None }
+        Self {
+            child: Some(child),
+            address,
+            data_dir: data_dir.to_path_buf(),
+            extra_args,
+            _temp: None,
+        }
     }
 
     /// The data directory.
@@ -75,8 +88,13 @@ impl TestBroker {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         // Bounded wait: the broker's own shutdown grace is 5 s.
         for _ in 0..300 {
             if let Ok(Some(status)) = child.try_wait() {
@@ -100,7 +118,8 @@ impl TestBroker {
 
     /// Anonymous resident memory (heap, stacks) in KiB: mapped segment pages excluded.
     pub fn rss_anon_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("RssAnon:"))
@@ -141,7 +160,10 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
         Ok(address) => (child, address),
         Err(_) => {
             let _ = child.kill();
-            panic!("sluiced did not become ready within {START_TIMEOUT:?} (log: {})", data_dir.with_extension("log").display());
+            panic!(
+                "sluiced did not become ready within {START_TIMEOUT:?} (log: {})",
+                data_dir.with_extension("log").display()
+            );
         }
     }
 }

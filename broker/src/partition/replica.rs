@@ -1,17 +1,18 @@
 //! One partition replica on this node: its Raft group, its log, its writer and budget.
 
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_storage::Batch;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::state::PartitionState;
 use super::writer::{PendingProduce, Produced, run_writer};
 use crate::controller::TopicConfig;
 use crate::error::BrokerError;
+use crate::flow::produce_budget::ByteBudget;
 use crate::limits::PRODUCE_QUEUE_DEPTH;
 use crate::raft::NodeId;
 use crate::raft::group::Group;
@@ -48,8 +49,7 @@ pub struct Partition {
     high_watermark: watch::Receiver<u64>,
     config: RwLock<TopicConfig>,
     queue: mpsc::Sender<PendingProduce>,
-    budget: Arc<Semaphore>,
-    budget_bytes: u64,
+    budget: ByteBudget,
     writer: JoinHandle<()>,
 }
 
@@ -88,9 +88,6 @@ impl Partition {
     pub fn new(parts: PartitionParts) -> Self {
         let (queue, rx) = mpsc::channel(PRODUCE_QUEUE_DEPTH);
         let writer = tokio::spawn(run_writer(parts.group.raft.clone(), parts.sm.clone(), rx));
-        let budget_permits = usize::try_from(parts.budget_bytes)
-            .unwrap_or(Semaphore::MAX_PERMITS)
-            .min(Semaphore::MAX_PERMITS);
         Self {
             topic: parts.topic,
             index: parts.index,
@@ -100,15 +97,14 @@ impl Partition {
             high_watermark: parts.high_watermark,
             config: RwLock::new(parts.config),
             queue,
-            budget: Arc::new(Semaphore::new(budget_permits)),
-            budget_bytes: parts.budget_bytes,
+            budget: ByteBudget::new(parts.budget_bytes),
             writer,
         }
     }
 
-    /// This partition's share of the in-flight budget.
-    pub fn budget(&self) -> (&Arc<Semaphore>, u64) {
-        (&self.budget, self.budget_bytes)
+    /// This partition's in-flight produce budget.
+    pub fn budget(&self) -> &ByteBudget {
+        &self.budget
     }
 
     /// The topic's effective config.
@@ -262,10 +258,10 @@ impl Partition {
     pub async fn shutdown(&self) {
         self.writer.abort();
         let _ = self.group.raft.shutdown().await;
-        if let Ok(mut log) = self.group.log.write() {
-            if let Err(e) = log.checkpoint() {
-                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "checkpoint at shutdown failed");
-            }
+        if let Ok(mut log) = self.group.log.write()
+            && let Err(e) = log.checkpoint()
+        {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "checkpoint at shutdown failed");
         }
     }
 

@@ -11,13 +11,14 @@ use sluice_protocol::v1::{
     Acks, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
 };
 use sluice_storage::Batch;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::deadline::grpc_timeout;
 use crate::controller::{ControllerCommand, ControllerResponse};
 use crate::error::BrokerError;
+use crate::flow::produce_budget::{self, AdmitError};
 use crate::limits::THROTTLE_WAIT_DEFAULT;
 use crate::node::Node;
 
@@ -42,16 +43,6 @@ struct Admitted {
     batch: Batch,
     permits: Vec<OwnedSemaphorePermit>,
     request_id: u64,
-}
-
-async fn acquire(
-    budget: &Arc<Semaphore>,
-    total: u64,
-    len: usize,
-) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
-    // A batch larger than the whole budget takes all of it, so any batch can pass.
-    let permits = u32::try_from((len as u64).min(total).max(1)).unwrap_or(u32::MAX);
-    Arc::clone(budget).acquire_many_owned(permits).await
 }
 
 /// Validates a request and takes its share of the broker's and the partition's budgets,
@@ -80,20 +71,15 @@ async fn admit(
         });
     }
     let len = batch.len();
-    let (partition_budget, partition_total) = partition.budget();
-    let permits = async {
-        let broker = acquire(&node.broker_budget, node.config.broker_inflight_bytes, len).await?;
-        let local = acquire(partition_budget, partition_total, len).await?;
-        Ok::<_, tokio::sync::AcquireError>(vec![broker, local])
-    };
-    let throttled = || BrokerError::Throttled(format!("{}/{}", message.topic, message.partition));
-    let permits = match wait {
-        Some(wait) => tokio::time::timeout(wait, permits)
-            .await
-            .map_err(|_| throttled())?,
-        None => permits.await,
-    }
-    .map_err(|_| BrokerError::Unavailable("broker is shutting down".into()))?;
+    let budgets = [&node.broker_budget, partition.budget()];
+    let permits = produce_budget::admit(&budgets, len, wait)
+        .await
+        .map_err(|e| match e {
+            AdmitError::Throttled => {
+                BrokerError::Throttled(format!("{}/{}", message.topic, message.partition))
+            }
+            AdmitError::Closed => BrokerError::Unavailable("broker is shutting down".into()),
+        })?;
     Ok(Admitted {
         partition,
         batch,
@@ -199,7 +185,10 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let wait = grpc_timeout(request.metadata()).unwrap_or(THROTTLE_WAIT_DEFAULT);
+        // Answer THROTTLED a little before the caller's deadline, so the answer arrives.
+        let wait = grpc_timeout(request.metadata()).map_or(THROTTLE_WAIT_DEFAULT, |t| {
+            t.saturating_sub((t / 4).min(std::time::Duration::from_millis(100)))
+        });
         let admitted = admit(&self.node, request.into_inner(), Some(wait)).await?;
         Ok(Response::new(complete(admitted).await?))
     }

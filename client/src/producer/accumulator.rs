@@ -4,10 +4,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_protocol::v1::{InitProducerIdRequest, ProduceRequest};
 use sluice_protocol::Reason;
-use sluice_storage::batch::{NO_PRODUCER_ID, NewRecord};
+use sluice_protocol::v1::{InitProducerIdRequest, ProduceRequest};
 use sluice_storage::BatchBuilder;
+use sluice_storage::batch::{NO_PRODUCER_ID, NewRecord};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -40,7 +40,9 @@ struct Identity {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(super) async fn run_accumulator(
@@ -60,7 +62,9 @@ pub(super) async fn run_accumulator(
         loop {
             match next.take() {
                 Some(Item::Record(p)) => {
-                    bytes += p.record.key.as_ref().map_or(0, |k| k.len()) + p.record.value.as_ref().map_or(0, |v| v.len()) + 16;
+                    bytes += p.record.key.as_ref().map_or(0, |k| k.len())
+                        + p.record.value.as_ref().map_or(0, |v| v.len())
+                        + 16;
                     round.push(p);
                 }
                 Some(Item::Flush(done)) => {
@@ -86,17 +90,35 @@ pub(super) async fn run_accumulator(
     }
 }
 
-async fn producer_identity(client: &Client, config: &ProducerConfig) -> Result<Identity, ClientError> {
+async fn producer_identity(
+    client: &Client,
+    config: &ProducerConfig,
+) -> Result<Identity, ClientError> {
     if !config.idempotent {
-        return Ok(Identity { producer_id: NO_PRODUCER_ID, epoch: 0, next_sequence: 0 });
+        return Ok(Identity {
+            producer_id: NO_PRODUCER_ID,
+            epoch: 0,
+            next_sequence: 0,
+        });
     }
     let mut producer = client.producer_client(client.leader_channel("", 0));
-    let response = producer.init_producer_id(InitProducerIdRequest {}).await?.into_inner();
+    let response = producer
+        .init_producer_id(InitProducerIdRequest {})
+        .await?
+        .into_inner();
     let epoch = u16::try_from(response.producer_epoch).unwrap_or(u16::MAX);
-    Ok(Identity { producer_id: response.producer_id, epoch, next_sequence: 0 })
+    Ok(Identity {
+        producer_id: response.producer_id,
+        epoch,
+        next_sequence: 0,
+    })
 }
 
-fn build_batch(config: &ProducerConfig, identity: &Identity, round: &[Pending]) -> Result<bytes::Bytes, ClientError> {
+fn build_batch(
+    config: &ProducerConfig,
+    identity: &Identity,
+    round: &[Pending],
+) -> Result<bytes::Bytes, ClientError> {
     let mut builder = BatchBuilder::new(config.compression);
     if identity.producer_id != NO_PRODUCER_ID {
         builder = builder.producer(identity.producer_id, identity.epoch, identity.next_sequence);
@@ -104,8 +126,17 @@ fn build_batch(config: &ProducerConfig, identity: &Identity, round: &[Pending]) 
     let now = now_ms();
     for pending in round {
         let r = &pending.record;
-        let headers: Vec<(&[u8], Option<&[u8]>)> = r.headers.iter().map(|(k, v)| (k.as_ref(), v.as_deref())).collect();
-        builder.push(NewRecord { key: r.key.as_deref(), value: r.value.as_deref(), timestamp: r.timestamp.unwrap_or(now), headers: &headers });
+        let headers: Vec<(&[u8], Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_deref()))
+            .collect();
+        builder.push(NewRecord {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            timestamp: r.timestamp.unwrap_or(now),
+            headers: &headers,
+        });
     }
     builder.build().map_err(ClientError::Corrupt)
 }
@@ -133,7 +164,10 @@ async fn send_round(
     .await;
     match &result {
         Ok(_) => {
-            if let Some(id) = identity.as_mut().filter(|id| id.producer_id != NO_PRODUCER_ID) {
+            if let Some(id) = identity
+                .as_mut()
+                .filter(|id| id.producer_id != NO_PRODUCER_ID)
+            {
                 id.next_sequence = id.next_sequence.wrapping_add(round.len() as u32);
             }
         }
@@ -144,7 +178,10 @@ async fn send_round(
         Err(_) => *identity = None,
     }
     for (i, pending) in round.into_iter().enumerate() {
-        let answer = result.as_ref().map(|base| base + i as u64).map_err(Clone::clone);
+        let answer = result
+            .as_ref()
+            .map(|base| base + i as u64)
+            .map_err(Clone::clone);
         let _ = pending.reply.send(answer);
     }
 }
@@ -152,7 +189,13 @@ async fn send_round(
 fn is_definite_refusal(e: &ClientError) -> bool {
     matches!(
         e.reason(),
-        Some(Reason::CorruptBatch | Reason::RecordTooLarge | Reason::InvalidRequest | Reason::InvalidConfig | Reason::UnknownTopic)
+        Some(
+            Reason::CorruptBatch
+                | Reason::RecordTooLarge
+                | Reason::InvalidRequest
+                | Reason::InvalidConfig
+                | Reason::UnknownTopic
+        )
     ) || matches!(e, ClientError::Corrupt(_) | ClientError::InvalidArgument(_))
 }
 
@@ -183,13 +226,21 @@ async fn produce_with_retries(
         }
         attempt += 1;
         let hinted = match &error {
-            ClientError::Refused { retry_after_ms: Some(ms), .. } => Some(Duration::from_millis(u64::from(*ms))),
+            ClientError::Refused {
+                retry_after_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(u64::from(*ms))),
             _ => None,
         };
-        let backoff = hinted.unwrap_or_else(|| (config.retry_backoff * 2u32.saturating_pow(attempt.min(5))).min(Duration::from_secs(1)));
+        let backoff = hinted.unwrap_or_else(|| {
+            (config.retry_backoff * 2u32.saturating_pow(attempt.min(5))).min(Duration::from_secs(1))
+        });
         tracing::debug!(%topic, partition, attempt, error = %error, "retrying produce");
         tokio::time::sleep(backoff).await;
-        if matches!(error.reason(), Some(Reason::NotLeader | Reason::UnknownPartition)) {
+        if matches!(
+            error.reason(),
+            Some(Reason::NotLeader | Reason::UnknownPartition)
+        ) {
             let _ = client.refresh_metadata().await;
         }
     }

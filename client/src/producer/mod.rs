@@ -77,7 +77,10 @@ pub struct ProducerRecord {
 impl ProducerRecord {
     /// An empty record for `topic`.
     pub fn new(topic: impl Into<String>) -> Self {
-        Self { topic: topic.into(), ..Self::default() }
+        Self {
+            topic: topic.into(),
+            ..Self::default()
+        }
     }
 
     /// Sets the key.
@@ -137,10 +140,19 @@ struct Inner {
 impl Producer {
     pub(crate) async fn new(client: Client, config: ProducerConfig) -> Result<Self, ClientError> {
         if config.batch_bytes == 0 || config.queue_records == 0 {
-            return Err(ClientError::InvalidArgument("batch_bytes and queue_records must be positive".into()));
+            return Err(ClientError::InvalidArgument(
+                "batch_bytes and queue_records must be positive".into(),
+            ));
         }
-        let inner = Inner { client, config, accumulators: Mutex::new(HashMap::new()), round_robin: AtomicU32::new(0) };
-        Ok(Self { inner: Arc::new(inner) })
+        let inner = Inner {
+            client,
+            config,
+            accumulators: Mutex::new(HashMap::new()),
+            round_robin: AtomicU32::new(0),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     async fn choose_partition(&self, record: &ProducerRecord) -> Result<u32, ClientError> {
@@ -151,19 +163,33 @@ impl Producer {
             (None, None) => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % count,
         };
         if partition >= count {
-            return Err(ClientError::InvalidArgument(format!("topic {} has {count} partitions, not {}", record.topic, partition + 1)));
+            return Err(ClientError::InvalidArgument(format!(
+                "topic {} has {count} partitions, not {}",
+                record.topic,
+                partition + 1
+            )));
         }
         Ok(partition)
     }
 
     fn accumulator(&self, topic: &str, partition: u32) -> mpsc::Sender<Item> {
-        let mut accumulators = self.inner.accumulators.lock().unwrap_or_else(|p| p.into_inner());
+        let mut accumulators = self
+            .inner
+            .accumulators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let key = (topic.to_string(), partition);
         if let Some(tx) = accumulators.get(&key) {
             return tx.clone();
         }
         let (tx, rx) = mpsc::channel(self.inner.config.queue_records);
-        tokio::spawn(run_accumulator(self.inner.client.clone(), self.inner.config.clone(), topic.to_string(), partition, rx));
+        tokio::spawn(run_accumulator(
+            self.inner.client.clone(),
+            self.inner.config.clone(),
+            topic.to_string(),
+            partition,
+            rx,
+        ));
         accumulators.insert(key, tx.clone());
         tx
     }
@@ -183,8 +209,14 @@ impl Producer {
 
     /// Sends every queued record now and waits until all are answered.
     pub async fn flush(&self) -> Result<(), ClientError> {
-        let senders: Vec<mpsc::Sender<Item>> =
-            self.inner.accumulators.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let senders: Vec<mpsc::Sender<Item>> = self
+            .inner
+            .accumulators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for sender in senders {
             let (done, wait) = oneshot::channel();
             if sender.send(Item::Flush(done)).await.is_ok() {

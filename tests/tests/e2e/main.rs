@@ -1,7 +1,7 @@
 //! End-to-end tests against real `sluiced` processes.
 
-mod bad_input;
 mod backpressure;
+mod bad_input;
 mod durability;
 mod idempotence;
 mod produce_consume;
@@ -14,15 +14,28 @@ use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
 
 /// A runtime for one test: the tests are synchronous around the broker process.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Reads `expected` records from every partition of `topic` from the beginning, failing
 /// the test if they do not arrive within `timeout`.
-pub async fn read_all(client: &Client, topic: &str, partitions: u32, expected: usize, timeout: Duration) -> Vec<ConsumerRecord> {
+pub async fn read_all(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<ConsumerRecord> {
     let mut consumer = client.consumer(ConsumerConfig::default());
     for p in 0..partitions {
-        consumer.assign(topic, p, Offset::Earliest).await.expect("assign");
+        consumer
+            .assign(topic, p, Offset::Earliest)
+            .await
+            .expect("assign");
     }
     let mut stream = consumer.into_stream();
     let mut records = Vec::with_capacity(expected);
@@ -34,7 +47,9 @@ pub async fn read_all(client: &Client, topic: &str, partitions: u32, expected: u
             }
         }
     };
-    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| panic!("read only {} of {expected} records", records.len()));
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| panic!("read only {} of {expected} records", records.len()));
     records
 }
 

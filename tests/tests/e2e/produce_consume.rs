@@ -18,9 +18,18 @@ fn keyed_records_arrive_once_in_order_on_murmur2_partitions_and_survive_restart(
     let mut broker = TestBroker::start();
     let rt = runtime();
     let acked: HashMap<(u32, u64), (String, String)> = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()]).await.expect("connect");
-        client.admin().create_topic("events", PARTITIONS, 1, Default::default()).await.expect("create topic");
-        let producer = client.producer(ProducerConfig::default()).await.expect("producer");
+        let client = Client::connect([broker.address.as_str()])
+            .await
+            .expect("connect");
+        client
+            .admin()
+            .create_topic("events", PARTITIONS, 1, Default::default())
+            .await
+            .expect("create topic");
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
         let mut acked = HashMap::with_capacity(RECORDS);
         let mut pending = FuturesUnordered::new();
         for i in 0..RECORDS {
@@ -28,7 +37,13 @@ fn keyed_records_arrive_once_in_order_on_murmur2_partitions_and_survive_restart(
             let value = format!("value-{i}");
             let producer = producer.clone();
             pending.push(async move {
-                let sent = producer.send(ProducerRecord::new("events").key(key.clone()).value(value.clone())).await;
+                let sent = producer
+                    .send(
+                        ProducerRecord::new("events")
+                            .key(key.clone())
+                            .value(value.clone()),
+                    )
+                    .await;
                 (key, value, sent)
             });
             // Bounded in flight, as an application would.
@@ -44,31 +59,62 @@ fn keyed_records_arrive_once_in_order_on_murmur2_partitions_and_survive_restart(
         }
         acked
     });
-    assert_eq!(acked.len(), RECORDS, "every send got its own (partition, offset)");
+    assert_eq!(
+        acked.len(),
+        RECORDS,
+        "every send got its own (partition, offset)"
+    );
     for ((partition, _), (key, _)) in &acked {
-        assert_eq!(*partition, partition_for_key(key.as_bytes(), PARTITIONS), "{key} is where murmur2 puts it");
+        assert_eq!(
+            *partition,
+            partition_for_key(key.as_bytes(), PARTITIONS),
+            "{key} is where murmur2 puts it"
+        );
     }
     let check = |records: &[sluice_client::ConsumerRecord]| {
         assert_eq!(records.len(), RECORDS);
         for (partition, list) in by_partition(records) {
-            assert!(list.windows(2).all(|w| w[0].offset < w[1].offset), "partition {partition} in offset order");
+            assert!(
+                list.windows(2).all(|w| w[0].offset < w[1].offset),
+                "partition {partition} in offset order"
+            );
         }
         for r in records {
-            let (key, value) = acked.get(&(r.partition, r.offset)).expect("every read record was acked there");
+            let (key, value) = acked
+                .get(&(r.partition, r.offset))
+                .expect("every read record was acked there");
             assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
             assert_eq!(r.value.as_deref(), Some(value.as_bytes()));
         }
     };
     let first = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()]).await.expect("connect");
-        read_all(&client, "events", PARTITIONS, RECORDS, Duration::from_secs(120)).await
+        let client = Client::connect([broker.address.as_str()])
+            .await
+            .expect("connect");
+        read_all(
+            &client,
+            "events",
+            PARTITIONS,
+            RECORDS,
+            Duration::from_secs(120),
+        )
+        .await
     });
     check(&first);
     assert!(broker.stop(), "clean shutdown on SIGTERM");
     broker.restart();
     let second = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()]).await.expect("connect after restart");
-        read_all(&client, "events", PARTITIONS, RECORDS, Duration::from_secs(120)).await
+        let client = Client::connect([broker.address.as_str()])
+            .await
+            .expect("connect after restart");
+        read_all(
+            &client,
+            "events",
+            PARTITIONS,
+            RECORDS,
+            Duration::from_secs(120),
+        )
+        .await
     });
     check(&second);
 }

@@ -1,0 +1,3 @@
+//! Flow control: the produce byte budgets.
+
+pub mod produce_budget;
