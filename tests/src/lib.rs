@@ -17,18 +17,12 @@ pub fn sluiced_binary() -> PathBuf {
     }
     // target/<profile>/deps/<test> → target/<profile>/sluiced; `cargo test --workspace`
     // builds it because the broker package has integration tests of its own.
+    // A test sits in target/<profile>/deps, a binary (the load generator) beside sluiced.
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
-    let binary = profile_dir.join("sluiced");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p sluice-broker` or set SLUICED",
-        binary.display()
-    );
-    binary
+    let dir = exe.parent().expect("executable dir");
+    let candidates = [dir.join("sluiced"), dir.parent().map(|d| d.join("sluiced")).unwrap_or_default()];
+    let found = candidates.iter().find(|c| c.is_file()).cloned();
+    found.unwrap_or_else(|| panic!("sluiced not found next to {}: build it or set SLUICED", exe.display()))
 }
 
 /// A running broker, killed when dropped.

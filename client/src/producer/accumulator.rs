@@ -19,6 +19,8 @@ use crate::error::ClientError;
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) record: ProducerRecord,
+    /// When `send` queued it: linger counts from the oldest record of a batch.
+    pub(super) queued_at: Instant,
     pub(super) reply: oneshot::Sender<Result<u64, ClientError>>,
 }
 
@@ -57,7 +59,10 @@ pub(super) async fn run_accumulator(
         let mut round: Vec<Pending> = Vec::new();
         let mut flushes = Vec::new();
         let mut bytes = 0usize;
-        let deadline = Instant::now() + config.linger;
+        let deadline = match &first {
+            Item::Record(p) => p.queued_at + config.linger,
+            Item::Flush(_) => Instant::now(),
+        };
         let mut next = Some(first);
         loop {
             match next.take() {

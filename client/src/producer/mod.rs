@@ -23,7 +23,8 @@ use accumulator::{Item, Pending, run_accumulator};
 pub struct ProducerConfig {
     /// How long a batch waits for more records before it is sent.
     pub linger: Duration,
-    /// A batch is sent once its encoded records reach this size.
+    /// A batch is sent once its records reach this size. One batch per partition is in flight
+    /// (that keeps order under retries), so batches grow under load up to this size.
     pub batch_bytes: usize,
     /// Compression of each batch.
     pub compression: Compression,
@@ -45,7 +46,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
             linger: Duration::from_millis(5),
-            batch_bytes: 256 * 1024,
+            batch_bytes: 1024 * 1024,
             compression: Compression::None,
             idempotent: true,
             acks: Acks::All,
@@ -200,7 +201,7 @@ impl Producer {
         let partition = self.choose_partition(&record).await?;
         let (reply, answer) = oneshot::channel();
         self.accumulator(&record.topic, partition)
-            .send(Item::Record(Pending { record, reply }))
+            .send(Item::Record(Pending { record, reply, queued_at: tokio::time::Instant::now() }))
             .await
             .map_err(|_| ClientError::Closed)?;
         let offset = answer.await.map_err(|_| ClientError::Closed)??;

@@ -1,0 +1,182 @@
+//! Load generator: produce throughput and latency, and end-to-end latency, through a real
+//! `sluiced` (acks=all, fsync), on one partition and on six, next to the storage-only append
+//! rate measured in the same run.
+//!
+//! ```sh
+//! cargo build --release --bins
+//! cargo run --release -p sluice-benches --bin loadgen -- [seconds]
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sluice_benches::workload::{RECORD_BYTES, batch_64k};
+use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
+use sluice_storage::{Compression, Log, LogConfig, RaftPosition};
+use sluice_tests::TestBroker;
+use tokio::sync::Mutex;
+
+/// Sending tasks, as many application tasks would have.
+const SENDERS: usize = 256;
+/// Sends each task keeps in flight (it awaits the oldest before adding one).
+const WINDOW: usize = 32;
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Records per second the storage engine alone sustains: 64 KiB batches of 1 KiB records,
+/// synced every 1 MiB, as the broker's group commit would.
+fn storage_only_rate(seconds: f64) -> f64 {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = LogConfig { segment_bytes: 256 << 20, retention_bytes: Some(512 << 20), retention_ms: None, ..LogConfig::default() };
+    let (mut log, _) = Log::open(dir.path(), config).expect("open");
+    let batches: Vec<_> = (0..16).map(|i| batch_64k(i, Compression::None)).collect();
+    let records_per_batch = batches[0].header().record_count as u64;
+    let start = Instant::now();
+    let (mut records, mut index, mut since_sync) = (0u64, 0u64, 0usize);
+    while start.elapsed().as_secs_f64() < seconds {
+        let batch = &batches[index as usize % batches.len()];
+        index += 1;
+        log.append(batch, RaftPosition { term: 1, leader: 1, index }).expect("append");
+        records += records_per_batch;
+        since_sync += batch.len();
+        if since_sync >= 1 << 20 {
+            log.sync().expect("sync");
+            since_sync = 0;
+        }
+        if log.segment_count() > 3 {
+            log.apply_retention().expect("retention");
+        }
+    }
+    log.sync().expect("sync");
+    records as f64 / start.elapsed().as_secs_f64()
+}
+
+struct RunResult {
+    records_per_s: f64,
+    produce_us: Vec<u64>,
+    e2e_us: Vec<u64>,
+}
+
+/// Produces for `seconds` with `SENDERS` concurrent sends, optionally paced to `rate`
+/// records/s, while a consumer reads everything and measures end-to-end latency.
+async fn run(client: &Client, topic: &str, partitions: u32, seconds: f64, rate: Option<f64>) -> RunResult {
+    let producer = client.producer(ProducerConfig::default()).await.expect("producer");
+    let epoch = Instant::now();
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    for p in 0..partitions {
+        consumer.assign(topic, p, Offset::Latest).await.expect("assign");
+    }
+    let e2e = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let e2e = Arc::clone(&e2e);
+        let mut stream = consumer.into_stream();
+        tokio::spawn(async move {
+            while let Some(Ok(record)) = stream.next().await {
+                if let Some(value) = record.value.as_ref().and_then(|v| v.get(..8)) {
+                    let sent = u64::from_le_bytes(value.try_into().unwrap_or_default());
+                    let now = epoch.elapsed().as_micros() as u64;
+                    e2e.lock().await.push(now.saturating_sub(sent));
+                }
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    let start = Instant::now();
+    for task in 0..SENDERS {
+        let (producer, stop, sent, topic) = (producer.clone(), Arc::clone(&stop), Arc::clone(&sent), topic.to_string());
+        senders.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let interval = rate.map(|r| Duration::from_secs_f64(SENDERS as f64 / r));
+            let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(task as f64 / SENDERS as f64));
+            let mut i = 0u64;
+            let mut window = futures::stream::FuturesOrdered::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
+                let mut value = vec![b'x'; RECORD_BYTES];
+                value[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_le_bytes());
+                let record = ProducerRecord::new(&topic).key(format!("k{task}-{i}")).value(value);
+                let producer = producer.clone();
+                window.push_back(async move {
+                    let t0 = Instant::now();
+                    producer.send(record).await.map(|_| t0.elapsed().as_micros() as u64)
+                });
+                i += 1;
+                if window.len() >= WINDOW {
+                    match window.next().await {
+                        Some(Ok(us)) => {
+                            latencies.push(us);
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            while let Some(Ok(us)) = window.next().await {
+                latencies.push(us);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut produce_us = Vec::new();
+    for s in senders {
+        produce_us.extend(s.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+    produce_us.sort_unstable();
+    let mut e2e_us = e2e.lock().await.clone();
+    e2e_us.sort_unstable();
+    RunResult { records_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed, produce_us, e2e_us }
+}
+
+fn report(label: &str, r: &RunResult, baseline: f64) {
+    let p = |v: &[u64], q| percentile(v, q) as f64 / 1000.0;
+    println!(
+        "{label:<34} {:>10.0} rec/s {:>7.1} MB/s  ratio {:>5.2}x  produce p50 {:>6.2} p99 {:>6.2} p99.9 {:>6.2} ms  e2e p50 {:>6.2} p99 {:>6.2} ms",
+        r.records_per_s,
+        r.records_per_s * RECORD_BYTES as f64 / 1e6,
+        r.records_per_s / baseline,
+        p(&r.produce_us, 0.5),
+        p(&r.produce_us, 0.99),
+        p(&r.produce_us, 0.999),
+        p(&r.e2e_us, 0.5),
+        p(&r.e2e_us, 0.99),
+    );
+}
+
+fn main() {
+    let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+    let baseline = storage_only_rate(seconds.min(5.0));
+    println!("storage-only append (64 KiB batches, sync every 1 MiB): {baseline:.0} records/s ({:.1} MB/s)", baseline * RECORD_BYTES as f64 / 1e6);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    for partitions in [1u32, 6] {
+        let broker = TestBroker::start();
+        runtime.block_on(async {
+            let client = Client::connect([broker.address.as_str()]).await.expect("connect");
+            let topic = format!("load-{partitions}");
+            let configs = [("max.message.bytes".to_string(), (8 << 20).to_string())];
+            client.admin().create_topic(&topic, partitions, 1, configs.into_iter().collect()).await.expect("create");
+            let peak = run(&client, &topic, partitions, seconds, None).await;
+            report(&format!("{partitions} partition(s), peak"), &peak, baseline);
+            let half = run(&client, &topic, partitions, seconds, Some(peak.records_per_s / 2.0)).await;
+            report(&format!("{partitions} partition(s), half of peak rate"), &half, baseline);
+        });
+    }
+}
