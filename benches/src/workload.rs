@@ -42,3 +42,19 @@ pub fn batch_64k_bytes(seed: u64, compression: Compression) -> Bytes {
     }
     builder.build().expect("benchmark batch is valid")
 }
+
+/// An encoded batch of 1 KiB records of about `bytes` in total.
+pub fn batch_bytes_of(bytes: usize) -> Bytes {
+    let mut builder = BatchBuilder::new(Compression::None);
+    let value = vec![b'v'; RECORD_BYTES];
+    for i in 0..(bytes / (RECORD_BYTES + 32)).max(1) {
+        let key = format!("key-{i:08}");
+        builder.push(NewRecord {
+            key: Some(key.as_bytes()),
+            value: Some(&value),
+            timestamp: 1_700_000_000_000,
+            headers: &[],
+        });
+    }
+    builder.build().expect("benchmark batch is valid")
+}

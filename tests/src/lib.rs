@@ -20,9 +20,17 @@ pub fn sluiced_binary() -> PathBuf {
     // A test sits in target/<profile>/deps, a binary (the load generator) beside sluiced.
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().expect("executable dir");
-    let candidates = [dir.join("sluiced"), dir.parent().map(|d| d.join("sluiced")).unwrap_or_default()];
+    let candidates = [
+        dir.join("sluiced"),
+        dir.parent().map(|d| d.join("sluiced")).unwrap_or_default(),
+    ];
     let found = candidates.iter().find(|c| c.is_file()).cloned();
-    found.unwrap_or_else(|| panic!("sluiced not found next to {}: build it or set SLUICED", exe.display()))
+    found.unwrap_or_else(|| {
+        panic!(
+            "sluiced not found next to {}: build it or set SLUICED",
+            exe.display()
+        )
+    })
 }
 
 /// A running broker, killed when dropped.

@@ -35,7 +35,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 /// synced every 1 MiB, as the broker's group commit would.
 fn storage_only_rate(seconds: f64) -> f64 {
     let dir = tempfile::tempdir().expect("dir");
-    let config = LogConfig { segment_bytes: 256 << 20, retention_bytes: Some(512 << 20), retention_ms: None, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 256 << 20,
+        retention_bytes: Some(512 << 20),
+        retention_ms: None,
+        ..LogConfig::default()
+    };
     let (mut log, _) = Log::open(dir.path(), config).expect("open");
     let batches: Vec<_> = (0..16).map(|i| batch_64k(i, Compression::None)).collect();
     let records_per_batch = batches[0].header().record_count as u64;
@@ -44,7 +49,15 @@ fn storage_only_rate(seconds: f64) -> f64 {
     while start.elapsed().as_secs_f64() < seconds {
         let batch = &batches[index as usize % batches.len()];
         index += 1;
-        log.append(batch, RaftPosition { term: 1, leader: 1, index }).expect("append");
+        log.append(
+            batch,
+            RaftPosition {
+                term: 1,
+                leader: 1,
+                index,
+            },
+        )
+        .expect("append");
         records += records_per_batch;
         since_sync += batch.len();
         if since_sync >= 1 << 20 {
@@ -67,12 +80,24 @@ struct RunResult {
 
 /// Produces for `seconds` with `SENDERS` concurrent sends, optionally paced to `rate`
 /// records/s, while a consumer reads everything and measures end-to-end latency.
-async fn run(client: &Client, topic: &str, partitions: u32, seconds: f64, rate: Option<f64>) -> RunResult {
-    let producer = client.producer(ProducerConfig::default()).await.expect("producer");
+async fn run(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    seconds: f64,
+    rate: Option<f64>,
+) -> RunResult {
+    let producer = client
+        .producer(ProducerConfig::default())
+        .await
+        .expect("producer");
     let epoch = Instant::now();
     let mut consumer = client.consumer(ConsumerConfig::default());
     for p in 0..partitions {
-        consumer.assign(topic, p, Offset::Latest).await.expect("assign");
+        consumer
+            .assign(topic, p, Offset::Latest)
+            .await
+            .expect("assign");
     }
     let e2e = Arc::new(Mutex::new(Vec::new()));
     let reader = {
@@ -93,11 +118,17 @@ async fn run(client: &Client, topic: &str, partitions: u32, seconds: f64, rate: 
     let mut senders = Vec::new();
     let start = Instant::now();
     for task in 0..SENDERS {
-        let (producer, stop, sent, topic) = (producer.clone(), Arc::clone(&stop), Arc::clone(&sent), topic.to_string());
+        let (producer, stop, sent, topic) = (
+            producer.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&sent),
+            topic.to_string(),
+        );
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let interval = rate.map(|r| Duration::from_secs_f64(SENDERS as f64 / r));
-            let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(task as f64 / SENDERS as f64));
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(task as f64 / SENDERS as f64));
             let mut i = 0u64;
             let mut window = futures::stream::FuturesOrdered::new();
             while !stop.load(Ordering::Relaxed) {
@@ -107,11 +138,16 @@ async fn run(client: &Client, topic: &str, partitions: u32, seconds: f64, rate: 
                 }
                 let mut value = vec![b'x'; RECORD_BYTES];
                 value[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_le_bytes());
-                let record = ProducerRecord::new(&topic).key(format!("k{task}-{i}")).value(value);
+                let record = ProducerRecord::new(&topic)
+                    .key(format!("k{task}-{i}"))
+                    .value(value);
                 let producer = producer.clone();
                 window.push_back(async move {
                     let t0 = Instant::now();
-                    producer.send(record).await.map(|_| t0.elapsed().as_micros() as u64)
+                    producer
+                        .send(record)
+                        .await
+                        .map(|_| t0.elapsed().as_micros() as u64)
                 });
                 i += 1;
                 if window.len() >= WINDOW {
@@ -143,7 +179,78 @@ async fn run(client: &Client, topic: &str, partitions: u32, seconds: f64, rate: 
     produce_us.sort_unstable();
     let mut e2e_us = e2e.lock().await.clone();
     e2e_us.sort_unstable();
-    RunResult { records_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed, produce_us, e2e_us }
+    RunResult {
+        records_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed,
+        produce_us,
+        e2e_us,
+    }
+}
+
+/// Broker capacity without the SDK's per-record work: `in_flight` raw produce requests of a
+/// pre-built batch of 1 KiB records per partition, for `seconds`. Returns records/s and the
+/// sorted request latencies (µs).
+async fn run_raw(
+    address: &str,
+    topic: &str,
+    partitions: u32,
+    seconds: f64,
+    in_flight: usize,
+) -> RunResult {
+    use sluice_protocol::v1::producer_client::ProducerClient;
+    use sluice_protocol::v1::{Acks, ProduceRequest};
+    let batch = sluice_benches::workload::batch_bytes_of(1 << 20);
+    let records = sluice_storage::BatchHeader::decode(&batch)
+        .map(|h| h.record_count)
+        .unwrap_or(0) as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for partition in 0..partitions {
+        for _ in 0..in_flight {
+            let (stop, sent, batch, topic) = (
+                Arc::clone(&stop),
+                Arc::clone(&sent),
+                batch.clone(),
+                topic.to_string(),
+            );
+            let client = ProducerClient::connect(format!("http://{address}"))
+                .await
+                .expect("connect");
+            let mut client = client.max_encoding_message_size(sluice_protocol::MESSAGE_BYTES_MAX);
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let request = ProduceRequest {
+                        topic: topic.clone(),
+                        partition,
+                        batch: batch.clone(),
+                        acks: Acks::All as i32,
+                        request_id: 0,
+                    };
+                    if client.produce(request).await.is_err() {
+                        break;
+                    }
+                    latencies.push(t0.elapsed().as_micros() as u64);
+                    sent.fetch_add(records, Ordering::Relaxed);
+                }
+                latencies
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut produce_us = Vec::new();
+    for t in tasks {
+        produce_us.extend(t.await.unwrap_or_default());
+    }
+    produce_us.sort_unstable();
+    RunResult {
+        records_per_s: sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+        produce_us,
+        e2e_us: Vec::new(),
+    }
 }
 
 fn report(label: &str, r: &RunResult, baseline: f64) {
@@ -162,21 +269,53 @@ fn report(label: &str, r: &RunResult, baseline: f64) {
 }
 
 fn main() {
-    let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+    let seconds: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
     let baseline = storage_only_rate(seconds.min(5.0));
-    println!("storage-only append (64 KiB batches, sync every 1 MiB): {baseline:.0} records/s ({:.1} MB/s)", baseline * RECORD_BYTES as f64 / 1e6);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!(
+        "storage-only append (64 KiB batches, sync every 1 MiB): {baseline:.0} records/s ({:.1} MB/s)",
+        baseline * RECORD_BYTES as f64 / 1e6
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     for partitions in [1u32, 6] {
         let broker = TestBroker::start();
         runtime.block_on(async {
-            let client = Client::connect([broker.address.as_str()]).await.expect("connect");
+            let client = Client::connect([broker.address.as_str()])
+                .await
+                .expect("connect");
             let topic = format!("load-{partitions}");
             let configs = [("max.message.bytes".to_string(), (8 << 20).to_string())];
-            client.admin().create_topic(&topic, partitions, 1, configs.into_iter().collect()).await.expect("create");
+            client
+                .admin()
+                .create_topic(&topic, partitions, 1, configs.into_iter().collect())
+                .await
+                .expect("create");
             let peak = run(&client, &topic, partitions, seconds, None).await;
             report(&format!("{partitions} partition(s), peak"), &peak, baseline);
-            let half = run(&client, &topic, partitions, seconds, Some(peak.records_per_s / 2.0)).await;
-            report(&format!("{partitions} partition(s), half of peak rate"), &half, baseline);
+            let half = run(
+                &client,
+                &topic,
+                partitions,
+                seconds,
+                Some(peak.records_per_s / 2.0),
+            )
+            .await;
+            report(
+                &format!("{partitions} partition(s), half of peak rate"),
+                &half,
+                baseline,
+            );
+            let raw = run_raw(&broker.address, &topic, partitions, seconds, 4).await;
+            report(
+                &format!("{partitions} partition(s), raw 1 MiB batches"),
+                &raw,
+                baseline,
+            );
         });
     }
 }

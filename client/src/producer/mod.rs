@@ -201,7 +201,11 @@ impl Producer {
         let partition = self.choose_partition(&record).await?;
         let (reply, answer) = oneshot::channel();
         self.accumulator(&record.topic, partition)
-            .send(Item::Record(Pending { record, reply, queued_at: tokio::time::Instant::now() }))
+            .send(Item::Record(Pending {
+                record,
+                reply,
+                queued_at: tokio::time::Instant::now(),
+            }))
             .await
             .map_err(|_| ClientError::Closed)?;
         let offset = answer.await.map_err(|_| ClientError::Closed)??;
