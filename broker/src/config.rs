@@ -149,7 +149,12 @@ impl BrokerConfig {
                     .or(file.housekeeping_interval_secs)
                     .unwrap_or(30),
             ),
-            default_log: LogConfig::default(),
+            // 128 MiB segments (Redpanda's default, not Kafka's 1 GiB): recovery reads an active
+            // segment's whole reserved length, so smaller segments restart faster.
+            default_log: LogConfig {
+                segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+                ..LogConfig::default()
+            },
         };
         config.validate()?;
         Ok(config)

@@ -13,6 +13,9 @@ pub const METRICS_LISTEN_DEFAULT: SocketAddr =
 pub const PARTITION_INFLIGHT_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
 /// Default produce bytes in flight per broker: bounds memory whatever producers do.
 pub const BROKER_INFLIGHT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// Default `segment.bytes` of a topic.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
 /// Smallest budget accepted. A batch larger than a whole budget takes all of it, so any
 /// budget admits any batch; below this, group commit has nothing to group.
 pub const INFLIGHT_BYTES_MIN: u64 = 1024 * 1024;

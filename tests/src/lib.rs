@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// How long a broker may take to print its ready line.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The `sluiced` binary cargo built next to this test executable.
 pub fn sluiced_binary() -> PathBuf {
@@ -122,12 +122,22 @@ impl TestBroker {
     pub fn rss_anon_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        parse_rss_anon_kib(&status).unwrap_or(0)
     }
+}
+
+/// The `RssAnon` figure of a `/proc/<pid>/status` text, in KiB.
+///
+/// ```
+/// let status = "Name:\tsluiced\nVmRSS:\t  900000 kB\nRssAnon:\t    1234 kB\n";
+/// assert_eq!(sluice_tests::parse_rss_anon_kib(status), Some(1234));
+/// assert_eq!(sluice_tests::parse_rss_anon_kib("Name:\tx\n"), None);
+/// ```
+pub fn parse_rss_anon_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 impl Drop for TestBroker {
@@ -144,7 +154,10 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(extra_args)
-        .env("SLUICE_LOG", "warn")
+        .env(
+            "SLUICE_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(log.map_or_else(Stdio::null, Stdio::from));
     let mut child = command.spawn().expect("spawn sluiced");

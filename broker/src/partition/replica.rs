@@ -192,15 +192,18 @@ impl Partition {
         self.high_watermark.clone()
     }
 
+    fn read_log(&self) -> Result<std::sync::RwLockReadGuard<'_, sluice_storage::Log>, BrokerError> {
+        self.group
+            .log
+            .read()
+            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))
+    }
+
     /// Reads whole batches from `offset` below the high watermark, up to `max_bytes` (at
     /// least one batch when any is available).
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, BrokerError> {
         let high_watermark = self.high_watermark();
-        let log = self
-            .group
-            .log
-            .read()
-            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?;
+        let log = self.read_log()?;
         let (log_start_offset, log_end) = (log.log_start_offset(), log.next_offset());
         if offset < log_start_offset || offset > log_end.max(high_watermark) {
             return Err(BrokerError::OffsetOutOfRange {
@@ -229,11 +232,7 @@ impl Partition {
 
     /// First offset, high watermark, and size on disk.
     pub fn offsets(&self) -> Result<(u64, u64, u64), BrokerError> {
-        let log = self
-            .group
-            .log
-            .read()
-            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?;
+        let log = self.read_log()?;
         Ok((
             log.log_start_offset(),
             self.high_watermark(),
@@ -244,11 +243,7 @@ impl Partition {
     /// The first offset at or after `timestamp_ms`, bounded by the high watermark.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
         let high_watermark = self.high_watermark();
-        let log = self
-            .group
-            .log
-            .read()
-            .map_err(|_| BrokerError::Internal("log lock poisoned".into()))?;
+        let log = self.read_log()?;
         Ok(log
             .offset_for_timestamp(timestamp_ms)?
             .map_or(high_watermark, |o| o.min(high_watermark)))

@@ -63,6 +63,15 @@ impl AdminService {
         }
     }
 
+    fn describe_all(&self) -> Vec<TopicDescription> {
+        self.node
+            .metadata()
+            .topics
+            .values()
+            .map(|t| self.describe(t))
+            .collect()
+    }
+
     fn topic(&self, name: &str) -> Result<TopicMeta, BrokerError> {
         self.node
             .metadata()
@@ -171,13 +180,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        let topics = self
-            .node
-            .metadata()
-            .topics
-            .values()
-            .map(|t| self.describe(t))
-            .collect();
+        let topics = self.describe_all();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -248,13 +251,7 @@ impl Admin for AdminService {
             node_id: self.node.node_id(),
             address: self.node.address.clone(),
         }];
-        let topics = self
-            .node
-            .metadata()
-            .topics
-            .values()
-            .map(|t| self.describe(t))
-            .collect();
+        let topics = self.describe_all();
         Ok(Response::new(ClusterDescription {
             nodes,
             controller: self.node.controller_leader().unwrap_or_default(),

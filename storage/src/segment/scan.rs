@@ -8,6 +8,8 @@ use crate::limits::BATCH_HEADER_LEN;
 
 /// Bytes read at a time when looking for the end of non-zero data.
 const TAIL_CHUNK: u64 = 1 << 20;
+/// A chunk of zeros to compare tail chunks against.
+static ZEROS: [u8; TAIL_CHUNK as usize] = [0; TAIL_CHUNK as usize];
 
 /// What the next batch of the log must continue from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +121,12 @@ impl Segment {
         while end > from {
             let start = end.saturating_sub(TAIL_CHUNK).max(from);
             let chunk = self.read_raw(start, (end - start) as usize)?;
+            // Slice equality is a memcmp: the reserved tail of a 1 GiB segment is checked at
+            // memory speed; only a chunk that differs is searched byte by byte.
+            if chunk.as_ref() == ZEROS.get(..chunk.len()).unwrap_or_default() {
+                end = start;
+                continue;
+            }
             if let Some(i) = chunk.iter().rposition(|b| *b != 0) {
                 return Ok(start + i as u64 + 1);
             }
