@@ -473,27 +473,14 @@ fn control_batches_alone_never_roll_and_reset_to_the_end_works() {
             .expect("control"),
     )
     .expect("decode");
-    for index in 0..=10 {
-        log.append(
-            &control,
-            RaftPosition {
-                term: 1,
-                leader: 0,
-                index,
-            },
-        )
-        .expect("append");
-    }
-    for index in 11..=100 {
-        log.append(
-            &control,
-            RaftPosition {
-                term: 1,
-                leader: 0,
-                index,
-            },
-        )
-        .expect("append");
+    // 101 control batches of 85 bytes: far more than one 1 KiB segment holds.
+    for index in 0..=100 {
+        let raft = RaftPosition {
+            term: 1,
+            leader: 0,
+            index,
+        };
+        log.append(&control, raft).expect("append");
     }
     assert_eq!(
         log.segment_count(),

@@ -87,34 +87,23 @@ fn keyed_records_arrive_once_in_order_on_murmur2_partitions_and_survive_restart(
             assert_eq!(r.value.as_deref(), Some(value.as_bytes()));
         }
     };
-    let first = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()])
+    let read_events = |address: &str| {
+        rt.block_on(async {
+            let client = Client::connect([address]).await.expect("connect");
+            read_all(
+                &client,
+                "events",
+                PARTITIONS,
+                RECORDS,
+                Duration::from_secs(120),
+            )
             .await
-            .expect("connect");
-        read_all(
-            &client,
-            "events",
-            PARTITIONS,
-            RECORDS,
-            Duration::from_secs(120),
-        )
-        .await
-    });
+        })
+    };
+    let first = read_events(&broker.address);
     check(&first);
     assert!(broker.stop(), "clean shutdown on SIGTERM");
     broker.restart();
-    let second = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect after restart");
-        read_all(
-            &client,
-            "events",
-            PARTITIONS,
-            RECORDS,
-            Duration::from_secs(120),
-        )
-        .await
-    });
+    let second = read_events(&broker.address);
     check(&second);
 }
