@@ -161,13 +161,13 @@ impl Partition {
         })
     }
 
-    /// Queues a verified batch for the writer and waits for its offsets. `permits` are held
-    /// until the answer.
-    pub async fn produce(
+    /// Queues a verified batch for the writer, in call order; the receiver yields its
+    /// offsets. `permits` are held until the answer.
+    pub async fn enqueue(
         &self,
         batch: Batch,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<Produced, BrokerError> {
+    ) -> Result<oneshot::Receiver<Result<Produced, BrokerError>>, BrokerError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(PendingProduce {
@@ -177,6 +177,16 @@ impl Partition {
             })
             .await
             .map_err(|_| BrokerError::Unavailable("partition is shutting down".into()))?;
+        Ok(answer)
+    }
+
+    /// Queues a verified batch and waits for its offsets.
+    pub async fn produce(
+        &self,
+        batch: Batch,
+        permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Produced, BrokerError> {
+        let answer = self.enqueue(batch, permits).await?;
         answer
             .await
             .map_err(|_| BrokerError::Unavailable("partition writer stopped".into()))?

@@ -93,13 +93,17 @@ async fn complete(admitted: Admitted) -> Result<ProduceResponse, BrokerError> {
         .partition
         .produce(admitted.batch, admitted.permits)
         .await?;
-    Ok(ProduceResponse {
-        request_id: admitted.request_id,
-        base_offset: produced.base_offset,
-        log_append_time_ms: produced.log_append_time_ms,
-        duplicate: produced.duplicate,
+    Ok(produced_response(admitted.request_id, produced))
+}
+
+fn produced_response(request_id: u64, p: crate::partition::Produced) -> ProduceResponse {
+    ProduceResponse {
+        request_id,
+        base_offset: p.base_offset,
+        log_append_time_ms: p.log_append_time_ms,
+        duplicate: p.duplicate,
         error: None,
-    })
+    }
 }
 
 fn error_response(request_id: u64, e: &BrokerError) -> ProduceResponse {
@@ -127,17 +131,19 @@ async fn drive_stream(
                 Ok(Some(message)) => {
                     let request_id = message.request_id;
                     let future: ResponseFuture = match admit(&node, message, None).await {
-                        Ok(admitted) => {
-                            // Spawned, so the batch reaches the writer (and frees its budget)
-                            // while this loop waits for budget for the next one.
-                            let task = tokio::spawn(complete(admitted));
-                            Box::pin(async move {
-                                match task.await {
-                                    Ok(result) => result.unwrap_or_else(|e| error_response(request_id, &e)),
-                                    Err(e) => error_response(request_id, &BrokerError::Internal(e.to_string())),
+                        // Queued here, in request order, so offsets follow the stream's order;
+                        // only the answers are awaited concurrently. Queued batches reach the
+                        // writer (and free their budget) while this loop waits for budget.
+                        Ok(admitted) => match admitted.partition.enqueue(admitted.batch, admitted.permits).await {
+                            Ok(answer) => Box::pin(async move {
+                                match answer.await {
+                                    Ok(Ok(p)) => produced_response(request_id, p),
+                                    Ok(Err(e)) => error_response(request_id, &e),
+                                    Err(_) => error_response(request_id, &BrokerError::Unavailable("partition writer stopped".into())),
                                 }
-                            })
-                        }
+                            }),
+                            Err(e) => Box::pin(async move { error_response(request_id, &e) }),
+                        },
                         Err(e) => Box::pin(async move { error_response(request_id, &e) }),
                     };
                     in_flight.push_back(future);
