@@ -5,6 +5,7 @@ mod bad_input;
 mod durability;
 mod idempotence;
 mod produce_consume;
+mod retention;
 mod streams;
 
 use std::collections::HashMap;
