@@ -123,8 +123,17 @@ impl Client {
 
     /// Partitions of `topic`, refreshing metadata once if it is not known.
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
-        if let Some(n) = self.metadata().partitions.get(topic) {
-            return Ok(*n);
+        // Per-record path: a read lock and a lookup, no copy of the metadata.
+        let known = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .partitions
+            .get(topic)
+            .copied();
+        if let Some(n) = known {
+            return Ok(n);
         }
         self.refresh_metadata().await?;
         self.metadata()
@@ -150,7 +159,10 @@ impl Client {
     /// The channel to the leader of a partition (the bootstrap broker if unknown).
     pub(crate) fn leader_channel(&self, topic: &str, partition: u32) -> Channel {
         let address = self
-            .metadata()
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .leaders
             .get(&(topic.to_string(), partition))
             .cloned();

@@ -134,7 +134,8 @@ pub struct Producer {
 struct Inner {
     client: Client,
     config: ProducerConfig,
-    accumulators: Mutex<HashMap<(String, u32), mpsc::Sender<Item>>>,
+    /// Topic → partition → accumulator queue; looked up by `&str` on every send.
+    accumulators: Mutex<HashMap<String, HashMap<u32, mpsc::Sender<Item>>>>,
     round_robin: AtomicU32,
 }
 
@@ -179,8 +180,7 @@ impl Producer {
             .accumulators
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let key = (topic.to_string(), partition);
-        if let Some(tx) = accumulators.get(&key) {
+        if let Some(tx) = accumulators.get(topic).and_then(|t| t.get(&partition)) {
             return tx.clone();
         }
         let (tx, rx) = mpsc::channel(self.inner.config.queue_records);
@@ -191,7 +191,10 @@ impl Producer {
             partition,
             rx,
         ));
-        accumulators.insert(key, tx.clone());
+        accumulators
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, tx.clone());
         tx
     }
 
@@ -220,7 +223,7 @@ impl Producer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .flat_map(|t| t.values().cloned())
             .collect();
         for sender in senders {
             let (done, wait) = oneshot::channel();
