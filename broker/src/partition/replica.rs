@@ -45,7 +45,6 @@ pub struct Partition {
     /// The Raft group.
     pub group: Group,
     node_id: NodeId,
-    sm: GroupStateMachine<PartitionState>,
     high_watermark: watch::Receiver<u64>,
     config: RwLock<TopicConfig>,
     queue: mpsc::Sender<PendingProduce>,
@@ -87,13 +86,12 @@ impl Partition {
     /// Wraps a started group and spawns its writer.
     pub fn new(parts: PartitionParts) -> Self {
         let (queue, rx) = mpsc::channel(PRODUCE_QUEUE_DEPTH);
-        let writer = tokio::spawn(run_writer(parts.group.raft.clone(), parts.sm.clone(), rx));
+        let writer = tokio::spawn(run_writer(parts.group.raft.clone(), parts.sm, rx));
         Self {
             topic: parts.topic,
             index: parts.index,
             group: parts.group,
             node_id: parts.node_id,
-            sm: parts.sm,
             high_watermark: parts.high_watermark,
             config: RwLock::new(parts.config),
             queue,
@@ -268,10 +266,5 @@ impl Partition {
         {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "checkpoint at shutdown failed");
         }
-    }
-
-    /// The state machine (for snapshots at retention points).
-    pub fn state_machine(&self) -> &GroupStateMachine<PartitionState> {
-        &self.sm
     }
 }

@@ -181,14 +181,4 @@ impl GroupRegistry {
             .get(&id)
             .cloned()
     }
-
-    /// Every registered group.
-    pub fn all(&self) -> Vec<(GroupId, GroupRaft)> {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect()
-    }
 }
