@@ -7,7 +7,8 @@ use sluice_storage::io::PowerLoss;
 use sluice_storage::{Batch, Compression, Log, LogConfig, RaftPosition, StorageError};
 
 use crate::support::{
-    all_batches, all_records, batch, next_raft, open, sim_env, small_config, value_batch,
+    all_batches, all_records, batch, control_batch, next_raft, open, sim_env, small_config,
+    value_batch,
 };
 
 fn append_n(log: &mut Log, n: u64, seed: u64) {
@@ -174,13 +175,7 @@ fn raft_lookups_find_the_first_batch_of_an_entry_and_never_split_it() {
 fn control_batches_take_no_offsets() {
     let (_io, _clock, env) = sim_env();
     let mut log = open(Path::new("/ctl"), &small_config(), &env);
-    let control = Batch::decode(
-        sluice_storage::BatchBuilder::new(Compression::None)
-            .control()
-            .build()
-            .expect("control"),
-    )
-    .expect("decode");
+    let control = control_batch();
     log.append(&control, next_raft(&log)).expect("append");
     log.append(&value_batch(1, 10), next_raft(&log))
         .expect("append");
@@ -466,13 +461,7 @@ fn control_batches_alone_never_roll_and_reset_to_the_end_works() {
         },
     )
     .expect("open");
-    let control = Batch::decode(
-        sluice_storage::BatchBuilder::new(Compression::None)
-            .control()
-            .build()
-            .expect("control"),
-    )
-    .expect("decode");
+    let control = control_batch();
     // 101 control batches of 85 bytes: far more than one 1 KiB segment holds.
     for index in 0..=100 {
         let raft = RaftPosition {

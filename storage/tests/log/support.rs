@@ -27,6 +27,15 @@ pub fn batch(records: &[Kv<'_>], timestamp: i64, compression: Compression) -> Ba
     Batch::decode(bytes).expect("builder output decodes")
 }
 
+/// A control batch (no records, no offsets), as Raft blank entries are stored.
+pub fn control_batch() -> Batch {
+    let bytes = BatchBuilder::new(Compression::None)
+        .control()
+        .build()
+        .expect("control batch");
+    Batch::decode(bytes).expect("builder output decodes")
+}
+
 /// A one-record batch with a value of `len` bytes derived from `seed`.
 pub fn value_batch(seed: u64, len: usize) -> Batch {
     let value: Vec<u8> = (0..len).map(|i| (seed as usize + i) as u8).collect();

@@ -16,7 +16,7 @@ use sluice_tests::TestBroker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::runtime;
+use crate::{client_with_topic, runtime};
 
 fn batch_of(bytes: usize) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -91,14 +91,7 @@ async fn subscribe(
 fn a_subscriber_granting_one_batch_receives_exactly_one_batch() {
     let broker = TestBroker::start();
     runtime().block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect");
-        client
-            .admin()
-            .create_topic("paced", 1, 1, Default::default())
-            .await
-            .expect("create");
+        client_with_topic(&broker.address, "paced", 1, &[]).await;
         for _ in 0..10 {
             produce(&broker.address, "paced", batch_of(4096))
                 .await

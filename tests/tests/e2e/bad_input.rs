@@ -6,13 +6,12 @@ use std::io::Write;
 use sluice_client::{Client, Reason};
 use sluice_protocol::StatusInfo;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
-use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{FetchPartition, FetchRequest, ProduceRequest};
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 
-use crate::runtime;
+use crate::{raw_producer, runtime};
 
 fn small_batch() -> bytes::Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -58,9 +57,7 @@ fn bad_input_gets_its_reason_and_the_log_is_unchanged() {
             .create_topic("strict", 2, 1, configs(&[("max.message.bytes", "1024")]))
             .await
             .expect("create");
-        let mut raw = ProducerClient::connect(format!("http://{}", broker.address))
-            .await
-            .expect("raw");
+        let mut raw = raw_producer(&broker.address).await;
         let mut tiny = BatchBuilder::new(Compression::None);
         tiny.push(NewRecord {
             key: None,

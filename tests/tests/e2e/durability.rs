@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_client::{Client, ProducerConfig, ProducerRecord};
 use sluice_tests::TestBroker;
 
-use crate::{read_all, runtime};
+use crate::{client_with_topic, read_all, runtime};
 
 #[test]
 fn acked_records_survive_kill_9_during_production() {
@@ -15,14 +15,7 @@ fn acked_records_survive_kill_9_during_production() {
     let rt = runtime();
     let acked: Arc<Mutex<HashMap<(u32, u64), String>>> = Arc::default();
     rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect");
-        client
-            .admin()
-            .create_topic("orders", 3, 1, Default::default())
-            .await
-            .expect("create");
+        let client = client_with_topic(&broker.address, "orders", 3, &[]).await;
         let config = ProducerConfig {
             retries: 0,
             request_timeout: Duration::from_secs(5),

@@ -2,15 +2,13 @@
 //! refused, and the producer state survives a restart.
 
 use bytes::Bytes;
-use sluice_client::Client;
-use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{Acks, InitProducerIdRequest, ProduceRequest};
 use sluice_protocol::{Reason, StatusInfo};
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 
-use crate::runtime;
+use crate::{client_with_topic, raw_producer, runtime};
 
 fn batch(producer_id: u64, sequence: u32, records: u32) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None).producer(producer_id, 0, sequence);
@@ -40,17 +38,8 @@ fn retried_batches_keep_their_offsets_gaps_are_refused_and_state_survives_restar
     let mut broker = TestBroker::start();
     let rt = runtime();
     let (producer_id, last) = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect");
-        client
-            .admin()
-            .create_topic("idem", 1, 1, Default::default())
-            .await
-            .expect("create");
-        let mut raw = ProducerClient::connect(format!("http://{}", broker.address))
-            .await
-            .expect("raw client");
+        client_with_topic(&broker.address, "idem", 1, &[]).await;
+        let mut raw = raw_producer(&broker.address).await;
         let producer_id = raw
             .init_producer_id(InitProducerIdRequest {})
             .await
@@ -92,9 +81,7 @@ fn retried_batches_keep_their_offsets_gaps_are_refused_and_state_survives_restar
     assert!(broker.stop());
     broker.restart();
     rt.block_on(async {
-        let mut raw = ProducerClient::connect(format!("http://{}", broker.address))
-            .await
-            .expect("raw client");
+        let mut raw = raw_producer(&broker.address).await;
         let retry = raw
             .produce(request(batch(producer_id, 3, 2)))
             .await

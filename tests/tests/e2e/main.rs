@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
+use sluice_protocol::MESSAGE_BYTES_MAX;
+use sluice_protocol::v1::producer_client::ProducerClient;
+use tonic::transport::Channel;
 
 /// A runtime for one test: the tests are synchronous around the broker process.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -21,6 +24,34 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// A client connected to `address`, with `topic` created (`configs` as key/value pairs).
+pub async fn client_with_topic(
+    address: &str,
+    topic: &str,
+    partitions: u32,
+    configs: &[(&str, &str)],
+) -> Client {
+    let client = Client::connect([address]).await.expect("connect");
+    let configs = configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    client
+        .admin()
+        .create_topic(topic, partitions, 1, configs)
+        .await
+        .expect("create topic");
+    client
+}
+
+/// A raw producer stub on `address`, accepting the largest messages.
+pub async fn raw_producer(address: &str) -> ProducerClient<Channel> {
+    let client = ProducerClient::connect(format!("http://{address}"))
+        .await
+        .expect("raw producer");
+    client.max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
 
 /// Reads `expected` records from every partition of `topic` from the beginning, failing

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_client::Client;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{Acks, FetchPartition, FetchRequest, ProduceRequest};
@@ -14,7 +13,7 @@ use sluice_tests::TestBroker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::runtime;
+use crate::{client_with_topic, raw_producer, runtime};
 
 fn batch(records: u32) -> Bytes {
     let mut b = BatchBuilder::new(Compression::Lz4);
@@ -33,17 +32,8 @@ fn batch(records: u32) -> Bytes {
 fn a_produce_stream_answers_in_request_order_and_an_error_answers_only_its_request() {
     let broker = TestBroker::start();
     runtime().block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect");
-        client
-            .admin()
-            .create_topic("piped", 1, 1, Default::default())
-            .await
-            .expect("create");
-        let mut raw = ProducerClient::connect(format!("http://{}", broker.address))
-            .await
-            .expect("raw");
+        client_with_topic(&broker.address, "piped", 1, &[]).await;
+        let mut raw = raw_producer(&broker.address).await;
         let (tx, rx) = mpsc::channel(256);
         for request_id in 0..200u64 {
             let payload = if request_id == 100 {
@@ -102,14 +92,7 @@ fn a_produce_stream_answers_in_request_order_and_an_error_answers_only_its_reque
 fn a_fetch_at_the_high_watermark_waits_for_data_then_returns_early() {
     let broker = TestBroker::start();
     runtime().block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect");
-        client
-            .admin()
-            .create_topic("polled", 1, 1, Default::default())
-            .await
-            .expect("create");
+        client_with_topic(&broker.address, "polled", 1, &[]).await;
         let mut consumer = ConsumerClient::connect(format!("http://{}", broker.address))
             .await
             .expect("raw consumer");
