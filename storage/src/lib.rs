@@ -47,6 +47,6 @@ pub use cleaner::CompactionReport;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CleanupPolicy, LogConfig};
 pub use error::{DecodeError, StorageError};
-pub use log::{AppendInfo, Log, LogEnv};
+pub use log::{AppendInfo, Log, LogEnv, PendingSync};
 pub use recovery::RecoveryReport;
 pub use retention::RetentionReport;

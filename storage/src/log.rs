@@ -238,6 +238,28 @@ impl Log {
         Ok(())
     }
 
+    /// Starts a sync that runs without the log: the caller releases its lock on the log,
+    /// calls [`PendingSync::run`], and hands the result to [`Log::finish_sync`]. Readers are
+    /// not blocked for the length of an fsync. Only valid while no other write happens
+    /// between the two calls (the Raft log store's single writer guarantees it).
+    pub fn begin_sync(&self) -> Result<PendingSync> {
+        self.check_writable()?;
+        let (file, path) = self.active().sync_target();
+        Ok(PendingSync {
+            file,
+            path,
+            upto: self.next_offset(),
+        })
+    }
+
+    /// Completes a sync begun with [`Log::begin_sync`]: on success everything below its
+    /// offset is durable; an error fails the log, as any fsync error does.
+    pub fn finish_sync(&mut self, pending: &PendingSync, result: Result<()>) -> Result<()> {
+        self.fatal_on_error(result)?;
+        self.flushed_offset = self.flushed_offset.max(pending.upto);
+        Ok(())
+    }
+
     /// Syncs and writes the recovery checkpoint, so the next open scans only what comes
     /// after this point. Call periodically and on shutdown.
     pub fn checkpoint(&mut self) -> Result<()> {
@@ -456,6 +478,23 @@ pub(crate) fn reset_segments(
     };
     RecoveryCheckpoint::at(next_offset, 0).write(io, dir)?;
     Ok(fresh)
+}
+
+/// An fsync of the active segment taken out of the log, so it can run unlocked.
+#[derive(Debug)]
+pub struct PendingSync {
+    file: Arc<dyn crate::io::IoFile>,
+    path: PathBuf,
+    upto: u64,
+}
+
+impl PendingSync {
+    /// Runs the `fdatasync`; pass the result to [`Log::finish_sync`].
+    pub fn run(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io("fsync", &self.path, e))
+    }
 }
 
 /// Removes a segment's log file and index files.

@@ -154,10 +154,24 @@ impl LogStore {
     }
 
     fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        let mut log = self.inner.log.write().map_err(|_| StorageError::Failed {
+        let pending = self.append_entries(&entries)?;
+        // The fsync runs without the log lock, so fetches are not stalled behind it.
+        let result = pending.run();
+        self.lock_for_write()?.finish_sync(&pending, result)
+    }
+
+    fn lock_for_write(&self) -> Result<std::sync::RwLockWriteGuard<'_, Log>, StorageError> {
+        self.inner.log.write().map_err(|_| StorageError::Failed {
             dir: self.inner.dir.clone(),
-        })?;
-        for entry in &entries {
+        })
+    }
+
+    fn append_entries(
+        &self,
+        entries: &[Entry],
+    ) -> Result<sluice_storage::PendingSync, StorageError> {
+        let mut log = self.lock_for_write()?;
+        for entry in entries {
             let batches = entry_to_batches(self.inner.kind, entry).map_err(|e| match e {
                 super::entry_codec::EntryCodecError::Batch(d) => StorageError::InvalidBatch(d),
                 _ => StorageError::InvalidConfig("entry payload does not fit this group"),
@@ -167,7 +181,7 @@ impl LogStore {
                 log.append(batch, position)?;
             }
         }
-        log.sync()
+        log.begin_sync()
     }
 }
 

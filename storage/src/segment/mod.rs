@@ -223,6 +223,11 @@ impl Segment {
             .map_err(|e| StorageError::io("fsync", &self.path, e))
     }
 
+    /// The file and path an unlocked sync of this segment needs.
+    pub(crate) fn sync_target(&self) -> (Arc<dyn IoFile>, PathBuf) {
+        (Arc::clone(&self.file), self.path.clone())
+    }
+
     /// Cuts the reserved tail, makes the segment durable and read-only.
     pub(crate) fn seal(&mut self) -> Result<()> {
         self.file

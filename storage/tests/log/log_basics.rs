@@ -482,3 +482,31 @@ fn control_batches_alone_never_roll_and_reset_to_the_end_works() {
     log.reset_to(log.next_offset()).expect("reset to the end");
     assert_eq!(log.next_offset(), 0);
 }
+
+#[test]
+fn an_unlocked_sync_makes_appends_durable_and_its_failure_fails_the_log() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/unlocked");
+    let mut log = open(dir, &small_config(), &env);
+    append_n(&mut log, 30, 0);
+    let pending = log.begin_sync().expect("begin");
+    let result = pending.run();
+    log.finish_sync(&pending, result).expect("finish");
+    assert_eq!(log.flushed_offset(), 30);
+    append_n(&mut log, 3, 100);
+    io.set_fail_sync(true);
+    let pending = log.begin_sync().expect("begin");
+    let result = pending.run();
+    assert!(log.finish_sync(&pending, result).is_err());
+    assert!(log.is_failed());
+    assert_eq!(log.flushed_offset(), 30);
+    drop(log);
+    io.set_fail_sync(false);
+    io.power_loss(PowerLoss::DropUnsynced);
+    let log = open(dir, &small_config(), &env);
+    assert_eq!(
+        log.next_offset(),
+        30,
+        "the synced appends survived, the failed ones did not"
+    );
+}
