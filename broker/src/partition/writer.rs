@@ -6,7 +6,7 @@
 //! committed producer table plus the batches of the round being built, so a duplicate never
 //! reaches the log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -91,23 +91,25 @@ fn classify(
         .unwrap_or_default();
     let mut slots = Vec::with_capacity(round.len());
     let mut batches = Vec::with_capacity(round.len());
+    let mut seen: HashMap<(u64, u16, u32, u32), usize> = HashMap::new();
     for (i, pending) in round.iter().enumerate() {
         let h = pending.batch.header();
-        let twin = round.iter().take(i).position(|earlier| {
-            let e = earlier.batch.header();
-            h.producer_id != sluice_storage::batch::NO_PRODUCER_ID
-                && (
-                    e.producer_id,
-                    e.producer_epoch,
-                    e.base_sequence,
-                    e.record_count,
-                ) == (
-                    h.producer_id,
-                    h.producer_epoch,
-                    h.base_sequence,
-                    h.record_count,
-                )
-        });
+        // A retry of a batch earlier in this same round: answered with that batch's result.
+        let identity = (
+            h.producer_id,
+            h.producer_epoch,
+            h.base_sequence,
+            h.record_count,
+        );
+        let idempotent = h.producer_id != sluice_storage::batch::NO_PRODUCER_ID;
+        let twin = if idempotent {
+            seen.get(&identity).copied()
+        } else {
+            None
+        };
+        if idempotent && twin.is_none() {
+            seen.insert(identity, i);
+        }
         let slot = match (twin, overlay.check(h)) {
             (Some(j), _) => Slot::SameAs(j),
             (None, SequenceCheck::New) => {
