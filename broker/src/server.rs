@@ -4,14 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_protocol::MESSAGE_BYTES_MAX;
+use sluice_protocol::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MESSAGE_BYTES_MAX,
+};
 use sluice_protocol::internal::v1::raft_server::RaftServer;
 use sluice_protocol::v1::admin_server::AdminServer;
 use sluice_protocol::v1::consumer_server::ConsumerServer;
 use sluice_protocol::v1::producer_server::ProducerServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::BrokerConfig;
 use crate::node::Node;
@@ -70,12 +72,17 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
     let raft = RaftServer::new(RaftService::new(Arc::clone(&node.groups)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    // Accepted sockets get TCP_NODELAY: a response written in several frames must not wait
+    // for the client's delayed ACK (Nagle), which showed as 40 ms outliers.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .add_service(producer)
         .add_service(consumer)
         .add_service(admin)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             stop.notified().await
         })
         .await

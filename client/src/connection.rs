@@ -8,6 +8,7 @@ use sluice_protocol::v1::admin_client::AdminClient;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{ClusterDescription, DescribeClusterRequest};
+use sluice_protocol::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::admin::Admin;
@@ -42,6 +43,10 @@ fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
         format!("http://{address}")
     };
     Endpoint::from_shared(url)
+        .map(|e| {
+            e.initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+        })
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
 }
 

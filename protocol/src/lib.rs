@@ -27,3 +27,11 @@ pub mod internal {
 /// Largest gRPC message either side accepts or sends: the largest batch (64 MiB records
 /// section plus header) with room for the envelope. Raised from tonic's 4 MiB default.
 pub const MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
+
+/// HTTP/2 receive window of one stream, on both sides. h2's default (64 KiB) makes a 1 MiB
+/// batch wait for sixteen window updates; on a busy two-core machine each costs a scheduling
+/// round, which capped one connection near 60 MB/s.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// HTTP/2 receive window of one connection: a few streams' windows. Flow control still binds:
+/// a receiver that stops reading holds at most this much per connection.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;

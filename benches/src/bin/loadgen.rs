@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use sluice_benches::workload::{RECORD_BYTES, batch_64k};
 use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
@@ -78,6 +79,13 @@ struct RunResult {
     e2e_us: Vec<u64>,
 }
 
+/// Waits until `at`, or not at all when unpaced.
+async fn pace(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 /// Produces for `seconds` with `SENDERS` concurrent sends, optionally paced to `rate`
 /// records/s, while a consumer reads everything and measures end-to-end latency.
 async fn run(
@@ -105,7 +113,7 @@ async fn run(
         let mut stream = consumer.into_stream();
         tokio::spawn(async move {
             while let Some(Ok(record)) = stream.next().await {
-                if let Some(value) = record.value.as_ref().and_then(|v| v.get(..8)) {
+                if let Some(value) = record.key.as_ref().and_then(|v| v.get(..8)) {
                     let sent = u64::from_le_bytes(value.try_into().unwrap_or_default());
                     let now = epoch.elapsed().as_micros() as u64;
                     e2e.lock().await.push(now.saturating_sub(sent));
@@ -115,6 +123,7 @@ async fn run(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let payload = Bytes::from(vec![b'x'; RECORD_BYTES]);
     let mut senders = Vec::new();
     let start = Instant::now();
     for task in 0..SENDERS {
@@ -124,45 +133,58 @@ async fn run(
             Arc::clone(&sent),
             topic.to_string(),
         );
+        let payload = payload.clone();
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let interval = rate.map(|r| Duration::from_secs_f64(SENDERS as f64 / r));
             let mut next = Instant::now()
                 + interval.map_or(Duration::ZERO, |i| i.mul_f64(task as f64 / SENDERS as f64));
             let mut i = 0u64;
-            let mut window = futures::stream::FuturesOrdered::new();
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(interval) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += interval;
+            let mut window = futures::stream::FuturesUnordered::new();
+            loop {
+                let stopping = stop.load(Ordering::Relaxed);
+                if stopping && window.is_empty() {
+                    break;
                 }
-                let mut value = vec![b'x'; RECORD_BYTES];
-                value[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_le_bytes());
-                let record = ProducerRecord::new(&topic)
-                    .key(format!("k{task}-{i}"))
-                    .value(value);
-                let producer = producer.clone();
-                window.push_back(async move {
-                    let t0 = Instant::now();
-                    producer
-                        .send(record)
-                        .await
-                        .map(|_| t0.elapsed().as_micros() as u64)
-                });
-                i += 1;
-                if window.len() >= WINDOW {
-                    match window.next().await {
+                let room = !stopping && window.len() < WINDOW;
+                // Completions are taken as they come, also while waiting for the next send
+                // time, so a latency is never stretched by the pacing.
+                tokio::select! {
+                    biased;
+                    done = window.next(), if !window.is_empty() => match done {
                         Some(Ok(us)) => {
                             latencies.push(us);
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => break,
+                    },
+                    () = pace(interval.map(|_| next)), if room => {
+                        if let Some(interval) = interval {
+                            next += interval;
+                        }
+                        // The send time travels in the key (the value is a shared payload,
+                        // as an application that already holds its bytes would send).
+                        let sent_at = epoch.elapsed().as_micros() as u64;
+                        let mut key = [0u8; 16];
+                        key[..8].copy_from_slice(&sent_at.to_le_bytes());
+                        key[8..].copy_from_slice(&(((task as u64) << 40) | i).to_le_bytes());
+                        i += 1;
+                        let record = ProducerRecord {
+                            topic: topic.clone(),
+                            key: Some(Bytes::copy_from_slice(&key)),
+                            value: Some(payload.clone()),
+                            ..ProducerRecord::default()
+                        };
+                        let producer = producer.clone();
+                        let t0 = Instant::now();
+                        window.push(async move {
+                            producer
+                                .send(record)
+                                .await
+                                .map(|_| t0.elapsed().as_micros() as u64)
+                        });
                     }
                 }
-            }
-            while let Some(Ok(us)) = window.next().await {
-                latencies.push(us);
-                sent.fetch_add(1, Ordering::Relaxed);
             }
             latencies
         }));
@@ -186,6 +208,21 @@ async fn run(
     }
 }
 
+/// A raw producer client with the same HTTP/2 windows the SDK uses.
+async fn raw_client(
+    address: &str,
+) -> sluice_protocol::v1::producer_client::ProducerClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("address")
+        .initial_stream_window_size(sluice_protocol::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(sluice_protocol::HTTP2_CONNECTION_WINDOW_BYTES)
+        .connect()
+        .await
+        .expect("connect");
+    sluice_protocol::v1::producer_client::ProducerClient::new(channel)
+        .max_encoding_message_size(sluice_protocol::MESSAGE_BYTES_MAX)
+}
+
 /// Broker capacity without the SDK's per-record work: `in_flight` raw produce requests of a
 /// pre-built batch of 1 KiB records per partition, for `seconds`. Returns records/s and the
 /// sorted request latencies (µs).
@@ -196,7 +233,6 @@ async fn run_raw(
     seconds: f64,
     in_flight: usize,
 ) -> RunResult {
-    use sluice_protocol::v1::producer_client::ProducerClient;
     use sluice_protocol::v1::{Acks, ProduceRequest};
     let batch = sluice_benches::workload::batch_bytes_of(1 << 20);
     let records = sluice_storage::BatchHeader::decode(&batch)
@@ -214,10 +250,7 @@ async fn run_raw(
                 batch.clone(),
                 topic.to_string(),
             );
-            let client = ProducerClient::connect(format!("http://{address}"))
-                .await
-                .expect("connect");
-            let mut client = client.max_encoding_message_size(sluice_protocol::MESSAGE_BYTES_MAX);
+            let mut client = raw_client(address).await;
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -248,6 +281,37 @@ async fn run_raw(
     produce_us.sort_unstable();
     RunResult {
         records_per_s: sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+        produce_us,
+        e2e_us: Vec::new(),
+    }
+}
+
+/// One raw produce of a one-record batch at a time: the broker's round trip with nothing
+/// queued (group commit of one, fsync, Raft commit and apply), for `count` requests.
+async fn run_serial(address: &str, topic: &str, count: usize) -> RunResult {
+    use sluice_protocol::v1::{Acks, ProduceRequest};
+    let batch = sluice_benches::workload::batch_bytes_of(1);
+    let mut client = raw_client(address).await;
+    let mut produce_us = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        let t0 = Instant::now();
+        let request = ProduceRequest {
+            topic: topic.to_string(),
+            partition: 0,
+            batch: batch.clone(),
+            acks: Acks::All as i32,
+            request_id: 0,
+        };
+        if client.produce(request).await.is_err() {
+            break;
+        }
+        produce_us.push(t0.elapsed().as_micros() as u64);
+    }
+    let records_per_s = produce_us.len() as f64 / start.elapsed().as_secs_f64();
+    produce_us.sort_unstable();
+    RunResult {
+        records_per_s,
         produce_us,
         e2e_us: Vec::new(),
     }
@@ -295,6 +359,13 @@ fn main() {
                 .create_topic(&topic, partitions, 1, configs.into_iter().collect())
                 .await
                 .expect("create");
+            if partitions == 1 {
+                let serial = run_serial(&broker.address, &topic, 500).await;
+                report("1 partition, one record at a time", &serial, baseline);
+            }
+            if std::env::var_os("LOADGEN_SERIAL_ONLY").is_some() {
+                return;
+            }
             let peak = run(&client, &topic, partitions, seconds, None).await;
             report(&format!("{partitions} partition(s), peak"), &peak, baseline);
             let half = run(

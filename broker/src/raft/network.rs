@@ -13,6 +13,7 @@ use openraft::raft::{
 };
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::internal::v1::raft_client::RaftClient;
+use sluice_protocol::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
 use tonic::transport::{Channel, Endpoint};
 
 use super::wire;
@@ -30,7 +31,10 @@ impl PeerChannels {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))?.connect_lazy();
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+            .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -1,31 +1,39 @@
-//! The producer: per-partition accumulators, Kafka's key partitioner, idempotence on by
-//! default, retries with backoff on retriable reasons.
+//! The producer: records are encoded into per-partition batches as they are sent; each
+//! partition's sender keeps several batches in flight on one `ProduceStream`, in order, with
+//! idempotence on by default and retries with backoff on retriable reasons.
 
-mod accumulator;
+mod outcome;
+mod partition_queue;
+mod sender;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sluice_protocol::v1::Acks;
 use sluice_storage::Compression;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Semaphore;
 
 use crate::connection::Client;
 use crate::error::ClientError;
 use crate::partitioner::partition_for_key;
-use accumulator::{Item, Pending, run_accumulator};
+use partition_queue::{Batching, PartitionQueue};
+use sender::PartitionSender;
 
 /// How a producer batches, retries and acknowledges.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// How long a batch waits for more records before it is sent.
     pub linger: Duration,
-    /// A batch is sent once its records reach this size. One batch per partition is in flight
-    /// (that keeps order under retries), so batches grow under load up to this size.
+    /// A batch is sent once its records reach this size (or its linger passes). While
+    /// `max_in_flight` batches are unanswered, batches grow up to this size.
     pub batch_bytes: usize,
+    /// Batches per partition sent and not yet answered (Kafka's
+    /// `max.in.flight.requests.per.connection`). At most 5 with idempotence: the broker
+    /// recognises a retry among a producer's last five batches.
+    pub max_in_flight: usize,
     /// Compression of each batch.
     pub compression: Compression,
     /// Producer id and sequence numbers, so retries never duplicate a record.
@@ -38,8 +46,9 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Deadline of each produce request.
     pub request_timeout: Duration,
-    /// Records queued per partition before `send` waits.
-    pub queue_records: usize,
+    /// Bytes of records buffered, over all partitions, before `send` waits (Kafka's
+    /// `buffer.memory`).
+    pub buffer_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -47,13 +56,14 @@ impl Default for ProducerConfig {
         Self {
             linger: Duration::from_millis(5),
             batch_bytes: 1024 * 1024,
+            max_in_flight: 5,
             compression: Compression::None,
             idempotent: true,
             acks: Acks::All,
             retries: 20,
             retry_backoff: Duration::from_millis(50),
             request_timeout: Duration::from_secs(30),
-            queue_records: 16 * 1024,
+            buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -124,32 +134,62 @@ pub struct RecordMetadata {
     pub offset: u64,
 }
 
-/// Sends records. Clone it to share; it is closed when the last clone is dropped.
+/// Sends records. Clone it to share; when the last clone is dropped, what is queued is still
+/// sent, but nobody waits for it: call [`Producer::flush`] first.
 #[derive(Debug, Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
 }
 
+/// Records a batch counts beyond their key and value (varints, timestamp, offset delta).
+const RECORD_OVERHEAD_BYTES: usize = 16;
+/// Idempotent batches in flight per partition: the broker remembers five per producer.
+const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
+
 #[derive(Debug)]
 struct Inner {
     client: Client,
     config: ProducerConfig,
-    /// Topic → partition → accumulator queue; looked up by `&str` on every send.
-    accumulators: Mutex<HashMap<String, HashMap<u32, mpsc::Sender<Item>>>>,
+    /// Topic → partition → queue; looked up by `&str` on every send.
+    queues: RwLock<HashMap<String, HashMap<u32, Arc<PartitionQueue>>>>,
+    /// Bytes of records buffered and not yet answered.
+    buffer: Arc<Semaphore>,
     round_robin: AtomicU32,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let queues = self.queues.get_mut().unwrap_or_else(|p| p.into_inner());
+        for queue in queues.values().flat_map(HashMap::values) {
+            queue.close();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Producer {
     pub(crate) async fn new(client: Client, config: ProducerConfig) -> Result<Self, ClientError> {
-        if config.batch_bytes == 0 || config.queue_records == 0 {
+        if config.batch_bytes == 0 || config.buffer_bytes == 0 || config.max_in_flight == 0 {
             return Err(ClientError::InvalidArgument(
-                "batch_bytes and queue_records must be positive".into(),
+                "batch_bytes, buffer_bytes and max_in_flight must be positive".into(),
             ));
         }
+        if config.idempotent && config.max_in_flight > IDEMPOTENT_IN_FLIGHT_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "an idempotent producer keeps at most {IDEMPOTENT_IN_FLIGHT_MAX} batches in flight per partition"
+            )));
+        }
+        let buffer = Arc::new(Semaphore::new(config.buffer_bytes.min(Semaphore::MAX_PERMITS)));
         let inner = Inner {
             client,
             config,
-            accumulators: Mutex::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            buffer,
             round_robin: AtomicU32::new(0),
         };
         Ok(Self {
@@ -174,62 +214,96 @@ impl Producer {
         Ok(partition)
     }
 
-    fn accumulator(&self, topic: &str, partition: u32) -> mpsc::Sender<Item> {
-        let mut accumulators = self
+    fn queue(&self, topic: &str, partition: u32) -> Arc<PartitionQueue> {
+        let known = self
             .inner
-            .accumulators
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = accumulators.get(topic).and_then(|t| t.get(&partition)) {
-            return tx.clone();
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .and_then(|t| t.get(&partition))
+            .cloned();
+        if let Some(queue) = known {
+            return queue;
         }
-        let (tx, rx) = mpsc::channel(self.inner.config.queue_records);
-        tokio::spawn(run_accumulator(
+        let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+        let partitions = queues.entry(topic.to_string()).or_default();
+        if let Some(queue) = partitions.get(&partition) {
+            return Arc::clone(queue);
+        }
+        let config = &self.inner.config;
+        let queue = Arc::new(PartitionQueue::new(
+            Batching {
+                linger: config.linger,
+                batch_bytes: config.batch_bytes,
+                compression: config.compression,
+            },
+            Arc::clone(&self.inner.buffer),
+        ));
+        let sender = PartitionSender::new(
             self.inner.client.clone(),
-            self.inner.config.clone(),
+            config.clone(),
             topic.to_string(),
             partition,
-            rx,
-        ));
-        accumulators
-            .entry(topic.to_string())
-            .or_default()
-            .insert(partition, tx.clone());
-        tx
+            Arc::clone(&queue),
+        );
+        tokio::spawn(sender.run());
+        partitions.insert(partition, Arc::clone(&queue));
+        queue
     }
 
     /// Queues a record and waits until it is stored (per `acks`); resolves to its partition
-    /// and offset. Waits for queue space when the partition's queue is full.
+    /// and offset. Waits for buffer space when `buffer_bytes` are queued.
     pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata, ClientError> {
+        let size = record.key.as_ref().map_or(0, Bytes::len)
+            + record.value.as_ref().map_or(0, Bytes::len)
+            + record
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+            + RECORD_OVERHEAD_BYTES;
+        let permits = u32::try_from(size)
+            .ok()
+            .filter(|_| size <= self.inner.config.buffer_bytes)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "a record of {size} bytes does not fit the producer's buffer_bytes ({})",
+                    self.inner.config.buffer_bytes
+                ))
+            })?;
         let partition = self.choose_partition(&record).await?;
-        let (reply, answer) = oneshot::channel();
-        self.accumulator(&record.topic, partition)
-            .send(Item::Record(Pending {
-                record,
-                reply,
-                queued_at: tokio::time::Instant::now(),
-            }))
+        self.inner
+            .buffer
+            .acquire_many(permits)
             .await
-            .map_err(|_| ClientError::Closed)?;
-        let offset = answer.await.map_err(|_| ClientError::Closed)??;
-        Ok(RecordMetadata { partition, offset })
+            .map_err(|_| ClientError::Closed)?
+            .forget();
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let (outcome, index) =
+            self.queue(&record.topic, partition)
+                .append(&record, timestamp, size);
+        let base = outcome.wait().await?;
+        Ok(RecordMetadata {
+            partition,
+            offset: base + u64::from(index),
+        })
     }
 
     /// Sends every queued record now and waits until all are answered.
     pub async fn flush(&self) -> Result<(), ClientError> {
-        let senders: Vec<mpsc::Sender<Item>> = self
+        let queues: Vec<Arc<PartitionQueue>> = self
             .inner
-            .accumulators
-            .lock()
+            .queues
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .flat_map(|t| t.values().cloned())
             .collect();
-        for sender in senders {
-            let (done, wait) = oneshot::channel();
-            if sender.send(Item::Flush(done)).await.is_ok() {
-                let _ = wait.await;
-            }
+        let newest: Vec<_> = queues.iter().filter_map(|q| q.flush()).collect();
+        for outcome in newest {
+            // Failures are answered to their own `send`s.
+            let _ = outcome.wait().await;
         }
         Ok(())
     }

@@ -74,6 +74,16 @@ impl BatchBuilder {
         self
     }
 
+    /// Sets (or replaces) the idempotent producer fields: a producer assigns sequence numbers
+    /// when it sends a batch, and again if it must resend it under a fresh producer id.
+    pub fn set_producer(&mut self, id: u64, epoch: u16, base_sequence: u32) {
+        self.producer = ProducerFields {
+            id,
+            epoch,
+            base_sequence,
+        };
+    }
+
     /// Marks the batch as a control batch: it takes no offsets and consumers skip it.
     pub fn control(mut self) -> Self {
         self.control = true;
