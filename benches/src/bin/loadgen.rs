@@ -75,6 +75,8 @@ fn storage_only_rate(seconds: f64) -> f64 {
 
 struct RunResult {
     records_per_s: f64,
+    /// Records the consumer received per second during the run (0 without a consumer).
+    consumed_per_s: f64,
     produce_us: Vec<u64>,
     e2e_us: Vec<u64>,
 }
@@ -87,18 +89,23 @@ async fn pace(at: Option<Instant>) {
 }
 
 /// Produces for `seconds` with `SENDERS` concurrent sends, optionally paced to `rate`
-/// records/s, while a consumer reads everything and measures end-to-end latency.
+/// records/s; with `consume`, a consumer reads everything and measures end-to-end latency.
 async fn run(
     client: &Client,
     topic: &str,
     partitions: u32,
     seconds: f64,
     rate: Option<f64>,
+    consume: bool,
 ) -> RunResult {
-    let producer = client
-        .producer(ProducerConfig::default())
-        .await
-        .expect("producer");
+    let mut config = ProducerConfig::default();
+    if let Some(ms) = std::env::var("LOADGEN_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.linger = Duration::from_millis(ms);
+    }
+    let producer = client.producer(config).await.expect("producer");
     let epoch = Instant::now();
     let mut consumer = client.consumer(ConsumerConfig::default());
     for p in 0..partitions {
@@ -108,19 +115,21 @@ async fn run(
             .expect("assign");
     }
     let e2e = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let e2e = Arc::clone(&e2e);
+    let consumed = Arc::new(AtomicU64::new(0));
+    let reader = consume.then(|| {
+        let (e2e, consumed) = (Arc::clone(&e2e), Arc::clone(&consumed));
         let mut stream = consumer.into_stream();
         tokio::spawn(async move {
             while let Some(Ok(record)) = stream.next().await {
-                if let Some(value) = record.key.as_ref().and_then(|v| v.get(..8)) {
-                    let sent = u64::from_le_bytes(value.try_into().unwrap_or_default());
+                consumed.fetch_add(1, Ordering::Relaxed);
+                if let Some(key) = record.key.as_ref().and_then(|v| v.get(..8)) {
+                    let sent = u64::from_le_bytes(key.try_into().unwrap_or_default());
                     let now = epoch.elapsed().as_micros() as u64;
                     e2e.lock().await.push(now.saturating_sub(sent));
                 }
             }
         })
-    };
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let payload = Bytes::from(vec![b'x'; RECORD_BYTES]);
@@ -196,13 +205,17 @@ async fn run(
         produce_us.extend(s.await.unwrap_or_default());
     }
     let elapsed = start.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    reader.abort();
+    let consumed_per_s = consumed.load(Ordering::Relaxed) as f64 / elapsed;
+    if let Some(reader) = reader {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        reader.abort();
+    }
     produce_us.sort_unstable();
     let mut e2e_us = e2e.lock().await.clone();
     e2e_us.sort_unstable();
     RunResult {
         records_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed,
+        consumed_per_s,
         produce_us,
         e2e_us,
     }
@@ -281,6 +294,7 @@ async fn run_raw(
     produce_us.sort_unstable();
     RunResult {
         records_per_s: sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+        consumed_per_s: 0.0,
         produce_us,
         e2e_us: Vec::new(),
     }
@@ -312,6 +326,7 @@ async fn run_serial(address: &str, topic: &str, count: usize) -> RunResult {
     produce_us.sort_unstable();
     RunResult {
         records_per_s,
+        consumed_per_s: 0.0,
         produce_us,
         e2e_us: Vec::new(),
     }
@@ -319,16 +334,25 @@ async fn run_serial(address: &str, topic: &str, count: usize) -> RunResult {
 
 fn report(label: &str, r: &RunResult, baseline: f64) {
     let p = |v: &[u64], q| percentile(v, q) as f64 / 1000.0;
+    let e2e = if r.e2e_us.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  consumed {:>8.0} rec/s ({:.2}x)  e2e p50 {:>6.2} p99 {:>6.2} ms",
+            r.consumed_per_s,
+            r.consumed_per_s / baseline,
+            p(&r.e2e_us, 0.5),
+            p(&r.e2e_us, 0.99),
+        )
+    };
     println!(
-        "{label:<34} {:>10.0} rec/s {:>7.1} MB/s  ratio {:>5.2}x  produce p50 {:>6.2} p99 {:>6.2} p99.9 {:>6.2} ms  e2e p50 {:>6.2} p99 {:>6.2} ms",
+        "{label:<40} {:>8.0} rec/s {:>6.1} MB/s  ratio {:>5.2}x  produce p50 {:>6.2} p99 {:>6.2} p99.9 {:>6.2} ms{e2e}",
         r.records_per_s,
         r.records_per_s * RECORD_BYTES as f64 / 1e6,
         r.records_per_s / baseline,
         p(&r.produce_us, 0.5),
         p(&r.produce_us, 0.99),
         p(&r.produce_us, 0.999),
-        p(&r.e2e_us, 0.5),
-        p(&r.e2e_us, 0.99),
     );
 }
 
@@ -366,24 +390,20 @@ fn main() {
             if std::env::var_os("LOADGEN_SERIAL_ONLY").is_some() {
                 return;
             }
-            let peak = run(&client, &topic, partitions, seconds, None).await;
-            report(&format!("{partitions} partition(s), peak"), &peak, baseline);
-            let half = run(
-                &client,
-                &topic,
-                partitions,
-                seconds,
-                Some(peak.records_per_s / 2.0),
-            )
-            .await;
-            report(
-                &format!("{partitions} partition(s), half of peak rate"),
-                &half,
-                baseline,
-            );
+            let label = |what: &str| format!("{partitions} partition(s), {what}");
+            let peak = run(&client, &topic, partitions, seconds, None, false).await;
+            report(&label("SDK produce, peak"), &peak, baseline);
+            let half_rate = Some(peak.records_per_s / 2.0);
+            let half = run(&client, &topic, partitions, seconds, half_rate, false).await;
+            report(&label("SDK produce, half of peak"), &half, baseline);
+            let e2e = run(&client, &topic, partitions, seconds, None, true).await;
+            report(&label("SDK produce + consume, peak"), &e2e, baseline);
+            let e2e_half_rate = Some(e2e.records_per_s / 2.0);
+            let e2e_half = run(&client, &topic, partitions, seconds, e2e_half_rate, true).await;
+            report(&label("SDK produce + consume, half"), &e2e_half, baseline);
             let raw = run_raw(&broker.address, &topic, partitions, seconds, 4).await;
             report(
-                &format!("{partitions} partition(s), raw 1 MiB batches"),
+                &label("raw 1 MiB batches, 4 in flight"),
                 &raw,
                 baseline,
             );

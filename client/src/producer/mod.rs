@@ -54,7 +54,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(2),
             batch_bytes: 1024 * 1024,
             max_in_flight: 5,
             compression: Compression::None,
