@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_protocol::{
-    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MESSAGE_BYTES_MAX,
-};
 use sluice_protocol::internal::v1::raft_server::RaftServer;
 use sluice_protocol::v1::admin_server::AdminServer;
 use sluice_protocol::v1::consumer_server::ConsumerServer;
 use sluice_protocol::v1::producer_server::ProducerServer;
+use sluice_protocol::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MESSAGE_BYTES_MAX,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
@@ -82,9 +82,7 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
         .add_service(consumer)
         .add_service(admin)
         .add_service(raft)
-        .serve_with_incoming_shutdown(incoming, async move {
-            stop.notified().await
-        })
+        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await
         .context("gRPC server failed")
 }

@@ -402,11 +402,7 @@ fn main() {
             let e2e_half = run(&client, &topic, partitions, seconds, e2e_half_rate, true).await;
             report(&label("SDK produce + consume, half"), &e2e_half, baseline);
             let raw = run_raw(&broker.address, &topic, partitions, seconds, 4).await;
-            report(
-                &label("raw 1 MiB batches, 4 in flight"),
-                &raw,
-                baseline,
-            );
+            report(&label("raw 1 MiB batches, 4 in flight"), &raw, baseline);
         });
     }
 }

@@ -184,7 +184,9 @@ impl Producer {
                 "an idempotent producer keeps at most {IDEMPOTENT_IN_FLIGHT_MAX} batches in flight per partition"
             )));
         }
-        let buffer = Arc::new(Semaphore::new(config.buffer_bytes.min(Semaphore::MAX_PERMITS)));
+        let buffer = Arc::new(Semaphore::new(
+            config.buffer_bytes.min(Semaphore::MAX_PERMITS),
+        ));
         let inner = Inner {
             client,
             config,
@@ -280,9 +282,9 @@ impl Producer {
             .map_err(|_| ClientError::Closed)?
             .forget();
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let (outcome, index) =
-            self.queue(&record.topic, partition)
-                .append(&record, timestamp, size);
+        let (outcome, index) = self
+            .queue(&record.topic, partition)
+            .append(&record, timestamp, size);
         let base = outcome.wait().await?;
         Ok(RecordMetadata {
             partition,

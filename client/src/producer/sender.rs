@@ -180,16 +180,14 @@ impl PartitionSender {
     }
 
     /// Builds the batch's bytes under `identity`, taking its sequence numbers.
-    fn stamp(
-        &mut self,
-        batch: &mut SealedBatch,
-        identity: Identity,
-    ) -> Result<Bytes, ClientError> {
+    fn stamp(&mut self, batch: &mut SealedBatch, identity: Identity) -> Result<Bytes, ClientError> {
         let count = batch.builder.record_count();
         if identity.producer_id != NO_PRODUCER_ID {
-            batch
-                .builder
-                .set_producer(identity.producer_id, identity.epoch, identity.next_sequence);
+            batch.builder.set_producer(
+                identity.producer_id,
+                identity.epoch,
+                identity.next_sequence,
+            );
         }
         let bytes = batch.builder.build().map_err(ClientError::Corrupt)?;
         if let Some(id) = self
@@ -279,10 +277,7 @@ impl PartitionSender {
                 break;
             }
         }
-        match producer
-            .produce_stream(ReceiverStream::new(receiver))
-            .await
-        {
+        match producer.produce_stream(ReceiverStream::new(receiver)).await {
             Ok(response) => {
                 self.stream = Some(Stream {
                     requests,

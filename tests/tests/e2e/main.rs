@@ -4,6 +4,7 @@ mod backpressure;
 mod bad_input;
 mod durability;
 mod idempotence;
+mod pipelined_producer;
 mod produce_consume;
 mod retention;
 mod streams;
