@@ -34,7 +34,10 @@ pub use admin::Admin;
 pub use connection::Client;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::ClientError;
-pub use producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use sluice_protocol::Reason;
-pub use sluice_protocol::v1::Acks;
+pub use sluice_protocol::v1::{
+    Acks, ClusterDescription, NodeDescription, PartitionDescription, TopicDescription,
+};
 pub use sluice_storage::Compression;
+pub use tonic::Code;

@@ -125,6 +125,31 @@ impl ProducerRecord {
     }
 }
 
+/// A queued record's pending answer; see [`Producer::enqueue`].
+#[derive(Debug)]
+pub struct Delivery {
+    outcome: Arc<outcome::BatchOutcome>,
+    partition: u32,
+    index: u32,
+}
+
+impl Delivery {
+    /// The partition the record was queued for.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Waits until the record's batch is answered: its partition and offset, or why it
+    /// failed.
+    pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
+        let base = self.outcome.wait().await?;
+        Ok(RecordMetadata {
+            partition: self.partition,
+            offset: base + u64::from(self.index),
+        })
+    }
+}
+
 /// Where a record was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordMetadata {
@@ -257,6 +282,14 @@ impl Producer {
     /// Queues a record and waits until it is stored (per `acks`); resolves to its partition
     /// and offset. Waits for buffer space when `buffer_bytes` are queued.
     pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata, ClientError> {
+        self.enqueue(record).await?.wait().await
+    }
+
+    /// Queues a record and returns as soon as it is in its partition's batch: records
+    /// enqueued one after another keep that order in their partition. Waits only for buffer
+    /// space (and, for a topic not seen before, its metadata). [`Delivery::wait`] gives the
+    /// offset once the batch is stored.
+    pub async fn enqueue(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
         let size = record.key.as_ref().map_or(0, Bytes::len)
             + record.value.as_ref().map_or(0, Bytes::len)
             + record
@@ -285,10 +318,10 @@ impl Producer {
         let (outcome, index) = self
             .queue(&record.topic, partition)
             .append(&record, timestamp, size);
-        let base = outcome.wait().await?;
-        Ok(RecordMetadata {
+        Ok(Delivery {
+            outcome,
             partition,
-            offset: base + u64::from(index),
+            index,
         })
     }
 

@@ -1,0 +1,233 @@
+//! The command line: every command, flag and default (docs/cli.md is the long form).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Sluice's admin and developer CLI.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Brokers to bootstrap from, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_delimiter = ','
+    )]
+    pub brokers: Vec<String>,
+    /// Output: aligned text tables, or JSON (one document, or one object per line for
+    /// streams).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned tables and plain lines.
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe, configure and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per line of standard input.
+    Produce(ProduceArgs),
+    /// Consume records and print them.
+    Consume(ConsumeArgs),
+    /// The cluster: nodes, controller, health.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Measure produce and consume throughput and latency.
+    Bench(BenchArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Topic commands.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Partitions.
+        #[arg(short, long, default_value_t = 1)]
+        partitions: u32,
+        /// Replicas of each partition.
+        #[arg(short = 'r', long, default_value_t = 1)]
+        replicas: u32,
+        /// A topic config, KEY=VALUE (repeatable), e.g. retention.ms=86400000.
+        #[arg(short, long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Describe a topic: configs, and per partition its leader, replicas, log start, high
+    /// watermark and size on disk.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Set or remove topic configs.
+    AlterConfig {
+        /// Topic name.
+        name: String,
+        /// A config to set, KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A config to remove, back to its default (repeatable).
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Add partitions to a topic.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// Partitions to add.
+        #[arg(long)]
+        count: u32,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// Cluster commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, controller and version.
+    Info,
+    /// Whether every partition has a leader; exit code 1 if not.
+    Health,
+}
+
+/// Acknowledgement level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcksArg {
+    /// Committed by the partition's replicas and durable.
+    All,
+    /// Written by the leader.
+    Leader,
+}
+
+/// Batch compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// None.
+    None,
+    /// LZ4 frames.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+/// `sluice produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Topic.
+    pub topic: String,
+    /// Splits each line into key and value at the first occurrence of SEP.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// Sends every record to this partition (default: by key, round robin without keys).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// What each record waits for.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+    /// A header for every record, KEY=VALUE (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    pub headers: Vec<String>,
+    /// Prints `partition offset` for each record, in input order.
+    #[arg(long)]
+    pub print_offsets: bool,
+}
+
+/// `sluice consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic.
+    pub topic: String,
+    /// Where to start: beginning, end, an offset, or @UNIX_MS (first record at or after).
+    #[arg(long, default_value = "end")]
+    pub from: String,
+    /// Only this partition (default: all).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub num: Option<u64>,
+    /// Stop at the high watermark each partition had when the command started.
+    #[arg(long)]
+    pub until_end: bool,
+    /// Print each record's key before its value (text), tab separated.
+    #[arg(long)]
+    pub print_keys: bool,
+    /// Print each record's headers before its value (text), as k=v,k=v.
+    #[arg(long)]
+    pub print_headers: bool,
+}
+
+/// What `sluice bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Produce throughput and latency.
+    Produce,
+    /// Consume throughput of what the topic holds.
+    Consume,
+    /// Produce and consume at once: end-to-end latency.
+    E2e,
+}
+
+/// `sluice bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    /// Topic; created (with --partitions) if it does not exist.
+    #[arg(long, default_value = "sluice-bench")]
+    pub topic: String,
+    /// Records to produce (or consume); the default is to run for --duration.
+    #[arg(long, conflicts_with = "duration")]
+    pub records: Option<u64>,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: u32,
+    /// Concurrent producers (each with its own connection and batches).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// What each record waits for.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+    /// Records per second over all producers (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+}

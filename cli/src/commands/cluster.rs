@@ -1,0 +1,74 @@
+//! `sluice cluster info|health`.
+
+use std::io::Write;
+
+use serde_json::json;
+use sluice_client::Client;
+
+use crate::args::{ClusterCommand, Format};
+use crate::failure::Failure;
+use crate::output::{cluster_json, json_line, table};
+
+/// Runs a cluster command.
+pub async fn run(
+    client: &Client,
+    command: ClusterCommand,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let cluster = client.admin().describe_cluster().await?;
+    match command {
+        ClusterCommand::Info => match format {
+            Format::Json => json_line(out, &cluster_json(&cluster))?,
+            Format::Text => {
+                writeln!(out, "VERSION     {}", cluster.version)?;
+                writeln!(out, "CONTROLLER  {}", cluster.controller)?;
+                writeln!(out, "TOPICS      {}", cluster.topics.len())?;
+                writeln!(out, "\nNODES")?;
+                let mut rows = vec![vec!["ID".to_string(), "ADDRESS".to_string()]];
+                rows.extend(
+                    cluster
+                        .nodes
+                        .iter()
+                        .map(|n| vec![n.node_id.to_string(), n.address.clone()]),
+                );
+                table(out, &rows)?;
+            }
+        },
+        ClusterCommand::Health => {
+            // Node ids start at 1: a leader of 0 is no leader.
+            let leaderless: Vec<String> = cluster
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .filter(|p| p.leader == 0)
+                        .map(move |p| format!("{}/{}", t.name, p.partition))
+                })
+                .collect();
+            let healthy = cluster.controller != 0 && leaderless.is_empty();
+            match format {
+                Format::Json => json_line(
+                    out,
+                    &json!({
+                        "healthy": healthy,
+                        "controller": cluster.controller,
+                        "nodes": cluster.nodes.len(),
+                        "leaderless_partitions": leaderless,
+                    }),
+                )?,
+                Format::Text => {
+                    writeln!(out, "HEALTHY                {healthy}")?;
+                    writeln!(out, "CONTROLLER             {}", cluster.controller)?;
+                    writeln!(out, "NODES                  {}", cluster.nodes.len())?;
+                    writeln!(out, "LEADERLESS PARTITIONS  {}", leaderless.join(" "))?;
+                }
+            }
+            if !healthy {
+                return Err(Failure::other("the cluster is not healthy"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `sluice consume`: records as lines (text) or one JSON object per record.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
+
+use crate::args::{ConsumeArgs, Format};
+use crate::failure::Failure;
+use crate::output::{bytes_json, json_line};
+
+/// Parses `--from`: beginning, end, an offset, or @UNIX_MS.
+pub fn parse_from(from: &str) -> Result<Offset, Failure> {
+    match from {
+        "beginning" | "earliest" => Ok(Offset::Earliest),
+        "end" | "latest" => Ok(Offset::Latest),
+        _ => {
+            if let Some(ms) = from.strip_prefix('@') {
+                ms.parse()
+                    .map(Offset::Timestamp)
+                    .map_err(|_| Failure::usage(format!("--from {from:?}: @ needs a time in ms")))
+            } else {
+                from.parse().map(Offset::At).map_err(|_| {
+                    Failure::usage(format!(
+                        "--from {from:?}: expected beginning, end, an offset or @UNIX_MS"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+/// Runs `sluice consume`.
+pub async fn run(
+    client: &Client,
+    args: ConsumeArgs,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let from = parse_from(&args.from)?;
+    let topic = client.admin().describe_topic(&args.topic).await?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) if topic.partitions.iter().any(|d| d.partition == p) => vec![p],
+        Some(p) => {
+            return Err(Failure::usage(format!(
+                "topic {} has no partition {p}",
+                args.topic
+            )));
+        }
+        None => topic.partitions.iter().map(|d| d.partition).collect(),
+    };
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    // Partition → the high watermark at start, for --until-end.
+    let mut remaining: HashMap<u32, u64> = HashMap::new();
+    for &partition in &partitions {
+        let start = consumer.resolve(&args.topic, partition, from).await?;
+        consumer
+            .assign(&args.topic, partition, Offset::At(start))
+            .await?;
+        if args.until_end {
+            let end = consumer
+                .resolve(&args.topic, partition, Offset::Latest)
+                .await?;
+            if start < end {
+                remaining.insert(partition, end);
+            }
+        }
+    }
+    if args.num == Some(0) || (args.until_end && remaining.is_empty()) {
+        return Ok(());
+    }
+    let mut stream = consumer.into_stream();
+    let mut printed = 0u64;
+    loop {
+        // Flushed whenever no record is ready, so a pipe sees records as they come.
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                out.flush()?;
+                stream.next().await
+            }
+        };
+        let Some(record) = next else { break };
+        let record = record?;
+        print_record(&record, &args, format, out)?;
+        printed += 1;
+        if args.num.is_some_and(|n| printed >= n) {
+            break;
+        }
+        if args.until_end {
+            if let Some(end) = remaining.get(&record.partition)
+                && record.offset + 1 >= *end
+            {
+                remaining.remove(&record.partition);
+            }
+            if remaining.is_empty() {
+                break;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_record(
+    record: &ConsumerRecord,
+    args: &ConsumeArgs,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match format {
+        Format::Json => {
+            let headers: Vec<_> = record
+                .headers
+                .iter()
+                .map(|(k, v)| json!({ "key": bytes_json(Some(k)), "value": bytes_json(v.as_deref()) }))
+                .collect();
+            json_line(
+                out,
+                &json!({
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "timestamp": record.timestamp,
+                    "key": bytes_json(record.key.as_deref()),
+                    "value": bytes_json(record.value.as_deref()),
+                    "headers": headers,
+                }),
+            )?;
+        }
+        Format::Text => {
+            if args.print_headers {
+                let headers: Vec<String> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(k),
+                            String::from_utf8_lossy(v.as_deref().unwrap_or_default())
+                        )
+                    })
+                    .collect();
+                write!(out, "{}\t", headers.join(","))?;
+            }
+            if args.print_keys {
+                out.write_all(record.key.as_deref().unwrap_or_default())?;
+                out.write_all(b"\t")?;
+            }
+            out.write_all(record.value.as_deref().unwrap_or_default())?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_accepts_the_four_forms_and_refuses_the_rest() {
+        assert_eq!(parse_from("beginning").ok(), Some(Offset::Earliest));
+        assert_eq!(parse_from("end").ok(), Some(Offset::Latest));
+        assert_eq!(parse_from("42").ok(), Some(Offset::At(42)));
+        assert_eq!(
+            parse_from("@1700000000000").ok(),
+            Some(Offset::Timestamp(1_700_000_000_000))
+        );
+        for bad in ["", "-1", "@", "@x", "start"] {
+            assert_eq!(parse_from(bad).map_err(|f| f.code).err(), Some(2), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The `sluice` command line against a real `sluiced`: the command contract, JSON output and
+//! exit codes.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use sluice_tests::TestBroker;
+
+fn sluice(broker: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--brokers", broker])
+        .args(args)
+        .env_remove("SLUICE_BROKERS")
+        .output()
+        .expect("run sluice")
+}
+
+fn ok_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "sluice failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(ok_stdout(out).trim()).expect("one JSON document")
+}
+
+#[test]
+fn topic_lifecycle() {
+    let broker = TestBroker::start();
+    let b = broker.address.as_str();
+    let created = json(&sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "topic",
+            "create",
+            "events",
+            "-p",
+            "3",
+            "-c",
+            "retention.ms=3600000",
+        ],
+    ));
+    assert_eq!(created["partitions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(created["configs"]["retention.ms"], "3600000");
+
+    let listed = ok_stdout(&sluice(b, &["topic", "list"]));
+    assert!(listed.lines().any(|l| l.starts_with("events ")), "{listed}");
+
+    let altered = json(&sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "topic",
+            "alter-config",
+            "events",
+            "--set",
+            "retention.bytes=1048576",
+        ],
+    ));
+    assert_eq!(altered["configs"]["retention.bytes"], "1048576");
+
+    let grown = json(&sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "topic",
+            "add-partitions",
+            "events",
+            "--count",
+            "2",
+        ],
+    ));
+    assert_eq!(grown["partitions"].as_array().map(Vec::len), Some(5));
+
+    let described = ok_stdout(&sluice(b, &["topic", "describe", "events"]));
+    assert!(described.contains("HIGH-WATERMARK"), "{described}");
+
+    ok_stdout(&sluice(b, &["topic", "delete", "events"]));
+    let listed = json(&sluice(b, &["--format", "json", "topic", "list"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+#[test]
+fn ten_thousand_keyed_lines_come_back_in_order_per_partition() {
+    let broker = TestBroker::start();
+    let b = broker.address.as_str();
+    ok_stdout(&sluice(b, &["topic", "create", "lines", "-p", "4"]));
+    let input: String = (0..10_000)
+        .map(|i| format!("key-{}:value-{i}\n", i % 97))
+        .collect();
+    let mut produce = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "--brokers",
+            b,
+            "produce",
+            "lines",
+            "--key-separator",
+            ":",
+            "--print-offsets",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn produce");
+    produce
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write lines");
+    let produced = produce.wait_with_output().expect("produce finishes");
+    let offsets = ok_stdout(&produced);
+    assert_eq!(
+        offsets.lines().count(),
+        10_000,
+        "one `partition offset` per line"
+    );
+
+    let out = sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "consume",
+            "lines",
+            "--from",
+            "beginning",
+            "--num",
+            "10000",
+        ],
+    );
+    let text = ok_stdout(&out);
+    let mut last_value: HashMap<String, i64> = HashMap::new();
+    let mut last_offset: HashMap<u64, u64> = HashMap::new();
+    let mut count = 0;
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).expect("one JSON object per record");
+        let key = record["key"].as_str().expect("key").to_string();
+        let value = record["value"].as_str().expect("value");
+        let n: i64 = value.trim_start_matches("value-").parse().expect("number");
+        assert_eq!(key, format!("key-{}", n % 97), "key travels with its value");
+        // One key lives on one partition, so its values arrive in input order.
+        let previous = last_value.insert(key, n).unwrap_or(-1);
+        assert!(n > previous, "record {n} after {previous}");
+        let partition = record["partition"].as_u64().expect("partition");
+        let offset = record["offset"].as_u64().expect("offset");
+        if let Some(prev) = last_offset.insert(partition, offset) {
+            assert!(
+                offset > prev,
+                "offsets increase within partition {partition}"
+            );
+        }
+        count += 1;
+    }
+    assert_eq!(count, 10_000);
+
+    let tail = ok_stdout(&sluice(
+        b,
+        &[
+            "consume",
+            "lines",
+            "--from",
+            "beginning",
+            "--until-end",
+            "--partition",
+            "0",
+        ],
+    ));
+    assert!(
+        tail.lines().all(|l| l.starts_with("value-")),
+        "text prints values"
+    );
+}
+
+#[test]
+fn exit_codes_say_refused_usage_or_unreachable() {
+    let broker = TestBroker::start();
+    let b = broker.address.as_str();
+    let refused = sluice(b, &["topic", "describe", "missing"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("UNKNOWN_TOPIC"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    assert_eq!(sluice(b, &["topic", "create"]).status.code(), Some(2));
+    assert_eq!(
+        sluice(b, &["topic", "list", "--no-such-flag"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        sluice(b, &["consume", "x", "--from", "yesterday"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let unreachable = sluice(&format!("127.0.0.1:{port}"), &["topic", "list"]);
+    assert_eq!(unreachable.status.code(), Some(3));
+}
+
+#[test]
+fn bench_reports_throughput_as_json() {
+    let broker = TestBroker::start();
+    let b = broker.address.as_str();
+    let report = json(&sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "bench",
+            "produce",
+            "--records",
+            "2000",
+            "--partitions",
+            "2",
+            "--record-size",
+            "100",
+        ],
+    ));
+    assert_eq!(report["records"], 2000);
+    assert!(
+        report["records_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["latency_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+    let consumed = json(&sluice(
+        b,
+        &["--format", "json", "bench", "consume", "--records", "2000"],
+    ));
+    assert_eq!(consumed["records"], 2000);
+}
+
+#[test]
+fn completions_are_printed_for_bash() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["completions", "bash"])
+        .output()
+        .expect("run sluice");
+    assert!(ok_stdout(&out).contains("sluice"));
+}
