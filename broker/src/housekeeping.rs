@@ -65,6 +65,7 @@ async fn compaction_pass(partition: &Partition) {
     match result {
         Ok(Ok(report)) if report.ran => {
             tracing::info!(topic = %partition.topic, partition = partition.index, ?report, "compacted");
+            crate::metrics::compacted(&partition.topic);
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod flow;
 pub mod housekeeping;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 // openraft's `StorageError` is large by its own design; boxing it at every await would only

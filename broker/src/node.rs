@@ -46,6 +46,13 @@ pub struct Node {
     pub broker_budget: ByteBudget,
 }
 
+impl Node {
+    /// The controller group's Raft metrics (term, leader, commit).
+    pub fn controller_raft_metrics(&self) -> openraft::RaftMetrics<NodeId, openraft::BasicNode> {
+        self.controller.raft.metrics().borrow().clone()
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Node({} at {})", self.config.node_id, self.address)
@@ -97,6 +104,9 @@ impl Node {
             )
             .await?;
         tracing::info!(?report, "controller log recovered");
+        if report.segments_scanned > 0 {
+            crate::metrics::recovered();
+        }
         groups.insert(CONTROLLER_GROUP, controller.raft.clone());
         let wait = Duration::from_secs(30);
         controller
@@ -129,6 +139,7 @@ impl Node {
         node.reconcile().await;
         tokio::spawn(Arc::clone(&node).reconcile_forever());
         tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
+        tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -356,6 +367,9 @@ impl Node {
         .await
         .map_err(|e| BrokerError::StorageFailed(e.to_string()))?;
         tracing::info!(topic = %key.0, partition = key.1, ?report, "partition log recovered");
+        if report.segments_scanned > 0 {
+            crate::metrics::recovered();
+        }
         self.groups.insert(group_id, group.raft.clone());
         let partition = Partition::new(PartitionParts {
             topic: key.0.clone(),

@@ -36,6 +36,7 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .with_http_listener(config.metrics_listen)
         .install()
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_listen))?;
+    crate::metrics::describe();
     let data_dir = config.data_dir.clone();
     let node = Node::start(config, address.clone())
         .await

@@ -260,3 +260,68 @@ fn completions_are_printed_for_bash() {
         .expect("run sluice");
     assert!(ok_stdout(&out).contains("sluice"));
 }
+
+/// The Prometheus text the broker serves on `address`.
+fn scrape(address: &str) -> String {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
+}
+
+#[test]
+fn the_broker_exports_produce_partition_and_raft_metrics() {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string();
+    let broker = TestBroker::start_with(&["--metrics-listen", &metrics]);
+    let b = broker.address.as_str();
+    ok_stdout(&sluice(b, &["topic", "create", "observed", "-p", "2"]));
+    let mut produce = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--brokers", b, "produce", "observed"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn produce");
+    produce
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"one\ntwo\nthree\n")
+        .expect("write");
+    assert!(produce.wait().expect("produce").success());
+    ok_stdout(&sluice(
+        b,
+        &["consume", "observed", "--from", "beginning", "--num", "3"],
+    ));
+    let wanted = [
+        "sluice_produce_records_total{topic=\"observed\"} 3",
+        "sluice_produce_latency_seconds",
+        "sluice_fetch_bytes_total{topic=\"observed\"}",
+        "sluice_partition_high_watermark{topic=\"observed\",partition=\"0\"}",
+        "sluice_partition_segments",
+        "sluice_raft_term{group=\"controller\"}",
+        "sluice_raft_commit_index{group=\"observed/1\"}",
+        "sluice_produce_inflight_bytes",
+    ];
+    // Gauges are sampled every 2 s: poll until all are there, bounded.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(&metrics);
+        if wanted.iter().all(|w| text.contains(w)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for w in wanted {
+        assert!(text.contains(w), "metrics lack {w}:\n{text}");
+    }
+}

@@ -152,7 +152,7 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
     command
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
         .args(extra_args)
         .env(
             "SLUICE_LOG",
@@ -160,6 +160,10 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
         )
         .stdout(Stdio::piped())
         .stderr(log.map_or_else(Stdio::null, Stdio::from));
+    // An ephemeral metrics port unless the test chose one.
+    if !extra_args.iter().any(|a| a == "--metrics-listen") {
+        command.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
     let mut child = command.spawn().expect("spawn sluiced");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();

@@ -36,6 +36,11 @@ impl ByteBudget {
         }
     }
 
+    /// Bytes admitted and not yet released.
+    pub fn in_use(&self) -> u64 {
+        self.total.saturating_sub(self.available() as u64)
+    }
+
     /// Bytes available now.
     pub fn available(&self) -> usize {
         self.semaphore.available_permits()

@@ -116,6 +116,10 @@ impl Consumer for ConsumerService {
             let (response, bytes) = self.fetch_once(&request);
             if bytes >= request.min_bytes.max(1) as usize || tokio::time::Instant::now() >= deadline
             {
+                for p in &response.partitions {
+                    let n = p.batches.iter().map(bytes::Bytes::len).sum();
+                    crate::metrics::fetched("fetch", &p.topic, n);
+                }
                 return Ok(Response::new(response));
             }
             // Wait for any requested partition's high watermark to move, or the deadline.
@@ -271,6 +275,7 @@ async fn send_within_credit(
     }
     held.bytes -= used;
     held.batches -= batches.len() as u32;
+    crate::metrics::fetched("subscribe", &partition.topic, used as usize);
     let response = SubscribeResponse {
         batches,
         high_watermark: read.high_watermark,

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
@@ -76,6 +76,7 @@ async fn admit(
         .await
         .map_err(|e| match e {
             AdmitError::Throttled => {
+                crate::metrics::produce_throttled(&message.topic);
                 BrokerError::Throttled(format!("{}/{}", message.topic, message.partition))
             }
             AdmitError::Closed => BrokerError::Unavailable("broker is shutting down".into()),
@@ -130,21 +131,31 @@ async fn drive_stream(
             message = requests.message(), if reading && in_flight.len() < STREAM_INFLIGHT_MAX => match message {
                 Ok(Some(message)) => {
                     let request_id = message.request_id;
+                    let started = Instant::now();
+                    let topic = message.topic.clone();
                     let future: ResponseFuture = match admit(&node, message, None).await {
                         // Queued here, in request order, so offsets follow the stream's order;
                         // only the answers are awaited concurrently. Queued batches reach the
                         // writer (and free their budget) while this loop waits for budget.
-                        Ok(admitted) => match admitted.partition.enqueue(admitted.batch, admitted.permits).await {
+                        Ok(admitted) => {
+                            let (records, bytes) = (admitted.batch.header().record_count, admitted.batch.len());
+                            match admitted.partition.enqueue(admitted.batch, admitted.permits).await {
                             Ok(answer) => Box::pin(async move {
-                                match answer.await {
+                                let response = match answer.await {
                                     Ok(Ok(p)) => produced_response(request_id, p),
                                     Ok(Err(e)) => error_response(request_id, &e),
                                     Err(_) => error_response(request_id, &BrokerError::Unavailable("partition writer stopped".into())),
-                                }
+                                };
+                                crate::metrics::produce_answered(&topic, records, bytes, started, response.error.is_none());
+                                response
                             }),
                             Err(e) => Box::pin(async move { error_response(request_id, &e) }),
-                        },
-                        Err(e) => Box::pin(async move { error_response(request_id, &e) }),
+                            }
+                        }
+                        Err(e) => Box::pin(async move {
+                            crate::metrics::produce_answered(&topic, 0, 0, started, false);
+                            error_response(request_id, &e)
+                        }),
                     };
                     in_flight.push_back(future);
                 }
@@ -195,8 +206,19 @@ impl Producer for ProducerService {
         let wait = grpc_timeout(request.metadata()).map_or(THROTTLE_WAIT_DEFAULT, |t| {
             t.saturating_sub((t / 4).min(std::time::Duration::from_millis(100)))
         });
-        let admitted = admit(&self.node, request.into_inner(), Some(wait)).await?;
-        Ok(Response::new(complete(admitted).await?))
+        let started = Instant::now();
+        let message = request.into_inner();
+        let topic = message.topic.clone();
+        let admitted = admit(&self.node, message, Some(wait)).await;
+        let (records, bytes) = admitted
+            .as_ref()
+            .map_or((0, 0), |a| (a.batch.header().record_count, a.batch.len()));
+        let result = match admitted {
+            Ok(admitted) => complete(admitted).await,
+            Err(e) => Err(e),
+        };
+        crate::metrics::produce_answered(&topic, records, bytes, started, result.is_ok());
+        Ok(Response::new(result?))
     }
 
     type ProduceStreamStream = Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send>>;

@@ -1,0 +1,158 @@
+//! The broker's Prometheus metrics (docs/metrics.md lists them): request counters and
+//! latencies recorded where requests are answered, and gauges sampled every few seconds.
+
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+use crate::node::Node;
+use crate::partition::Partition;
+
+/// How often the partition, Raft and budget gauges are sampled.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Registers every metric's help text, so a scrape documents itself.
+pub fn describe() {
+    describe_counter!(
+        "sluice_produce_requests_total",
+        "Produce requests answered, by topic and result (ok, error)."
+    );
+    describe_counter!(
+        "sluice_produce_records_total",
+        "Records appended by produce requests, by topic."
+    );
+    describe_counter!(
+        "sluice_produce_bytes_total",
+        "Batch bytes appended by produce requests, by topic."
+    );
+    describe_histogram!(
+        "sluice_produce_latency_seconds",
+        "Time from a produce request's admission to its answer, by topic."
+    );
+    describe_counter!(
+        "sluice_produce_throttled_total",
+        "Produce requests refused THROTTLED after waiting for budget, by topic."
+    );
+    describe_counter!(
+        "sluice_fetch_requests_total",
+        "Fetch requests answered and Subscribe responses sent, by kind (fetch, subscribe)."
+    );
+    describe_counter!(
+        "sluice_fetch_bytes_total",
+        "Batch bytes served to consumers, by topic."
+    );
+    describe_gauge!(
+        "sluice_produce_inflight_bytes",
+        "Produce bytes admitted and not yet answered, broker wide."
+    );
+    describe_gauge!(
+        "sluice_partition_high_watermark",
+        "High watermark, by topic and partition."
+    );
+    describe_gauge!(
+        "sluice_partition_log_start_offset",
+        "First offset still stored, by topic and partition."
+    );
+    describe_gauge!(
+        "sluice_partition_size_bytes",
+        "Bytes of the partition's segments on disk, by topic and partition."
+    );
+    describe_gauge!(
+        "sluice_partition_segments",
+        "Segment files of the partition, by topic and partition."
+    );
+    describe_gauge!(
+        "sluice_raft_term",
+        "Current Raft term, by group (controller or topic/partition)."
+    );
+    describe_gauge!(
+        "sluice_raft_leader",
+        "Node id of the group's leader (0: none), by group."
+    );
+    describe_gauge!(
+        "sluice_raft_commit_index",
+        "Last committed Raft index, by group."
+    );
+    describe_counter!(
+        "sluice_storage_recoveries_total",
+        "Partition logs opened with a recovery scan."
+    );
+    describe_counter!(
+        "sluice_compaction_runs_total",
+        "Compaction passes that rewrote segments, by topic."
+    );
+}
+
+/// Records an answered produce request.
+pub fn produce_answered(topic: &str, records: u32, bytes: usize, started: Instant, ok: bool) {
+    let labels = [("topic", topic.to_string())];
+    let result = if ok { "ok" } else { "error" };
+    counter!("sluice_produce_requests_total", "topic" => topic.to_string(), "result" => result)
+        .increment(1);
+    if ok {
+        counter!("sluice_produce_records_total", &labels).increment(u64::from(records));
+        counter!("sluice_produce_bytes_total", &labels).increment(bytes as u64);
+    }
+    histogram!("sluice_produce_latency_seconds", &labels).record(started.elapsed());
+}
+
+/// Records a produce refused for lack of budget.
+pub fn produce_throttled(topic: &str) {
+    counter!("sluice_produce_throttled_total", "topic" => topic.to_string()).increment(1);
+}
+
+/// Records batches served to a consumer.
+pub fn fetched(kind: &'static str, topic: &str, bytes: usize) {
+    counter!("sluice_fetch_requests_total", "kind" => kind).increment(1);
+    if bytes > 0 {
+        counter!("sluice_fetch_bytes_total", "topic" => topic.to_string()).increment(bytes as u64);
+    }
+}
+
+/// Records a compaction pass that rewrote segments.
+pub fn compacted(topic: &str) {
+    counter!("sluice_compaction_runs_total", "topic" => topic.to_string()).increment(1);
+}
+
+/// Records a log opened with a recovery scan.
+pub fn recovered() {
+    counter!("sluice_storage_recoveries_total").increment(1);
+}
+
+/// Samples the gauges until the node is dropped.
+pub async fn run_gauges(node: Weak<Node>) {
+    loop {
+        tokio::time::sleep(GAUGE_INTERVAL).await;
+        let Some(node) = node.upgrade() else { return };
+        gauge!("sluice_produce_inflight_bytes").set(node.broker_budget.in_use() as f64);
+        raft_gauges("controller".to_string(), &node.controller_raft_metrics());
+        for partition in node.partitions() {
+            partition_gauges(&partition);
+        }
+    }
+}
+
+fn partition_gauges(partition: &Partition) {
+    let labels = [
+        ("topic", partition.topic.clone()),
+        ("partition", partition.index.to_string()),
+    ];
+    if let Ok((log_start, high_watermark, size)) = partition.offsets() {
+        gauge!("sluice_partition_high_watermark", &labels).set(high_watermark as f64);
+        gauge!("sluice_partition_log_start_offset", &labels).set(log_start as f64);
+        gauge!("sluice_partition_size_bytes", &labels).set(size as f64);
+    }
+    if let Ok(log) = partition.group.log.read() {
+        gauge!("sluice_partition_segments", &labels).set(log.segment_count() as f64);
+    }
+    let metrics = partition.group.raft.metrics().borrow().clone();
+    raft_gauges(format!("{}/{}", partition.topic, partition.index), &metrics);
+}
+
+fn raft_gauges(group: String, m: &openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>) {
+    let labels = [("group", group)];
+    gauge!("sluice_raft_term", &labels).set(m.current_term as f64);
+    gauge!("sluice_raft_leader", &labels).set(m.current_leader.unwrap_or(0) as f64);
+    gauge!("sluice_raft_commit_index", &labels).set(m.last_applied.map_or(0, |l| l.index) as f64);
+}
