@@ -27,6 +27,26 @@ fn ok_stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `sluice produce` with `input` on stdin.
+fn produce(broker: &str, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--brokers", broker, "produce"])
+        .args(args)
+        .env_remove("SLUICE_BROKERS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice produce");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("sluice produce finishes")
+}
+
 fn json(out: &Output) -> Value {
     serde_json::from_str(ok_stdout(out).trim()).expect("one JSON document")
 }
@@ -99,28 +119,11 @@ fn ten_thousand_keyed_lines_come_back_in_order_per_partition() {
     let input: String = (0..10_000)
         .map(|i| format!("key-{}:value-{i}\n", i % 97))
         .collect();
-    let mut produce = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "--brokers",
-            b,
-            "produce",
-            "lines",
-            "--key-separator",
-            ":",
-            "--print-offsets",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn produce");
-    produce
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write lines");
-    let produced = produce.wait_with_output().expect("produce finishes");
+    let produced = produce(
+        b,
+        &["lines", "--key-separator", ":", "--print-offsets"],
+        input.as_bytes(),
+    );
     let offsets = ok_stdout(&produced);
     assert_eq!(
         offsets.lines().count(),
@@ -285,19 +288,7 @@ fn the_broker_exports_produce_partition_and_raft_metrics() {
     let broker = TestBroker::start_with(&["--metrics-listen", &metrics]);
     let b = broker.address.as_str();
     ok_stdout(&sluice(b, &["topic", "create", "observed", "-p", "2"]));
-    let mut produce = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--brokers", b, "produce", "observed"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn produce");
-    produce
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"one\ntwo\nthree\n")
-        .expect("write");
-    assert!(produce.wait().expect("produce").success());
+    ok_stdout(&produce(b, &["observed"], b"one\ntwo\nthree\n"));
     ok_stdout(&sluice(
         b,
         &["consume", "observed", "--from", "beginning", "--num", "3"],
