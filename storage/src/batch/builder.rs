@@ -37,7 +37,8 @@ pub struct BatchBuilder {
     compression: Compression,
     control: bool,
     producer: ProducerFields,
-    records: Vec<u8>,
+    /// Header space (filled by `finish`), then the encoded records.
+    buf: Vec<u8>,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
@@ -57,7 +58,7 @@ impl BatchBuilder {
                 epoch: 0,
                 base_sequence: 0,
             },
-            records: Vec::new(),
+            buf: vec![0; BATCH_HEADER_LEN],
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
@@ -102,7 +103,7 @@ impl BatchBuilder {
             value: record.value,
             headers: record.headers,
         };
-        encode_record(&mut self.records, &fields);
+        encode_record(&mut self.buf, &fields);
         self.max_timestamp = self.max_timestamp.max(record.timestamp);
         self.count += 1;
     }
@@ -120,17 +121,55 @@ impl BatchBuilder {
     /// Encoded size before compression, header included: what accumulators compare with
     /// their `batch_bytes`.
     pub fn uncompressed_len(&self) -> usize {
-        BATCH_HEADER_LEN + self.records.len()
+        self.buf.len()
     }
 
-    /// Encodes the batch. Fails if it is empty (and not a control batch) or too large.
+    /// Encodes the batch, leaving the builder as it was. Fails if it is empty (and not a
+    /// control batch) or too large.
     pub fn build(&self) -> Result<Bytes, DecodeError> {
+        let (header, compressed) = self.seal()?;
+        let stored = compressed.as_deref().unwrap_or(self.records());
+        let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + stored.len());
+        out.put_slice(&header.encode());
+        out.put_slice(stored);
+        Ok(out.freeze())
+    }
+
+    /// Encodes the batch, consuming the builder: uncompressed records are not copied again,
+    /// the header goes into the space reserved in front of them.
+    pub fn finish(mut self) -> Result<Bytes, DecodeError> {
+        let (header, compressed) = self.seal()?;
+        match compressed {
+            None => {
+                self.buf[..BATCH_HEADER_LEN].copy_from_slice(&header.encode());
+                Ok(Bytes::from(self.buf))
+            }
+            Some(stored) => {
+                let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + stored.len());
+                out.put_slice(&header.encode());
+                out.put_slice(&stored);
+                Ok(out.freeze())
+            }
+        }
+    }
+
+    /// The encoded records, after the reserved header space.
+    fn records(&self) -> &[u8] {
+        self.buf.get(BATCH_HEADER_LEN..).unwrap_or_default()
+    }
+
+    /// The header, and the compressed records section unless the batch is uncompressed.
+    fn seal(&self) -> Result<(BatchHeader, Option<Vec<u8>>), DecodeError> {
         if self.count == 0 && !self.control {
             return Err(DecodeError::InvalidHeader(
                 "a data batch needs at least one record",
             ));
         }
-        let stored = compress(self.compression, &self.records);
+        let compressed = match self.compression {
+            Compression::None => None,
+            codec => Some(compress(codec, self.records())),
+        };
+        let stored = compressed.as_deref().unwrap_or(self.records());
         let records_len = u32::try_from(stored.len())
             .ok()
             .filter(|len| *len <= RECORDS_BYTES_MAX);
@@ -163,11 +202,27 @@ impl BatchBuilder {
             producer_epoch: self.producer.epoch,
             base_sequence: self.producer.base_sequence,
             records_len,
-            records_crc: crc32fast::hash(&stored),
+            records_crc: crc32fast::hash(stored),
         };
-        let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + stored.len());
-        out.put_slice(&header.encode());
-        out.put_slice(&stored);
-        Ok(out.freeze())
+        Ok((header, compressed))
     }
+}
+
+/// A copy of an encoded batch under other idempotent producer fields (header CRC
+/// recomputed, records untouched): how a producer resends a batch under a fresh producer id.
+pub fn with_producer(
+    batch: &[u8],
+    id: u64,
+    epoch: u16,
+    base_sequence: u32,
+) -> Result<Bytes, DecodeError> {
+    let mut header = BatchHeader::decode(batch)?;
+    header.producer_id = id;
+    header.producer_epoch = epoch;
+    header.base_sequence = base_sequence;
+    let records = batch.get(BATCH_HEADER_LEN..).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(batch.len());
+    out.put_slice(&header.encode());
+    out.put_slice(records);
+    Ok(out.freeze())
 }

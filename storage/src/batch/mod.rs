@@ -10,7 +10,7 @@ mod record;
 mod varint;
 mod view;
 
-pub use builder::{BatchBuilder, NO_PRODUCER_ID, NewRecord};
+pub use builder::{BatchBuilder, NO_PRODUCER_ID, NewRecord, with_producer};
 pub use compression::Compression;
 pub(crate) use compression::compress;
 pub use header::{Attributes, BatchHeader, MAGIC_V1, RaftPosition, stamp_assigned_fields};

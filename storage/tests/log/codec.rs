@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use sluice_storage::batch::{NewRecord, stamp_assigned_fields};
+use sluice_storage::batch::{NewRecord, stamp_assigned_fields, with_producer};
 use sluice_storage::limits::BATCH_HEADER_LEN;
 use sluice_storage::{Batch, BatchBuilder, Compression, DecodeError, RaftPosition};
 
@@ -39,6 +39,10 @@ fn codec() -> impl Strategy<Value = Compression> {
 }
 
 fn build(records: &[Rec], compression: Compression) -> Bytes {
+    builder(records, compression).build().expect("valid batch")
+}
+
+fn builder(records: &[Rec], compression: Compression) -> BatchBuilder {
     let mut builder = BatchBuilder::new(compression).producer(7, 3, 11);
     for r in records {
         let headers: Vec<(&[u8], Option<&[u8]>)> = r
@@ -53,7 +57,7 @@ fn build(records: &[Rec], compression: Compression) -> Bytes {
             headers: &headers,
         });
     }
-    builder.build().expect("valid batch")
+    builder
 }
 
 proptest! {
@@ -84,6 +88,18 @@ proptest! {
             prop_assert_eq!(headers, want_headers);
         }
         prop_assert_eq!(batch.header().max_timestamp, records.iter().map(|r| r.timestamp).max().unwrap_or_default());
+    }
+
+    #[test]
+    fn finish_encodes_what_build_does_and_restamping_changes_only_producer_fields(records in proptest::collection::vec(rec(), 1..20), compression in codec()) {
+        let built = build(&records, compression);
+        let finished = builder(&records, compression).finish().expect("valid batch");
+        prop_assert_eq!(&built, &finished);
+        let restamped = with_producer(&built, 99, 1, 5).expect("restamp");
+        let batch = Batch::decode(restamped.clone()).expect("restamped batch decodes");
+        prop_assert_eq!((batch.header().producer_id, batch.header().producer_epoch, batch.header().base_sequence), (99, 1, 5));
+        prop_assert_eq!(&restamped[BATCH_HEADER_LEN..], &built[BATCH_HEADER_LEN..]);
+        prop_assert_eq!(batch.header().record_count, records.len() as u32);
     }
 
     #[test]
