@@ -13,17 +13,24 @@ use tokio::time::Instant;
 use super::ProducerRecord;
 use super::outcome::BatchOutcome;
 
-/// A batch closed to new records. Dropping it without an answer answers `Closed`, and
-/// always returns its bytes to the producer's buffer.
+/// A batch closed to new records.
 #[derive(Debug)]
 pub(super) struct SealedBatch {
     pub(super) builder: BatchBuilder,
+    pub(super) ticket: BatchTicket,
+}
+
+/// A batch's claim on an answer and on buffer space, from its first record until it is
+/// answered. Dropping it unanswered answers `Closed`; dropping it always returns its bytes to
+/// the producer's buffer.
+#[derive(Debug)]
+pub(super) struct BatchTicket {
     pub(super) outcome: Arc<BatchOutcome>,
     buffered: usize,
     buffer: Arc<Semaphore>,
 }
 
-impl Drop for SealedBatch {
+impl Drop for BatchTicket {
     fn drop(&mut self) {
         if !self.outcome.is_settled() {
             self.outcome.settle(Err(crate::error::ClientError::Closed));
@@ -35,7 +42,7 @@ impl Drop for SealedBatch {
 /// The batch records are being added to.
 #[derive(Debug)]
 struct OpenBatch {
-    sealed: SealedBatch,
+    batch: SealedBatch,
     /// Linger counts from the first record.
     started: Instant,
 }
@@ -118,8 +125,8 @@ impl PartitionQueue {
         let mut state = self.lock();
         let mut wake = false;
         if let Some(open) = &state.open
-            && !open.sealed.builder.is_empty()
-            && open.sealed.builder.uncompressed_len() + buffered > self.batching.batch_bytes
+            && !open.batch.builder.is_empty()
+            && open.batch.builder.uncompressed_len() + buffered > self.batching.batch_bytes
         {
             self.seal_open(&mut state);
             wake = true;
@@ -131,21 +138,23 @@ impl PartitionQueue {
                 state.newest = Some(Arc::clone(&outcome));
                 wake = true;
                 state.open.insert(OpenBatch {
-                    sealed: SealedBatch {
+                    batch: SealedBatch {
                         builder: BatchBuilder::new(self.batching.compression),
-                        outcome,
-                        buffered: 0,
-                        buffer: Arc::clone(&self.buffer),
+                        ticket: BatchTicket {
+                            outcome,
+                            buffered: 0,
+                            buffer: Arc::clone(&self.buffer),
+                        },
                     },
                     started: Instant::now(),
                 })
             }
         };
-        let index = open.sealed.builder.record_count();
-        open.sealed.builder.push(new);
-        open.sealed.buffered += buffered;
-        let outcome = Arc::clone(&open.sealed.outcome);
-        if open.sealed.builder.uncompressed_len() >= self.batching.batch_bytes {
+        let index = open.batch.builder.record_count();
+        open.batch.builder.push(new);
+        open.batch.ticket.buffered += buffered;
+        let outcome = Arc::clone(&open.batch.ticket.outcome);
+        if open.batch.builder.uncompressed_len() >= self.batching.batch_bytes {
             self.seal_open(&mut state);
             wake = true;
         }
@@ -158,7 +167,7 @@ impl PartitionQueue {
 
     fn seal_open(&self, state: &mut QueueState) {
         if let Some(open) = state.open.take() {
-            state.ready.push_back(open.sealed);
+            state.ready.push_back(open.batch);
         }
     }
 
@@ -170,7 +179,7 @@ impl PartitionQueue {
         }
         match &state.open {
             Some(open) if state.closed || open.started + self.batching.linger <= Instant::now() => {
-                let sealed = state.open.take().map(|o| o.sealed);
+                let sealed = state.open.take().map(|o| o.batch);
                 sealed.map_or(Next::Idle, Next::Send)
             }
             Some(open) => Next::WaitUntil(open.started + self.batching.linger),

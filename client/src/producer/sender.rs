@@ -13,14 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_protocol::Reason;
 use sluice_protocol::v1::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
-use sluice_storage::batch::NO_PRODUCER_ID;
+use sluice_storage::batch::{NO_PRODUCER_ID, with_producer};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use super::ProducerConfig;
-use super::partition_queue::{Next, PartitionQueue, SealedBatch};
+use super::partition_queue::{BatchTicket, Next, PartitionQueue, SealedBatch};
 use crate::connection::Client;
 use crate::error::ClientError;
 
@@ -35,8 +35,10 @@ struct Identity {
 /// A batch sent and not yet answered.
 #[derive(Debug)]
 struct InFlight {
-    batch: SealedBatch,
+    ticket: BatchTicket,
+    /// The encoded batch, as sent (and resent on retries).
     bytes: Bytes,
+    records: u32,
     request_id: u64,
     /// When it was (last) written to a stream: the request timeout counts from here.
     sent_at: Instant,
@@ -146,26 +148,39 @@ impl PartitionSender {
     }
 
     /// Stamps the batch with this partition's producer id and next sequence, and sends it.
-    async fn dispatch(&mut self, mut batch: SealedBatch) {
-        let identity = match self.identity().await {
-            Ok(identity) => identity,
-            Err(e) => {
-                batch.outcome.settle(Err(e));
-                return;
+    async fn dispatch(&mut self, batch: SealedBatch) {
+        let SealedBatch {
+            mut builder,
+            ticket,
+        } = batch;
+        let records = builder.record_count();
+        let stamped = match self.identity().await {
+            Ok(identity) => {
+                if identity.producer_id != NO_PRODUCER_ID {
+                    builder.set_producer(
+                        identity.producer_id,
+                        identity.epoch,
+                        identity.next_sequence,
+                    );
+                }
+                builder.finish().map_err(ClientError::Corrupt)
             }
+            Err(e) => Err(e),
         };
-        let bytes = match self.stamp(&mut batch, identity) {
+        let bytes = match stamped {
             Ok(bytes) => bytes,
             Err(e) => {
-                batch.outcome.settle(Err(e));
+                ticket.outcome.settle(Err(e));
                 return;
             }
         };
+        self.take_sequences(records);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         self.in_flight.push_back(InFlight {
-            batch,
+            ticket,
             bytes,
+            records,
             request_id,
             sent_at: Instant::now(),
         });
@@ -179,25 +194,15 @@ impl PartitionSender {
         }
     }
 
-    /// Builds the batch's bytes under `identity`, taking its sequence numbers.
-    fn stamp(&mut self, batch: &mut SealedBatch, identity: Identity) -> Result<Bytes, ClientError> {
-        let count = batch.builder.record_count();
-        if identity.producer_id != NO_PRODUCER_ID {
-            batch.builder.set_producer(
-                identity.producer_id,
-                identity.epoch,
-                identity.next_sequence,
-            );
-        }
-        let bytes = batch.builder.build().map_err(ClientError::Corrupt)?;
+    /// Advances the idempotent sequence past `records` just stamped.
+    fn take_sequences(&mut self, records: u32) {
         if let Some(id) = self
             .identity
             .as_mut()
             .filter(|id| id.producer_id != NO_PRODUCER_ID)
         {
-            id.next_sequence = id.next_sequence.wrapping_add(count);
+            id.next_sequence = id.next_sequence.wrapping_add(records);
         }
-        Ok(bytes)
     }
 
     async fn identity(&mut self) -> Result<Identity, ClientError> {
@@ -323,7 +328,7 @@ impl PartitionSender {
             return self.on_failure(ClientError::from(error)).await;
         }
         if let Some(done) = self.in_flight.pop_front() {
-            done.batch.outcome.settle(Ok(response.base_offset));
+            done.ticket.outcome.settle(Ok(response.base_offset));
         }
         self.attempts = 0;
     }
@@ -353,8 +358,8 @@ impl PartitionSender {
             // as out of sequence (idempotent) and go again under a fresh identity; without
             // idempotence they may be stored already and are answered as failed too.
             let refused_records = self.in_flight.pop_front().map_or(0, |refused| {
-                refused.batch.outcome.settle(Err(error.clone()));
-                refused.batch.builder.record_count()
+                refused.ticket.outcome.settle(Err(error.clone()));
+                refused.records
             });
             if !self.config.idempotent {
                 // The batches behind it are answered on the same stream: keep reading it.
@@ -384,20 +389,27 @@ impl PartitionSender {
 
     fn fail_all(&mut self, error: &ClientError) {
         for failed in self.in_flight.drain(..) {
-            failed.batch.outcome.settle(Err(error.clone()));
+            failed.ticket.outcome.settle(Err(error.clone()));
         }
     }
 
-    /// Rebuilds every batch in flight under the current (fresh) identity.
+    /// Restamps every batch in flight under a fresh identity, in order.
     async fn restamp_all(&mut self) -> Result<(), ClientError> {
         let identity = self.identity().await?;
-        let mut batches: Vec<InFlight> = self.in_flight.drain(..).collect();
-        let mut next = identity;
-        for in_flight in &mut batches {
-            in_flight.bytes = self.stamp(&mut in_flight.batch, next)?;
-            next = self.identity.unwrap_or(next);
+        let mut sequence = identity.next_sequence;
+        for in_flight in &mut self.in_flight {
+            in_flight.bytes = with_producer(
+                &in_flight.bytes,
+                identity.producer_id,
+                identity.epoch,
+                sequence,
+            )
+            .map_err(ClientError::Corrupt)?;
+            sequence = sequence.wrapping_add(in_flight.records);
         }
-        self.in_flight = batches.into();
+        if let Some(id) = self.identity.as_mut() {
+            id.next_sequence = sequence;
+        }
         Ok(())
     }
 

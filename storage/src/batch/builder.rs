@@ -141,7 +141,10 @@ impl BatchBuilder {
         let (header, compressed) = self.seal()?;
         match compressed {
             None => {
-                self.buf[..BATCH_HEADER_LEN].copy_from_slice(&header.encode());
+                // The builder always starts `buf` with the header's length of space.
+                if let Some(space) = self.buf.get_mut(..BATCH_HEADER_LEN) {
+                    space.copy_from_slice(&header.encode());
+                }
                 Ok(Bytes::from(self.buf))
             }
             Some(stored) => {
