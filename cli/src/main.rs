@@ -35,7 +35,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut out);
-        return finish(out.flush());
+        return Ok(out.flush()?);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,13 +64,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
     });
     let flushed = out.flush();
     result?;
-    finish(flushed)
-}
-
-/// A reader that went away (`| head`) ends the command quietly, as with other Unix tools.
-fn finish(flushed: std::io::Result<()>) -> Result<(), Failure> {
-    match flushed {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
+    // A closed pipe becomes a quiet exit 0 in `Failure::from`.
+    Ok(flushed?)
 }
