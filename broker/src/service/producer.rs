@@ -117,6 +117,39 @@ fn error_response(request_id: u64, e: &BrokerError) -> ProduceResponse {
 
 type ResponseFuture = Pin<Box<dyn std::future::Future<Output = ProduceResponse> + Send>>;
 
+/// Admits and queues one stream request; the returned future answers it.
+async fn queue_stream_request(node: &Node, message: ProduceRequest) -> ResponseFuture {
+    let request_id = message.request_id;
+    let started = Instant::now();
+    let topic = message.topic.clone();
+    let queued = async {
+        let admitted = admit(node, message, None).await?;
+        let size = (admitted.batch.header().record_count, admitted.batch.len());
+        let answer = admitted
+            .partition
+            .enqueue(admitted.batch, admitted.permits)
+            .await?;
+        Ok::<_, BrokerError>((size, answer))
+    }
+    .await;
+    Box::pin(async move {
+        let ((records, bytes), result) = match queued {
+            Ok((size, answer)) => (
+                size,
+                answer.await.unwrap_or_else(|_| {
+                    Err(BrokerError::Unavailable("partition writer stopped".into()))
+                }),
+            ),
+            Err(e) => ((0, 0), Err(e)),
+        };
+        crate::metrics::produce_answered(&topic, records, bytes, started, result.is_ok());
+        match result {
+            Ok(produced) => produced_response(request_id, produced),
+            Err(e) => error_response(request_id, &e),
+        }
+    })
+}
+
 /// Drives one produce stream: reads requests only while budget allows (so HTTP/2 flow
 /// control pushes back on the client) and answers in request order.
 async fn drive_stream(
@@ -130,33 +163,10 @@ async fn drive_stream(
         tokio::select! {
             message = requests.message(), if reading && in_flight.len() < STREAM_INFLIGHT_MAX => match message {
                 Ok(Some(message)) => {
-                    let request_id = message.request_id;
-                    let started = Instant::now();
-                    let topic = message.topic.clone();
-                    let future: ResponseFuture = match admit(&node, message, None).await {
-                        // Queued here, in request order, so offsets follow the stream's order;
-                        // only the answers are awaited concurrently. Queued batches reach the
-                        // writer (and free their budget) while this loop waits for budget.
-                        Ok(admitted) => {
-                            let (records, bytes) = (admitted.batch.header().record_count, admitted.batch.len());
-                            match admitted.partition.enqueue(admitted.batch, admitted.permits).await {
-                            Ok(answer) => Box::pin(async move {
-                                let response = match answer.await {
-                                    Ok(Ok(p)) => produced_response(request_id, p),
-                                    Ok(Err(e)) => error_response(request_id, &e),
-                                    Err(_) => error_response(request_id, &BrokerError::Unavailable("partition writer stopped".into())),
-                                };
-                                crate::metrics::produce_answered(&topic, records, bytes, started, response.error.is_none());
-                                response
-                            }),
-                            Err(e) => Box::pin(async move { error_response(request_id, &e) }),
-                            }
-                        }
-                        Err(e) => Box::pin(async move {
-                            crate::metrics::produce_answered(&topic, 0, 0, started, false);
-                            error_response(request_id, &e)
-                        }),
-                    };
+                    // Queued here, in request order, so offsets follow the stream's order;
+                    // only the answers are awaited concurrently. Queued batches reach the
+                    // writer (and free their budget) while this loop waits for budget.
+                    let future = queue_stream_request(&node, message).await;
                     in_flight.push_back(future);
                 }
                 Ok(None) => reading = false,
