@@ -19,10 +19,18 @@ use sluice_storage::{Compression, Log, LogConfig, RaftPosition};
 use sluice_tests::TestBroker;
 use tokio::sync::Mutex;
 
-/// Sending tasks, as many application tasks would have.
-const SENDERS: usize = 256;
-/// Sends each task keeps in flight (it awaits the oldest before adding one).
-const WINDOW: usize = 32;
+/// Sending tasks, as many application tasks would have (`LOADGEN_SENDERS`).
+const SENDERS_DEFAULT: usize = 256;
+/// Sends each task keeps in flight (`LOADGEN_WINDOW`).
+const WINDOW_DEFAULT: usize = 32;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -88,7 +96,7 @@ async fn pace(at: Option<Instant>) {
     }
 }
 
-/// Produces for `seconds` with `SENDERS` concurrent sends, optionally paced to `rate`
+/// Produces for `seconds` with `LOADGEN_SENDERS` tasks of `LOADGEN_WINDOW` sends, optionally paced to `rate`
 /// records/s; with `consume`, a consumer reads everything and measures end-to-end latency.
 async fn run(
     client: &Client,
@@ -135,7 +143,11 @@ async fn run(
     let payload = Bytes::from(vec![b'x'; RECORD_BYTES]);
     let mut senders = Vec::new();
     let start = Instant::now();
-    for task in 0..SENDERS {
+    let (senders_n, window_n) = (
+        env_or("LOADGEN_SENDERS", SENDERS_DEFAULT),
+        env_or("LOADGEN_WINDOW", WINDOW_DEFAULT),
+    );
+    for task in 0..senders_n {
         let (producer, stop, sent, topic) = (
             producer.clone(),
             Arc::clone(&stop),
@@ -145,9 +157,11 @@ async fn run(
         let payload = payload.clone();
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let interval = rate.map(|r| Duration::from_secs_f64(SENDERS as f64 / r));
+            let interval = rate.map(|r| Duration::from_secs_f64(senders_n as f64 / r));
             let mut next = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i.mul_f64(task as f64 / SENDERS as f64));
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(task as f64 / senders_n as f64)
+                });
             let mut i = 0u64;
             let mut window = futures::stream::FuturesUnordered::new();
             loop {
@@ -155,7 +169,7 @@ async fn run(
                 if stopping && window.is_empty() {
                     break;
                 }
-                let room = !stopping && window.len() < WINDOW;
+                let room = !stopping && window.len() < window_n;
                 // Completions are taken as they come, also while waiting for the next send
                 // time, so a latency is never stretched by the pacing.
                 tokio::select! {
@@ -370,14 +384,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for partitions in [1u32, 6] {
+    // LOADGEN_PARTITIONS=6 runs one partition count only.
+    let counts: Vec<u32> = match std::env::var("LOADGEN_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => vec![n],
+        None => vec![1, 6],
+    };
+    for partitions in counts {
         let broker = TestBroker::start();
         runtime.block_on(async {
             let client = Client::connect([broker.address.as_str()])
                 .await
                 .expect("connect");
             let topic = format!("load-{partitions}");
-            let configs = [("max.message.bytes".to_string(), (8 << 20).to_string())];
+            let mut configs = vec![("max.message.bytes".to_string(), (8 << 20).to_string())];
+            if let Ok(bytes) = std::env::var("LOADGEN_SEGMENT_BYTES") {
+                configs.push(("segment.bytes".to_string(), bytes));
+            }
             client
                 .admin()
                 .create_topic(&topic, partitions, 1, configs.into_iter().collect())
