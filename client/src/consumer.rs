@@ -3,6 +3,7 @@
 //! the stream, so a slow reader slows the broker instead of filling memory.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,8 +57,8 @@ pub enum Offset {
 /// A consumed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared by every record of a subscription, not copied per record).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: u32,
     /// Offset.
@@ -219,6 +220,7 @@ async fn subscribe_once(
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    let topic_name: Arc<str> = Arc::from(topic);
     while let Some(response) = responses.message().await? {
         let (mut bytes, mut batches) = (0u64, 0u32);
         for stored in response.batches {
@@ -240,7 +242,7 @@ async fn subscribe_once(
                         .map(|h| (h.key, h.value))
                         .collect();
                     let record = ConsumerRecord {
-                        topic: topic.to_string(),
+                        topic: Arc::clone(&topic_name),
                         partition,
                         offset: record.offset,
                         timestamp: record.timestamp,

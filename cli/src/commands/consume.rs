@@ -120,7 +120,7 @@ fn print_record(
             json_line(
                 out,
                 &json!({
-                    "topic": record.topic,
+                    "topic": &*record.topic,
                     "partition": record.partition,
                     "offset": record.offset,
                     "timestamp": record.timestamp,
