@@ -35,10 +35,10 @@ pub struct Args {
     #[arg(long, env = "SLUICE_NODE_ID")]
     pub node_id: Option<u64>,
     /// Bytes of produce requests in flight per partition before producers are throttled
-    /// [default: 64 MiB].
+    /// [default: 32 MiB].
     #[arg(long, env = "SLUICE_PARTITION_INFLIGHT_BYTES")]
     pub partition_inflight_bytes: Option<u64>,
-    /// Bytes of produce requests in flight across the broker [default: 256 MiB].
+    /// Bytes of produce requests in flight across the broker [default: 128 MiB].
     #[arg(long, env = "SLUICE_BROKER_INFLIGHT_BYTES")]
     pub broker_inflight_bytes: Option<u64>,
     /// Seconds between retention and compaction passes [default: 30].
@@ -173,5 +173,25 @@ impl BrokerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+    use crate::limits;
+
+    #[test]
+    fn help_states_the_budget_defaults_the_broker_uses() {
+        let help = Args::command().render_long_help().to_string();
+        for bytes in [
+            limits::PARTITION_INFLIGHT_BYTES_DEFAULT,
+            limits::BROKER_INFLIGHT_BYTES_DEFAULT,
+        ] {
+            let stated = format!("[default: {} MiB]", bytes >> 20);
+            assert!(help.contains(&stated), "--help lacks {stated}:\n{help}");
+        }
     }
 }

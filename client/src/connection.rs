@@ -218,7 +218,7 @@ impl Client {
         Admin::new(self.clone())
     }
 
-    /// A producer with its own accumulators and (if idempotent) its own producer id.
+    /// A producer with its own per-partition batches and (if idempotent) producer ids.
     pub async fn producer(&self, config: ProducerConfig) -> Result<Producer, ClientError> {
         Producer::new(self.clone(), config).await
     }

@@ -118,7 +118,7 @@ impl BatchBuilder {
         self.count == 0
     }
 
-    /// Encoded size before compression, header included: what accumulators compare with
+    /// Encoded size before compression, header included: what producers compare with
     /// their `batch_bytes`.
     pub fn uncompressed_len(&self) -> usize {
         self.buf.len()
