@@ -7,6 +7,7 @@
 //! cargo run --release -p sluice-benches --bin loadgen -- [seconds]
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_benches::workload::{RECORD_BYTES, batch_64k};
-use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
+use sluice_client::{
+    Client, ConsumerConfig, Delivery, Offset, ProducerConfig, ProducerRecord,
+};
 use sluice_storage::{Compression, Log, LogConfig, RaftPosition};
 use sluice_tests::TestBroker;
 use tokio::sync::Mutex;
@@ -163,50 +166,54 @@ async fn run(
                     i.mul_f64(task as f64 / senders_n as f64)
                 });
             let mut i = 0u64;
-            let mut window = futures::stream::FuturesUnordered::new();
+            // Sends in the order they were made. Answers are read from the front without a
+            // future per send, and each latency ends when the client library received the
+            // answer, so neither the pacing nor this loop stretches it.
+            let mut window: VecDeque<(Instant, Delivery)> = VecDeque::new();
             loop {
+                while let Some((t0, delivery)) = window.front() {
+                    let Some((result, answered_at)) = delivery.try_wait() else {
+                        break;
+                    };
+                    if result.is_err() {
+                        return latencies;
+                    }
+                    let us = answered_at.saturating_duration_since(*t0).as_micros() as u64;
+                    latencies.push(us);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    window.pop_front();
+                }
                 let stopping = stop.load(Ordering::Relaxed);
                 if stopping && window.is_empty() {
                     break;
                 }
-                let room = !stopping && window.len() < window_n;
-                // Completions are taken as they come, also while waiting for the next send
-                // time, so a latency is never stretched by the pacing.
-                tokio::select! {
-                    biased;
-                    done = window.next(), if !window.is_empty() => match done {
-                        Some(Ok(us)) => {
-                            latencies.push(us);
-                            sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => break,
-                    },
-                    () = pace(interval.map(|_| next)), if room => {
-                        if let Some(interval) = interval {
-                            next += interval;
-                        }
-                        // The send time travels in the key (the value is a shared payload,
-                        // as an application that already holds its bytes would send).
-                        let sent_at = epoch.elapsed().as_micros() as u64;
-                        let mut key = [0u8; 16];
-                        key[..8].copy_from_slice(&sent_at.to_le_bytes());
-                        key[8..].copy_from_slice(&(((task as u64) << 40) | i).to_le_bytes());
-                        i += 1;
-                        let record = ProducerRecord {
-                            topic: topic.clone(),
-                            key: Some(Bytes::copy_from_slice(&key)),
-                            value: Some(payload.clone()),
-                            ..ProducerRecord::default()
-                        };
-                        let producer = producer.clone();
-                        let t0 = Instant::now();
-                        window.push(async move {
-                            producer
-                                .send(record)
-                                .await
-                                .map(|_| t0.elapsed().as_micros() as u64)
-                        });
+                if stopping || window.len() >= window_n {
+                    if let Some((_, oldest)) = window.front() {
+                        let _ = oldest.wait().await;
                     }
+                    continue;
+                }
+                pace(interval.map(|_| next)).await;
+                if let Some(interval) = interval {
+                    next += interval;
+                }
+                // The send time travels in the key (the value is a shared payload, as an
+                // application that already holds its bytes would send).
+                let sent_at = epoch.elapsed().as_micros() as u64;
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&sent_at.to_le_bytes());
+                key[8..].copy_from_slice(&(((task as u64) << 40) | i).to_le_bytes());
+                i += 1;
+                let record = ProducerRecord {
+                    topic: topic.clone(),
+                    key: Some(Bytes::copy_from_slice(&key)),
+                    value: Some(payload.clone()),
+                    ..ProducerRecord::default()
+                };
+                let t0 = Instant::now();
+                match producer.enqueue(record).await {
+                    Ok(delivery) => window.push_back((t0, delivery)),
+                    Err(_) => break,
                 }
             }
             latencies

@@ -64,7 +64,8 @@ pub async fn run(
             timestamp: None,
         };
         // Enqueued here, one after another, so a partition keeps the input's order.
-        pending.push_back(producer.enqueue(record).await?.wait());
+        let delivery = producer.enqueue(record).await?;
+        pending.push_back(async move { delivery.wait().await });
         if pending.len() >= IN_FLIGHT
             && let Some(result) = pending.next().await
         {

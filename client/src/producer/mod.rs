@@ -9,7 +9,7 @@ mod sender;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sluice_protocol::v1::Acks;
@@ -141,11 +141,23 @@ impl Delivery {
 
     /// Waits until the record's batch is answered: its partition and offset, or why it
     /// failed.
-    pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
-        let base = self.outcome.wait().await?;
+    pub async fn wait(&self) -> Result<RecordMetadata, ClientError> {
+        let base = self.outcome.wait().await;
+        self.metadata(base)
+    }
+
+    /// The answer, if it has arrived, and when the client received it: callers tracking
+    /// many records can check without a future per record, and measure latency exactly.
+    pub fn try_wait(&self) -> Option<(Result<RecordMetadata, ClientError>, Instant)> {
+        self.outcome
+            .get()
+            .map(|(base, at)| (self.metadata(base.clone()), at))
+    }
+
+    fn metadata(&self, base: Result<u64, ClientError>) -> Result<RecordMetadata, ClientError> {
         Ok(RecordMetadata {
             partition: self.partition,
-            offset: base + u64::from(self.index),
+            offset: base? + u64::from(self.index),
         })
     }
 }

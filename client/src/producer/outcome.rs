@@ -2,15 +2,17 @@
 //! batch's outcome instead of owning a channel of its own.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use crate::error::ClientError;
 
-/// Set once, to the batch's base offset or its error; read by any number of waiters.
+/// Set once, to the batch's base offset or its error and when it was answered; read by any
+/// number of waiters.
 #[derive(Debug, Default)]
 pub(super) struct BatchOutcome {
-    result: OnceLock<Result<u64, ClientError>>,
+    result: OnceLock<(Result<u64, ClientError>, Instant)>,
     settled: Notify,
 }
 
@@ -22,7 +24,7 @@ impl BatchOutcome {
 
     /// Sets the result; later calls are ignored (the first answer is the batch's answer).
     pub(super) fn settle(&self, result: Result<u64, ClientError>) {
-        if self.result.set(result).is_ok() {
+        if self.result.set((result, Instant::now())).is_ok() {
             self.settled.notify_waiters();
         }
     }
@@ -30,6 +32,11 @@ impl BatchOutcome {
     /// Whether the result is set.
     pub(super) fn is_settled(&self) -> bool {
         self.result.get().is_some()
+    }
+
+    /// The result and when it was set, if it is.
+    pub(super) fn get(&self) -> Option<(&Result<u64, ClientError>, Instant)> {
+        self.result.get().map(|(result, at)| (result, *at))
     }
 
     /// Waits for the result.
@@ -40,7 +47,7 @@ impl BatchOutcome {
             let notified = self.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(result) = self.result.get() {
+            if let Some((result, _)) = self.result.get() {
                 return result.clone();
             }
             notified.await;
