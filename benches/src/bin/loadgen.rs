@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_benches::workload::{RECORD_BYTES, batch_64k};
-use sluice_client::{
-    Client, ConsumerConfig, Delivery, Offset, ProducerConfig, ProducerRecord,
-};
+use sluice_client::{Client, ConsumerConfig, Delivery, Offset, ProducerConfig, ProducerRecord};
 use sluice_storage::{Compression, Log, LogConfig, RaftPosition};
 use sluice_tests::TestBroker;
 use tokio::sync::Mutex;
