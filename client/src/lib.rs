@@ -34,7 +34,9 @@ pub use admin::Admin;
 pub use connection::Client;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::ClientError;
-pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    Answered, Delivery, DeliveryQueue, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 pub use sluice_protocol::Reason;
 pub use sluice_protocol::v1::{
     Acks, ClusterDescription, NodeDescription, PartitionDescription, TopicDescription,

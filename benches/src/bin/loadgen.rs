@@ -7,7 +7,6 @@
 //! cargo run --release -p sluice-benches --bin loadgen -- [seconds]
 //! ```
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_benches::workload::{RECORD_BYTES, batch_64k};
-use sluice_client::{Client, ConsumerConfig, Delivery, Offset, ProducerConfig, ProducerRecord};
+use sluice_client::{
+    Client, ConsumerConfig, DeliveryQueue, Offset, ProducerConfig, ProducerRecord,
+};
 use sluice_storage::{Compression, Log, LogConfig, RaftPosition};
 use sluice_tests::TestBroker;
 use tokio::sync::Mutex;
@@ -167,29 +168,25 @@ async fn run(
             // Sends in the order they were made. Answers are read from the front without a
             // future per send, and each latency ends when the client library received the
             // answer, so neither the pacing nor this loop stretches it.
-            let mut window: VecDeque<(Instant, Delivery)> = VecDeque::new();
+            let mut window: DeliveryQueue<Instant> = DeliveryQueue::new();
             loop {
-                while let Some((t0, delivery)) = window.front() {
-                    let Some((result, answered_at)) = delivery.try_wait() else {
-                        break;
-                    };
-                    if result.is_err() {
+                let stopping = stop.load(Ordering::Relaxed);
+                let answered = if stopping || window.len() >= window_n {
+                    window.pop_oldest().await
+                } else {
+                    window.pop_answered()
+                };
+                if let Some(answered) = answered {
+                    if answered.result.is_err() {
                         return latencies;
                     }
-                    let us = answered_at.saturating_duration_since(*t0).as_micros() as u64;
-                    latencies.push(us);
+                    let latency = answered.answered_at.saturating_duration_since(answered.tag);
+                    latencies.push(latency.as_micros() as u64);
                     sent.fetch_add(1, Ordering::Relaxed);
-                    window.pop_front();
-                }
-                let stopping = stop.load(Ordering::Relaxed);
-                if stopping && window.is_empty() {
-                    break;
-                }
-                if stopping || window.len() >= window_n {
-                    if let Some((_, oldest)) = window.front() {
-                        let _ = oldest.wait().await;
-                    }
                     continue;
+                }
+                if stopping {
+                    break;
                 }
                 pace(interval.map(|_| next)).await;
                 if let Some(interval) = interval {
@@ -210,7 +207,7 @@ async fn run(
                 };
                 let t0 = Instant::now();
                 match producer.enqueue(record).await {
-                    Ok(delivery) => window.push_back((t0, delivery)),
+                    Ok(delivery) => window.push(delivery, t0),
                     Err(_) => break,
                 }
             }

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sluice_client::{
-    Client, ClientError, ConsumerConfig, Offset, ProducerConfig, ProducerRecord, Reason,
+    Client, ClientError, ConsumerConfig, DeliveryQueue, Offset, ProducerConfig, ProducerRecord,
+    Reason,
 };
 use tokio::sync::Mutex;
 
@@ -144,52 +144,51 @@ async fn produce(
             args.topic.clone(),
             Arc::clone(&counted),
         );
-        let mut latency = histogram()?;
+        let mut latency_hist = histogram()?;
         tasks.push(tokio::spawn(async move {
-            let mut window = FuturesUnordered::new();
+            let mut window: DeliveryQueue<Instant> = DeliveryQueue::new();
             let mut sent = 0u64;
             let mut next_send = Instant::now();
             loop {
                 let more = !stop.load(Ordering::Relaxed)
                     && quota.is_none_or(|q| sent < q)
                     && (quota.is_some() || Instant::now() < deadline);
-                if !more && window.is_empty() {
+                // Answers are read in send order without a future per record; each latency
+                // ends when the answer arrived, however late it is read here.
+                let answered = if !more || window.len() >= WINDOW {
+                    window.pop_oldest().await
+                } else {
+                    window.pop_answered()
+                };
+                if let Some(answered) = answered {
+                    answered.result?;
+                    let latency = answered.answered_at.saturating_duration_since(answered.tag);
+                    latency_hist.saturating_record((latency.as_micros() as u64).max(1));
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if !more {
                     break;
                 }
-                let room = more && window.len() < WINDOW;
-                tokio::select! {
-                    biased;
-                    done = window.next(), if !window.is_empty() => {
-                        if let Some(result) = done {
-                            let us: u64 = result?;
-                            latency.saturating_record(us.max(1));
-                            counted.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    () = tokio::time::sleep_until(next_send.into()), if room => {
-                        if let Some(interval) = interval {
-                            next_send += interval;
-                        }
-                        let mut key = [0u8; 16];
-                        let sent_at = epoch.map_or(0, |e| e.elapsed().as_micros() as u64);
-                        key[..8].copy_from_slice(&sent_at.to_le_bytes());
-                        key[8..].copy_from_slice(&sent.to_le_bytes());
-                        let record = ProducerRecord {
-                            topic: topic.clone(),
-                            key: Some(Bytes::copy_from_slice(&key)),
-                            value: Some(payload.clone()),
-                            ..ProducerRecord::default()
-                        };
-                        let t0 = Instant::now();
-                        let delivery = producer.enqueue(record).await?;
-                        sent += 1;
-                        window.push(async move {
-                            delivery.wait().await.map(|_| t0.elapsed().as_micros() as u64)
-                        });
-                    }
+                tokio::time::sleep_until(next_send.into()).await;
+                if let Some(interval) = interval {
+                    next_send += interval;
                 }
+                let mut key = [0u8; 16];
+                let sent_at = epoch.map_or(0, |e| e.elapsed().as_micros() as u64);
+                key[..8].copy_from_slice(&sent_at.to_le_bytes());
+                key[8..].copy_from_slice(&sent.to_le_bytes());
+                let record = ProducerRecord {
+                    topic: topic.clone(),
+                    key: Some(Bytes::copy_from_slice(&key)),
+                    value: Some(payload.clone()),
+                    ..ProducerRecord::default()
+                };
+                let t0 = Instant::now();
+                window.push(producer.enqueue(record).await?, t0);
+                sent += 1;
             }
-            Ok::<_, ClientError>(latency)
+            Ok::<_, ClientError>(latency_hist)
         }));
     }
     let ticker = tick_progress(progress, args, &counted, started);

@@ -3,10 +3,8 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use serde_json::json;
-use sluice_client::{Client, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, DeliveryQueue, ProducerConfig, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{acks, compression};
@@ -14,7 +12,8 @@ use crate::args::{Format, ProduceArgs};
 use crate::failure::Failure;
 use crate::output::json_line;
 
-/// Sends awaited at once: enough to fill batches, few enough to stop early on a refusal.
+/// Records unanswered before reading more input: enough to fill batches, few enough to stop
+/// early on a refusal.
 const IN_FLIGHT: usize = 16 * 1024;
 
 /// Runs `sluice produce`.
@@ -35,7 +34,7 @@ pub async fn run(
     };
     let producer = client.producer(config).await?;
     let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
-    let mut pending = FuturesOrdered::new();
+    let mut pending = DeliveryQueue::new();
     let mut produced = 0u64;
     let mut print = |sent: sluice_client::RecordMetadata| -> Result<(), Failure> {
         produced += 1;
@@ -64,17 +63,19 @@ pub async fn run(
             timestamp: None,
         };
         // Enqueued here, one after another, so a partition keeps the input's order.
-        let delivery = producer.enqueue(record).await?;
-        pending.push_back(async move { delivery.wait().await });
+        pending.push(producer.enqueue(record).await?, ());
+        while let Some(answered) = pending.pop_answered() {
+            print(answered.result?)?;
+        }
         if pending.len() >= IN_FLIGHT
-            && let Some(result) = pending.next().await
+            && let Some(answered) = pending.pop_oldest().await
         {
-            print(result?)?;
+            print(answered.result?)?;
         }
     }
     producer.flush().await?;
-    while let Some(result) = pending.next().await {
-        print(result?)?;
+    while let Some(answered) = pending.pop_oldest().await {
+        print(answered.result?)?;
     }
     if !args.print_offsets && format == Format::Json {
         json_line(out, &json!({ "produced": produced }))?;

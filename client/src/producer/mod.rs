@@ -2,6 +2,7 @@
 //! partition's sender keeps several batches in flight on one `ProduceStream`, in order, with
 //! idempotence on by default and retries with backoff on retriable reasons.
 
+mod delivery_queue;
 mod outcome;
 mod partition_queue;
 mod sender;
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use crate::connection::Client;
 use crate::error::ClientError;
 use crate::partitioner::partition_for_key;
+pub use delivery_queue::{Answered, DeliveryQueue};
 use partition_queue::{Batching, PartitionQueue};
 use sender::PartitionSender;
 
