@@ -78,7 +78,17 @@ pub struct ConsumerRecord {
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
-    assignments: Vec<(String, u32, u64)>,
+    assignments: Vec<Assignment>,
+}
+
+/// One assigned partition: where to start, and where (if anywhere) its records end.
+#[derive(Debug, Clone)]
+struct Assignment {
+    topic: String,
+    partition: u32,
+    from: u64,
+    /// The partition's stream ends once the position reaches this offset.
+    until: Option<u64>,
 }
 
 /// The records of every assigned partition, interleaved; each partition in offset order.
@@ -125,11 +135,39 @@ impl Consumer {
         partition: u32,
         from: Offset,
     ) -> Result<(), ClientError> {
-        let offset = self.resolve(topic, partition, from).await?;
+        self.assign_range(topic, partition, from, None).await
+    }
+
+    /// Adds (or moves) a partition to read from `from` up to `until` (exclusive): its part of
+    /// the stream ends once the consumer's position there reaches `until`, even if the last
+    /// offsets before it hold no records (compacted away). The stream as a whole ends when
+    /// every partition assigned this way has ended.
+    pub async fn assign_until(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        until: u64,
+    ) -> Result<(), ClientError> {
+        self.assign_range(topic, partition, from, Some(until)).await
+    }
+
+    async fn assign_range(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        until: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let from = self.resolve(topic, partition, from).await?;
         self.assignments
-            .retain(|(t, p, _)| !(t == topic && *p == partition));
-        self.assignments
-            .push((topic.to_string(), partition, offset));
+            .retain(|a| !(a.topic == topic && a.partition == partition));
+        self.assignments.push(Assignment {
+            topic: topic.to_string(),
+            partition,
+            from,
+            until,
+        });
         Ok(())
     }
 
@@ -146,14 +184,12 @@ impl Consumer {
     /// The stream of records. Dropping it ends the subscriptions.
     pub fn into_stream(self) -> RecordStream {
         let mut streams = SelectAll::new();
-        for (topic, partition, offset) in self.assignments {
+        for assignment in self.assignments {
             let (tx, rx) = mpsc::channel(self.config.buffer_records);
             tokio::spawn(run_partition(
                 self.client.clone(),
                 self.config.clone(),
-                topic,
-                partition,
-                offset,
+                assignment,
                 tx,
             ));
             streams.push(ReceiverStream::new(rx));
@@ -165,17 +201,24 @@ impl Consumer {
 type Sink = mpsc::Sender<Result<ConsumerRecord, ClientError>>;
 
 /// Reads one partition until the stream is dropped, reconnecting on retriable errors.
-async fn run_partition(
-    client: Client,
-    config: ConsumerConfig,
-    topic: String,
-    partition: u32,
-    mut position: u64,
-    out: Sink,
-) {
+async fn run_partition(client: Client, config: ConsumerConfig, assignment: Assignment, out: Sink) {
+    let Assignment {
+        topic,
+        partition,
+        from: mut position,
+        until,
+    } = assignment;
     let mut failures = 0u32;
     loop {
-        match subscribe_once(&client, &config, &topic, partition, &mut position, &out).await {
+        if until.is_some_and(|end| position >= end) {
+            return;
+        }
+        let read = Range {
+            topic: &topic,
+            partition,
+            until,
+        };
+        match subscribe_once(&client, &config, &read, &mut position, &out).await {
             Ok(()) => return,
             Err(e) if e.is_retriable() && failures < 50 => {
                 failures += 1;
@@ -191,14 +234,22 @@ async fn run_partition(
 }
 
 /// One subscription: `Ok` when the caller dropped the stream, `Err` when the broker failed.
+/// What one subscription reads.
+struct Range<'a> {
+    topic: &'a str,
+    partition: u32,
+    until: Option<u64>,
+}
+
 async fn subscribe_once(
     client: &Client,
     config: &ConsumerConfig,
-    topic: &str,
-    partition: u32,
+    range: &Range<'_>,
     position: &mut u64,
     out: &Sink,
 ) -> Result<(), ClientError> {
+    let (topic, partition) = (range.topic, range.partition);
+    let end = range.until.unwrap_or(u64::MAX);
     let (requests, rx) = mpsc::channel(4);
     let start = SubscribeStart {
         topic: topic.to_string(),
@@ -232,7 +283,7 @@ async fn subscribe_once(
             if !header.attributes.is_control() {
                 for record in batch.records()? {
                     let record = record?;
-                    if record.offset < *position {
+                    if record.offset < *position || record.offset >= end {
                         continue;
                     }
                     *position = record.offset + 1;
@@ -256,6 +307,9 @@ async fn subscribe_once(
                 }
             }
             *position = (*position).max(header.next_offset());
+        }
+        if *position >= end {
+            return Ok(());
         }
         let credit = Credit { bytes, batches };
         if requests

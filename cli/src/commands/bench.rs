@@ -255,16 +255,12 @@ async fn consume(
     progress: &ProgressBar,
 ) -> Result<Measured, Failure> {
     let topic = client.admin().describe_topic(&args.topic).await?;
-    let available: u64 = topic
-        .partitions
-        .iter()
-        .map(|p| p.high_watermark - p.log_start_offset)
-        .sum();
-    let target = args.records.map_or(available, |n| n.min(available));
+    let target = args.records.unwrap_or(u64::MAX);
     let mut consumer = client.consumer(ConsumerConfig::default());
+    // Each partition's stream ends at its high watermark as of now.
     for p in &topic.partitions {
         consumer
-            .assign(&args.topic, p.partition, Offset::Earliest)
+            .assign_until(&args.topic, p.partition, Offset::Earliest, p.high_watermark)
             .await?;
     }
     let counted = Arc::new(AtomicU64::new(0));

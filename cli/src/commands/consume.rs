@@ -1,6 +1,5 @@
 //! `sluice consume`: records as lines (text) or one JSON object per record.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use futures::{FutureExt, StreamExt};
@@ -52,23 +51,20 @@ pub async fn run(
         None => topic.partitions.iter().map(|d| d.partition).collect(),
     };
     let mut consumer = client.consumer(ConsumerConfig::default());
-    // Partition → the high watermark at start, for --until-end.
-    let mut remaining: HashMap<u32, u64> = HashMap::new();
     for &partition in &partitions {
-        let start = consumer.resolve(&args.topic, partition, from).await?;
-        consumer
-            .assign(&args.topic, partition, Offset::At(start))
-            .await?;
         if args.until_end {
+            // The partition's stream ends at the high watermark it has now.
             let end = consumer
                 .resolve(&args.topic, partition, Offset::Latest)
                 .await?;
-            if start < end {
-                remaining.insert(partition, end);
-            }
+            consumer
+                .assign_until(&args.topic, partition, from, end)
+                .await?;
+        } else {
+            consumer.assign(&args.topic, partition, from).await?;
         }
     }
-    if args.num == Some(0) || (args.until_end && remaining.is_empty()) {
+    if args.num == Some(0) {
         return Ok(());
     }
     let mut stream = consumer.into_stream();
@@ -88,16 +84,6 @@ pub async fn run(
         printed += 1;
         if args.num.is_some_and(|n| printed >= n) {
             break;
-        }
-        if args.until_end {
-            if let Some(end) = remaining.get(&record.partition)
-                && record.offset + 1 >= *end
-            {
-                remaining.remove(&record.partition);
-            }
-            if remaining.is_empty() {
-                break;
-            }
         }
     }
     out.flush()?;

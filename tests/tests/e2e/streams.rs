@@ -156,3 +156,44 @@ fn a_fetch_at_the_high_watermark_waits_for_data_then_returns_early() {
         assert!(response.partitions[0].error.is_none());
     });
 }
+
+#[test]
+fn a_bounded_assignment_ends_its_stream_at_the_bound() {
+    use sluice_client::{ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
+    let broker = TestBroker::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client_with_topic(&broker.address, "bounded", 2, &[]).await;
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        for i in 0..10u32 {
+            let record = ProducerRecord::new("bounded")
+                .partition(0)
+                .value(format!("v{i}"));
+            producer.send(record).await.expect("send");
+        }
+        let mut consumer = client.consumer(ConsumerConfig::default());
+        consumer
+            .assign_until("bounded", 0, Offset::Earliest, 6)
+            .await
+            .expect("assign");
+        // Partition 1 is empty: a bound at its high watermark (0) ends it at once.
+        consumer
+            .assign_until("bounded", 1, Offset::Earliest, 0)
+            .await
+            .expect("assign");
+        let read = tokio::time::timeout(
+            Duration::from_secs(30),
+            consumer.into_stream().collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the stream ends by itself");
+        let offsets: Vec<u64> = read
+            .into_iter()
+            .map(|r| r.expect("record").offset)
+            .collect();
+        assert_eq!(offsets, (0..6).collect::<Vec<u64>>());
+    });
+}
