@@ -44,6 +44,11 @@ pub struct Args {
     /// Seconds between retention and compaction passes [default: 30].
     #[arg(long, env = "SLUICE_HOUSEKEEPING_INTERVAL_SECS")]
     pub housekeeping_interval_secs: Option<u64>,
+    /// Synced bytes at each partition's tail kept in the page cache; older pages are dropped
+    /// after each sync so new writes reuse their memory. 0 leaves caching to the kernel
+    /// [default: 256 MiB].
+    #[arg(long, env = "SLUICE_CACHED_TAIL_BYTES")]
+    pub cached_tail_bytes: Option<u64>,
 }
 
 /// The keys a TOML config file may hold.
@@ -57,6 +62,7 @@ struct FileConfig {
     partition_inflight_bytes: Option<u64>,
     broker_inflight_bytes: Option<u64>,
     housekeeping_interval_secs: Option<u64>,
+    cached_tail_bytes: Option<u64>,
 }
 
 /// The broker's effective configuration.
@@ -153,6 +159,11 @@ impl BrokerConfig {
             // segment's whole reserved length, so smaller segments restart faster.
             default_log: LogConfig {
                 segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+                cached_tail_bytes: match args.cached_tail_bytes.or(file.cached_tail_bytes) {
+                    Some(0) => None,
+                    Some(bytes) => Some(bytes),
+                    None => Some(sluice_storage::limits::CACHED_TAIL_BYTES_DEFAULT),
+                },
                 ..LogConfig::default()
             },
         };
@@ -189,6 +200,7 @@ mod tests {
         for bytes in [
             limits::PARTITION_INFLIGHT_BYTES_DEFAULT,
             limits::BROKER_INFLIGHT_BYTES_DEFAULT,
+            sluice_storage::limits::CACHED_TAIL_BYTES_DEFAULT,
         ] {
             let stated = format!("[default: {} MiB]", bytes >> 20);
             assert!(help.contains(&stated), "--help lacks {stated}:\n{help}");

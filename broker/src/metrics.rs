@@ -74,6 +74,26 @@ pub fn describe() {
         "sluice_raft_commit_index",
         "Last committed Raft index, by group."
     );
+    describe_histogram!(
+        "sluice_raft_append_bytes",
+        "Batch bytes written by one Raft log append (one group commit on a leader)."
+    );
+    describe_histogram!(
+        "sluice_raft_append_write_seconds",
+        "Time one Raft log append spent writing its batches (page cache, log lock included)."
+    );
+    describe_histogram!(
+        "sluice_raft_append_sync_seconds",
+        "Time one Raft log append spent in fdatasync."
+    );
+    describe_histogram!(
+        "sluice_group_commit_seconds",
+        "Time from proposing a group commit to its answer (append, sync, commit, apply)."
+    );
+    describe_histogram!(
+        "sluice_group_commit_requests",
+        "Produce requests answered by one group commit."
+    );
     describe_counter!(
         "sluice_storage_recoveries_total",
         "Partition logs opened with a recovery scan."
@@ -155,4 +175,17 @@ fn raft_gauges(group: String, m: &openraft::RaftMetrics<crate::raft::NodeId, ope
     gauge!("sluice_raft_term", &labels).set(m.current_term as f64);
     gauge!("sluice_raft_leader", &labels).set(m.current_leader.unwrap_or(0) as f64);
     gauge!("sluice_raft_commit_index", &labels).set(m.last_applied.map_or(0, |l| l.index) as f64);
+}
+
+/// Records one Raft log append: its bytes, the time writing them and the time syncing.
+pub fn raft_append(bytes: usize, write: Duration, sync: Duration) {
+    histogram!("sluice_raft_append_bytes").record(bytes as f64);
+    histogram!("sluice_raft_append_write_seconds").record(write.as_secs_f64());
+    histogram!("sluice_raft_append_sync_seconds").record(sync.as_secs_f64());
+}
+
+/// Records one group commit of `requests` produce requests that took `elapsed`.
+pub fn group_commit(requests: usize, elapsed: Duration) {
+    histogram!("sluice_group_commit_seconds").record(elapsed.as_secs_f64());
+    histogram!("sluice_group_commit_requests").record(requests as f64);
 }

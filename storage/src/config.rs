@@ -46,6 +46,9 @@ pub struct LogConfig {
     pub delete_retention_ms: i64,
     /// Compaction runs only when dirty bytes are at least this share of sealed bytes.
     pub min_cleanable_dirty_ratio: f64,
+    /// Synced bytes at the log's tail kept in the page cache; older pages are dropped from
+    /// memory after each sync, so new writes reuse them. `None` leaves it all to the kernel.
+    pub cached_tail_bytes: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -59,6 +62,7 @@ impl Default for LogConfig {
             cleanup_policy: CleanupPolicy::Delete,
             delete_retention_ms: limits::DELETE_RETENTION_MS_DEFAULT,
             min_cleanable_dirty_ratio: limits::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT,
+            cached_tail_bytes: Some(limits::CACHED_TAIL_BYTES_DEFAULT),
         }
     }
 }

@@ -52,5 +52,12 @@ const _: () = assert!(
     SEGMENT_BYTES_MAX + RECORDS_BYTES_MAX as u64 + BATCH_HEADER_LEN as u64 <= u32::MAX as u64
 );
 const _: () = assert!(SEGMENT_BYTES_MIN >= 4 * BATCH_HEADER_LEN as u64);
+/// Synced bytes at a log's tail kept in the page cache by default (`LogConfig`): about a
+/// second of a partition's peak write rate here, so tailing consumers read from memory.
+pub const CACHED_TAIL_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Pages behind the cached tail are released in steps of at least this.
+pub const RELEASE_STEP_BYTES: u64 = 1024 * 1024;
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(DECOMPRESSED_BYTES_MAX >= RECORDS_BYTES_MAX as usize);

@@ -11,7 +11,8 @@ use crate::error::{Result, StorageError};
 use crate::io::{FsIo, Io};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{
-    Segment, SegmentFile, SegmentParams, remove_index_files, segment_file_name, write_index_files,
+    Release, Segment, SegmentFile, SegmentParams, remove_index_files, segment_file_name,
+    write_index_files,
 };
 
 /// The environment a log runs in: its file system and its clock.
@@ -235,7 +236,49 @@ impl Log {
         let result = self.active().sync();
         self.fatal_on_error(result)?;
         self.flushed_offset = self.next_offset();
+        let releases = self.releases_behind();
+        self.released(&releases);
         Ok(())
+    }
+
+    /// The synced pages that fall out of the cached tail (`LogConfig::cached_tail_bytes`),
+    /// newest segment first. The tail's edge only moves forward, so the walk stops at the
+    /// first segment behind the edge that is already released whole: older ones are too
+    /// (sealed segments found at open count as released).
+    fn releases_behind(&self) -> Vec<Release> {
+        let Some(keep) = self.config.cached_tail_bytes else {
+            return Vec::new();
+        };
+        let mut releases = Vec::new();
+        let mut newer = 0u64;
+        for segment in self.segments.iter().rev() {
+            let keep_here = keep.saturating_sub(newer);
+            if keep_here == 0 && segment.released >= segment.written {
+                break;
+            }
+            releases.extend(segment.release_behind(segment.written, keep_here));
+            newer = newer.saturating_add(segment.written);
+        }
+        releases
+    }
+
+    /// Runs `releases` and records how far each segment's pages are released.
+    fn released(&mut self, releases: &[Release]) {
+        for release in releases {
+            release.run();
+            self.mark_released(release);
+        }
+    }
+
+    fn mark_released(&mut self, release: &Release) {
+        if let Some(segment) = self
+            .segments
+            .iter_mut()
+            .rev()
+            .find(|s| s.base_offset == release.base_offset)
+        {
+            segment.released = segment.released.max(release.to);
+        }
     }
 
     /// Starts a sync that runs without the log: the caller releases its lock on the log,
@@ -249,6 +292,7 @@ impl Log {
             file,
             path,
             upto: self.next_offset(),
+            releases: self.releases_behind(),
         })
     }
 
@@ -257,6 +301,9 @@ impl Log {
     pub fn finish_sync(&mut self, pending: &PendingSync, result: Result<()>) -> Result<()> {
         self.fatal_on_error(result)?;
         self.flushed_offset = self.flushed_offset.max(pending.upto);
+        for release in &pending.releases {
+            self.mark_released(release);
+        }
         Ok(())
     }
 
@@ -486,14 +533,24 @@ pub struct PendingSync {
     file: Arc<dyn crate::io::IoFile>,
     path: PathBuf,
     upto: u64,
+    /// Pages already synced before this sync that fall out of the cached tail.
+    releases: Vec<Release>,
 }
 
 impl PendingSync {
-    /// Runs the `fdatasync`; pass the result to [`Log::finish_sync`].
+    /// Runs the `fdatasync`, then drops from memory the pages that left the cached tail;
+    /// pass the result to [`Log::finish_sync`].
     pub fn run(&self) -> Result<()> {
-        self.file
+        let result = self
+            .file
             .sync_data()
-            .map_err(|e| StorageError::io("fsync", &self.path, e))
+            .map_err(|e| StorageError::io("fsync", &self.path, e));
+        if result.is_ok() {
+            for release in &self.releases {
+                release.run();
+            }
+        }
+        result
     }
 }
 

@@ -395,7 +395,11 @@ fn main() {
         None => vec![1, 6],
     };
     for partitions in counts {
-        let broker = TestBroker::start();
+        // LOADGEN_METRICS=HOST:PORT serves the broker's metrics there, to scrape mid-run.
+        let broker = match std::env::var("LOADGEN_METRICS") {
+            Ok(address) => TestBroker::start_with(&["--metrics-listen", &address]),
+            Err(_) => TestBroker::start(),
+        };
         runtime.block_on(async {
             let client = Client::connect([broker.address.as_str()])
                 .await
@@ -418,11 +422,28 @@ fn main() {
                 return;
             }
             let label = |what: &str| format!("{partitions} partition(s), {what}");
+            // LOADGEN_RATE=N paces one produce run to N records/s and stops there
+            // (for profiling one load level).
+            if let Some(rate) = std::env::var("LOADGEN_RATE")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                let paced = run(&client, &topic, partitions, seconds, Some(rate), false).await;
+                report(
+                    &label(&format!("SDK produce, {rate:.0} records/s")),
+                    &paced,
+                    baseline,
+                );
+                return;
+            }
             let peak = run(&client, &topic, partitions, seconds, None, false).await;
             report(&label("SDK produce, peak"), &peak, baseline);
             let half_rate = Some(peak.records_per_s / 2.0);
             let half = run(&client, &topic, partitions, seconds, half_rate, false).await;
             report(&label("SDK produce, half of peak"), &half, baseline);
+            if std::env::var_os("LOADGEN_PRODUCE_ONLY").is_some() {
+                return;
+            }
             let e2e = run(&client, &topic, partitions, seconds, None, true).await;
             report(&label("SDK produce + consume, peak"), &e2e, baseline);
             let e2e_half_rate = Some(e2e.records_per_s / 2.0);

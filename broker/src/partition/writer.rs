@@ -143,6 +143,7 @@ async fn commit_round(
     sm: &GroupStateMachine<PartitionState>,
     round: Vec<PendingProduce>,
 ) {
+    let started = std::time::Instant::now();
     let (slots, batches) = classify(sm, &round);
     let append_time = now_ms();
     let offsets: Result<Vec<u64>, BrokerError> = if batches.is_empty() {
@@ -187,6 +188,7 @@ async fn commit_round(
         };
         results.push(result);
     }
+    crate::metrics::group_commit(round.len(), started.elapsed());
     for (pending, result) in round.into_iter().zip(results) {
         // A caller that went away (deadline, disconnect) just misses the answer.
         let _ = pending.reply.send(result);

@@ -154,9 +154,12 @@ impl LogStore {
     }
 
     fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        let pending = self.append_entries(&entries)?;
+        let started = Instant::now();
+        let (pending, bytes) = self.append_entries(&entries)?;
+        let written = Instant::now();
         // The fsync runs without the log lock, so fetches are not stalled behind it.
         let result = pending.run();
+        crate::metrics::raft_append(bytes, written - started, written.elapsed());
         self.lock_for_write()?.finish_sync(&pending, result)
     }
 
@@ -169,8 +172,9 @@ impl LogStore {
     fn append_entries(
         &self,
         entries: &[Entry],
-    ) -> Result<sluice_storage::PendingSync, StorageError> {
+    ) -> Result<(sluice_storage::PendingSync, usize), StorageError> {
         let mut log = self.lock_for_write()?;
+        let mut bytes = 0;
         for entry in entries {
             let batches = entry_to_batches(self.inner.kind, entry).map_err(|e| match e {
                 super::entry_codec::EntryCodecError::Batch(d) => StorageError::InvalidBatch(d),
@@ -179,9 +183,10 @@ impl LogStore {
             let position = raft_position(&entry.log_id);
             for batch in &batches {
                 log.append(batch, position)?;
+                bytes += batch.len();
             }
         }
-        log.begin_sync()
+        Ok((log.begin_sync()?, bytes))
     }
 }
 

@@ -157,6 +157,37 @@ impl IoFile for FsFile {
         }
     }
 
+    fn release(&self, position: u64, len: u64) -> io::Result<()> {
+        {
+            // Pages our own mapping has touched are mapped, and the kernel never drops
+            // mapped pages: unmap them from this process first. Slices handed out stay
+            // valid (a later access maps the page again, from the cache or the disk).
+            let map = self.map.read().map_err(|_| lock_poisoned())?;
+            let page = rustix::param::page_size() as u64;
+            let start = position.div_ceil(page) * page;
+            let end = (position.saturating_add(len) / page * page).min(map.len() as u64);
+            if start < end {
+                // SAFETY: the range lies inside our live shared file mapping and is page
+                // aligned; MADV_DONTNEED on a shared file mapping only drops page table
+                // entries, the contents stay the file's.
+                unsafe {
+                    rustix::mm::madvise(
+                        map.as_ptr().add(start as usize).cast_mut().cast(),
+                        (end - start) as usize,
+                        rustix::mm::Advice::LinuxDontNeed,
+                    )?;
+                }
+            }
+        }
+        rustix::fs::fadvise(
+            &self.file,
+            position,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        )?;
+        Ok(())
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut map = self.map.write().map_err(|_| lock_poisoned())?;
         self.file.set_len(len)?;

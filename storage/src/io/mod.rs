@@ -66,4 +66,10 @@ pub trait IoFile: Send + Sync + Debug {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Sets the length, truncating or zero-extending.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Drops `[position, position + len)` from memory: it is durable and not expected to be
+    /// read soon. A hint: later reads still see the data (from disk).
+    fn release(&self, position: u64, len: u64) -> io::Result<()> {
+        let _ = (position, len);
+        Ok(())
+    }
 }

@@ -80,6 +80,9 @@ struct State {
     ops: u64,
     used_bytes: u64,
     generation: u64,
+    /// Bytes passed to `IoFile::release`, and how many of them were not yet durable.
+    released_bytes: u64,
+    released_unsynced_bytes: u64,
 }
 
 impl State {
@@ -164,6 +167,16 @@ impl SimIo {
     /// Bytes used by all files.
     pub fn used_bytes(&self) -> u64 {
         lock(&self.state).used_bytes
+    }
+
+    /// Bytes the log released from memory so far (`IoFile::release`).
+    pub fn released_bytes(&self) -> u64 {
+        lock(&self.state).released_bytes
+    }
+
+    /// Released bytes that had unsynced writes pending: the log must never release those.
+    pub fn released_unsynced_bytes(&self) -> u64 {
+        lock(&self.state).released_unsynced_bytes
     }
 
     /// Simulates losing power: files revert to what `mode` says survived, and every open
@@ -441,5 +454,25 @@ impl IoFile for SimFile {
             image.record(PendingOp::SetLen(len));
             Ok(())
         })
+    }
+
+    fn release(&self, position: u64, len: u64) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        self.check_fresh(&state)?;
+        let end = position.saturating_add(len);
+        let unsynced = lock(&self.image)
+            .pending
+            .iter()
+            .filter_map(|op| match op {
+                PendingOp::Write { position: at, data } => {
+                    let overlap_end = end.min(at + data.len() as u64);
+                    Some(overlap_end.saturating_sub(position.max(*at)))
+                }
+                PendingOp::SetLen(_) => None,
+            })
+            .sum::<u64>();
+        state.released_bytes += len;
+        state.released_unsynced_bytes += unsynced;
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::batch::{Batch, BatchHeader, RaftPosition, stamp_assigned_fields};
 use crate::error::{Result, StorageError};
 use crate::io::{Io, IoFile, OpenMode};
-use crate::limits::BATCH_HEADER_LEN;
+use crate::limits::{BATCH_HEADER_LEN, RELEASE_STEP_BYTES};
 
 pub(crate) use file_name::{SegmentFile, parse_segment_file_name, segment_file_name};
 pub(crate) use offset_index::{IndexEntry, OffsetIndex};
@@ -24,6 +24,22 @@ pub(crate) use time_index::{TimeEntry, TimeIndex};
 
 /// Zero-fill writes go out in chunks of this size.
 const ZERO_CHUNK: usize = 1 << 20;
+
+/// Synced pages of one segment to drop from memory ([`crate::io::IoFile::release`]).
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub(crate) base_offset: u64,
+    file: Arc<dyn IoFile>,
+    from: u64,
+    pub(crate) to: u64,
+}
+
+impl Release {
+    /// Drops the pages; a hint, so failures are ignored.
+    pub(crate) fn run(&self) {
+        let _ = self.file.release(self.from, self.to - self.from);
+    }
+}
 
 /// A segment of a partition log.
 ///
@@ -50,6 +66,8 @@ pub(crate) struct Segment {
     pub(crate) created_ms: i64,
     /// Bytes reserved on disk; appends beyond it reserve more first.
     reserved: u64,
+    /// Pages below this have been released from memory.
+    pub(crate) released: u64,
 }
 
 /// How a new or reopened segment is set up.
@@ -82,6 +100,7 @@ impl Segment {
             sealed: false,
             created_ms: params.now_ms,
             reserved: 0,
+            released: 0,
         }
     }
 
@@ -214,6 +233,24 @@ impl Segment {
             self.reserved = len;
         }
         Ok(())
+    }
+
+    /// What to drop from memory so that only the last `keep` of `durable` (a synced length)
+    /// bytes stay cached; `None` while that is less than a release step.
+    pub(crate) fn release_behind(&self, durable: u64, keep: u64) -> Option<Release> {
+        let to = durable.min(self.written).saturating_sub(keep);
+        // A sealed segment's tail goes in one piece; an active one in whole steps.
+        let step = if self.sealed && to == self.written {
+            1
+        } else {
+            RELEASE_STEP_BYTES
+        };
+        (to >= self.released.saturating_add(step)).then(|| Release {
+            base_offset: self.base_offset,
+            file: Arc::clone(&self.file),
+            from: self.released,
+            to,
+        })
     }
 
     /// `fdatasync`s the file.
@@ -364,6 +401,8 @@ impl Segment {
         self.time_index = loaded.time_index;
         self.sealed = true;
         self.reserved = loaded.written;
+        // Not in this process's cache: nothing to release.
+        self.released = loaded.written;
     }
 }
 
