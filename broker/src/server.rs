@@ -9,7 +9,8 @@ use sluice_protocol::v1::admin_server::AdminServer;
 use sluice_protocol::v1::consumer_server::ConsumerServer;
 use sluice_protocol::v1::producer_server::ProducerServer;
 use sluice_protocol::{
-    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MESSAGE_BYTES_MAX,
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+    MESSAGE_BYTES_MAX,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -79,6 +80,7 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
     tonic::transport::Server::builder()
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
         .add_service(producer)
         .add_service(consumer)
         .add_service(admin)

@@ -8,7 +8,9 @@ use sluice_protocol::v1::admin_client::AdminClient;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{ClusterDescription, DescribeClusterRequest};
-use sluice_protocol::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
+use sluice_protocol::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::admin::Admin;
@@ -46,6 +48,7 @@ fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
         .map(|e| {
             e.initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                .max_frame_size(HTTP2_MAX_FRAME_BYTES)
         })
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
 }

@@ -13,7 +13,9 @@ use openraft::raft::{
 };
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::internal::v1::raft_client::RaftClient;
-use sluice_protocol::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
+use sluice_protocol::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use super::wire;
@@ -34,6 +36,7 @@ impl PeerChannels {
         let channel = Endpoint::from_shared(format!("http://{address}"))?
             .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(HTTP2_MAX_FRAME_BYTES)
             .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
