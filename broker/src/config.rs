@@ -155,8 +155,6 @@ impl BrokerConfig {
                     .or(file.housekeeping_interval_secs)
                     .unwrap_or(30),
             ),
-            // 128 MiB segments (Redpanda's default, not Kafka's 1 GiB): recovery reads an active
-            // segment's whole reserved length, so smaller segments restart faster.
             default_log: LogConfig {
                 segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
                 cached_tail_bytes: match args.cached_tail_bytes.or(file.cached_tail_bytes) {

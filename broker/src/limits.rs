@@ -13,8 +13,10 @@ pub const METRICS_LISTEN_DEFAULT: SocketAddr =
 pub const PARTITION_INFLIGHT_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
 /// Default produce bytes in flight per broker: bounds memory whatever producers do.
 pub const BROKER_INFLIGHT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
-/// Default `segment.bytes` of a topic.
-pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// Default `segment.bytes` of a topic: Kafka's 1 GiB. Each roll stalls a partition's writes
+/// for a few milliseconds (seal, fsync, index files, checkpoint), so at hundreds of MB/s
+/// 128 MiB segments rolled twice a second and set the produce p99 (docs/benchmarks.md).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
 
 /// Smallest budget accepted. A batch larger than a whole budget takes all of it, so any
 /// budget admits any batch; below this, group commit has nothing to group.

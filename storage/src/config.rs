@@ -30,7 +30,8 @@ impl CleanupPolicy {
 /// Configuration of one partition log. Validated by [`LogConfig::validate`] on open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
-    /// Target segment size; the active segment is reserved to this with `fallocate`.
+    /// Target segment size; the active segment is reserved towards it with `fallocate`, a
+    /// step (`limits::RESERVE_STEP_BYTES`) at a time.
     pub segment_bytes: u64,
     /// A non-empty active segment older than this rolls on the next append.
     pub segment_ms: i64,

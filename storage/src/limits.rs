@@ -52,6 +52,11 @@ const _: () = assert!(
     SEGMENT_BYTES_MAX + RECORDS_BYTES_MAX as u64 + BATCH_HEADER_LEN as u64 <= u32::MAX as u64
 );
 const _: () = assert!(SEGMENT_BYTES_MIN >= 4 * BATCH_HEADER_LEN as u64);
+/// The active segment's disk space is reserved (`fallocate`) this much at a time, up to
+/// `segment_bytes`: a full disk is still a clean error before any write, and recovery, which
+/// reads the reserved tail to tell zeros from a torn write, reads at most this much of it.
+pub const RESERVE_STEP_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Synced bytes at a log's tail kept in the page cache by default (`LogConfig`): about a
 /// second of a partition's peak write rate here, so tailing consumers read from memory.
 pub const CACHED_TAIL_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;

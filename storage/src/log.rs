@@ -490,8 +490,10 @@ impl Log {
         }
         io.sync_dir(&dir)
             .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
-        let reserve = self.config.segment_bytes;
-        let _ = self.active_mut().reserve(reserve); // a full disk is retried at the next append
+        let limit = self.config.segment_bytes;
+        let active = self.active_mut();
+        let next_byte = active.written + 1;
+        let _ = active.reserve_for(next_byte, limit); // a full disk is retried at the next append
         Ok(())
     }
 }

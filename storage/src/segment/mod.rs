@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::batch::{Batch, BatchHeader, RaftPosition, stamp_assigned_fields};
 use crate::error::{Result, StorageError};
 use crate::io::{Io, IoFile, OpenMode};
-use crate::limits::{BATCH_HEADER_LEN, RELEASE_STEP_BYTES};
+use crate::limits::{BATCH_HEADER_LEN, RELEASE_STEP_BYTES, RESERVE_STEP_BYTES};
 
 pub(crate) use file_name::{SegmentFile, parse_segment_file_name, segment_file_name};
 pub(crate) use offset_index::{IndexEntry, OffsetIndex};
@@ -116,14 +116,15 @@ impl Segment {
         let file = io
             .open(&path, OpenMode::CreateNew)
             .map_err(|e| StorageError::io("create", &path, e))?;
-        if let Err(e) = file.allocate(params.reserve_bytes) {
+        let first_step = params.reserve_bytes.min(RESERVE_STEP_BYTES);
+        if let Err(e) = file.allocate(first_step) {
             let _ = io.remove_file(&path);
             return Err(StorageError::io("fallocate", &path, e));
         }
         io.sync_dir(dir)
             .map_err(|e| StorageError::io("fsync dir", dir, e))?;
         let mut segment = Self::empty(base_offset, path, file, params);
-        segment.reserved = params.reserve_bytes;
+        segment.reserved = first_step;
         Ok(segment)
     }
 
@@ -210,7 +211,7 @@ impl Segment {
         stamp_assigned_fields(&mut header_bytes, base_offset, raft);
         let position = self.written;
         let end = position + bytes.len() as u64;
-        self.reserve(end.max(reserve_bytes))?;
+        self.reserve_for(end, reserve_bytes)?;
         let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
         self.file
             .write_pair_at(position, &header_bytes, records)
@@ -222,6 +223,18 @@ impl Segment {
         };
         self.ingest(&header, position);
         Ok(position)
+    }
+
+    /// Makes sure `end` bytes are reserved, reserving whole steps of `RESERVE_STEP_BYTES`
+    /// up to `limit` (the segment size) at a time.
+    pub(crate) fn reserve_for(&mut self, end: u64, limit: u64) -> Result<()> {
+        if end <= self.reserved {
+            return Ok(());
+        }
+        let stepped = end
+            .div_ceil(RESERVE_STEP_BYTES)
+            .saturating_mul(RESERVE_STEP_BYTES);
+        self.reserve(stepped.min(limit).max(end))
     }
 
     /// Makes sure `len` bytes are reserved (a full disk is `NoSpace`, nothing written).

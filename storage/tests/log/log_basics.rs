@@ -122,6 +122,39 @@ fn active_segment_is_reserved_with_fallocate_and_sealed_segments_are_trimmed() {
 }
 
 #[test]
+fn large_segments_are_reserved_a_step_at_a_time() {
+    let step = sluice_storage::limits::RESERVE_STEP_BYTES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 3 * step,
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
+    let active_len = || {
+        std::fs::metadata(dir.path().join(format!("{:020}.log", 0)))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    assert_eq!(active_len(), step, "a new segment reserves one step");
+    let batch = value_batch(0, 1 << 20);
+    let mut written = 0;
+    while written <= step {
+        log.append(&batch, next_raft(&log)).expect("append");
+        written += batch.len() as u64;
+    }
+    assert_eq!(
+        active_len(),
+        2 * step,
+        "crossing a step reserves the next one"
+    );
+    log.sync().expect("sync");
+    drop(log);
+    let (log, report) = Log::open(dir.path(), config).expect("reopen");
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(log.next_offset(), written / batch.len() as u64);
+}
+
+#[test]
 fn raft_lookups_find_the_first_batch_of_an_entry_and_never_split_it() {
     let (_io, _clock, env) = sim_env();
     let mut log = open(Path::new("/raft"), &small_config(), &env);
