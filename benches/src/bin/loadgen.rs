@@ -428,6 +428,8 @@ fn main() {
                 .ok()
                 .and_then(|v| v.parse::<f64>().ok())
             {
+                // A warm-up as long as the peak run that precedes the half-rate run normally.
+                let _ = run(&client, &topic, partitions, seconds, None, false).await;
                 let paced = run(&client, &topic, partitions, seconds, Some(rate), false).await;
                 report(
                     &label(&format!("SDK produce, {rate:.0} records/s")),
