@@ -52,7 +52,9 @@ impl TestBroker {
     /// Starts a broker in a fresh temp data dir with extra flags.
     pub fn start_with(args: &[&str]) -> Self {
         let temp = tempfile::tempdir().expect("temp data dir");
-        let mut broker = Self::start_in(temp.path(), args);
+        // The data dir sits inside the temp dir, so the broker's log file beside it
+        // (`data.log`) goes with the temp dir too.
+        let mut broker = Self::start_in(&temp.path().join("data"), args);
         broker._temp = Some(temp);
         broker
     }
