@@ -157,11 +157,13 @@ impl BrokerConfig {
             ),
             default_log: LogConfig {
                 segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
-                cached_tail_bytes: match args.cached_tail_bytes.or(file.cached_tail_bytes) {
-                    Some(0) => None,
-                    Some(bytes) => Some(bytes),
-                    None => Some(sluice_storage::limits::CACHED_TAIL_BYTES_DEFAULT),
-                },
+                // 0 turns the cached tail off.
+                cached_tail_bytes: Some(
+                    args.cached_tail_bytes
+                        .or(file.cached_tail_bytes)
+                        .unwrap_or(sluice_storage::limits::CACHED_TAIL_BYTES_DEFAULT),
+                )
+                .filter(|&bytes| bytes > 0),
                 ..LogConfig::default()
             },
         };

@@ -232,13 +232,9 @@ impl Log {
     /// Makes every appended batch durable (`fdatasync` of the active segment; sealed
     /// segments were synced when they were sealed).
     pub fn sync(&mut self) -> Result<()> {
-        self.check_writable()?;
-        let result = self.active().sync();
-        self.fatal_on_error(result)?;
-        self.flushed_offset = self.next_offset();
-        let releases = self.releases_behind();
-        self.released(&releases);
-        Ok(())
+        let pending = self.begin_sync()?;
+        let result = pending.run();
+        self.finish_sync(&pending, result)
     }
 
     /// The synced pages that fall out of the cached tail (`LogConfig::cached_tail_bytes`),
@@ -256,18 +252,10 @@ impl Log {
             if keep_here == 0 && segment.released >= segment.written {
                 break;
             }
-            releases.extend(segment.release_behind(segment.written, keep_here));
+            releases.extend(segment.release_behind(keep_here));
             newer = newer.saturating_add(segment.written);
         }
         releases
-    }
-
-    /// Runs `releases` and records how far each segment's pages are released.
-    fn released(&mut self, releases: &[Release]) {
-        for release in releases {
-            release.run();
-            self.mark_released(release);
-        }
     }
 
     fn mark_released(&mut self, release: &Release) {
@@ -491,9 +479,7 @@ impl Log {
         io.sync_dir(&dir)
             .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
         let limit = self.config.segment_bytes;
-        let active = self.active_mut();
-        let next_byte = active.written + 1;
-        let _ = active.reserve_for(next_byte, limit); // a full disk is retried at the next append
+        let _ = self.active_mut().reserve_ahead(limit); // a full disk is retried at the next append
         Ok(())
     }
 }

@@ -320,8 +320,7 @@ fn finish_segments(
                 active.sealed = false;
             }
             // A full disk must not stop the log opening: the next append retries.
-            let next_byte = active.written + 1;
-            let _ = active.reserve_for(next_byte, params.reserve_bytes);
+            let _ = active.reserve_ahead(params.reserve_bytes);
         }
         None => segments.push(create_first_segment(io, dir, params)?),
     }

@@ -237,6 +237,11 @@ impl Segment {
         self.reserve(stepped.min(limit).max(end))
     }
 
+    /// Makes sure the step the next append starts in is reserved.
+    pub(crate) fn reserve_ahead(&mut self, limit: u64) -> Result<()> {
+        self.reserve_for(self.written + 1, limit)
+    }
+
     /// Makes sure `len` bytes are reserved (a full disk is `NoSpace`, nothing written).
     pub(crate) fn reserve(&mut self, len: u64) -> Result<()> {
         if len > self.reserved {
@@ -248,10 +253,11 @@ impl Segment {
         Ok(())
     }
 
-    /// What to drop from memory so that only the last `keep` of `durable` (a synced length)
-    /// bytes stay cached; `None` while that is less than a release step.
-    pub(crate) fn release_behind(&self, durable: u64, keep: u64) -> Option<Release> {
-        let to = durable.min(self.written).saturating_sub(keep);
+    /// What to drop from memory so that only the last `keep` written bytes stay cached;
+    /// `None` while that is less than a release step. The caller runs it after a sync that
+    /// covers every written byte.
+    pub(crate) fn release_behind(&self, keep: u64) -> Option<Release> {
+        let to = self.written.saturating_sub(keep);
         // A sealed segment's tail goes in one piece; an active one in whole steps.
         let step = if self.sealed && to == self.written {
             1
