@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::Client;
-use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{Acks, ProduceRequest};
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 
-use crate::{read_all, runtime};
+use crate::{client_with_topic, raw_producer, read_all, runtime};
 
 fn batch() -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -28,9 +27,7 @@ fn batch() -> Bytes {
 }
 
 async fn produce(address: &str, count: usize) {
-    let mut raw = ProducerClient::connect(format!("http://{address}"))
-        .await
-        .expect("raw");
+    let mut raw = raw_producer(address).await;
     for _ in 0..count {
         let request = ProduceRequest {
             topic: "short".into(),
@@ -48,19 +45,8 @@ fn retention_purges_through_raft_and_the_log_start_survives_restart() {
     let mut broker = TestBroker::start_with(&["--housekeeping-interval-secs", "1"]);
     let rt = runtime();
     let log_start = rt.block_on(async {
-        let client = Client::connect([broker.address.as_str()])
-            .await
-            .expect("connect");
         let configs = [("segment.bytes", "65536"), ("retention.bytes", "200000")];
-        let configs = configs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        client
-            .admin()
-            .create_topic("short", 1, 1, configs)
-            .await
-            .expect("create");
+        let client = client_with_topic(&broker.address, "short", 1, &configs).await;
         produce(&broker.address, 150).await; // ~2.4 MB in 16 KiB batches
         let mut log_start = 0;
         for _ in 0..100 {
