@@ -2,6 +2,8 @@
 //! states every figure as a ratio to its baseline (these machines are shared and noisy, so
 //! only ratios measured in one run are comparable).
 
+pub mod cleanup;
+pub mod latency_floor;
 pub mod raw_file;
 pub mod report;
 pub mod workload;

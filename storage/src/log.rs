@@ -8,7 +8,7 @@ use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
-use crate::io::{FsIo, Io};
+use crate::io::{FsIo, Io, IoFile};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{
     Release, Segment, SegmentFile, SegmentParams, remove_index_files, segment_file_name,
@@ -366,9 +366,13 @@ impl Log {
         };
         let result = marker.write(self.io.as_ref(), &self.dir);
         self.fatal_on_error(result)?;
-        let bases: Vec<u64> = self.segments.iter().map(|s| s.base_offset).collect();
+        let doomed: Vec<(u64, Option<Arc<dyn IoFile>>)> = self
+            .segments
+            .iter()
+            .map(|s| (s.base_offset, Some(s.file_handle())))
+            .collect();
         let params = self.params();
-        let result = reset_segments(self.io.as_ref(), &self.dir, &bases, next_offset, params);
+        let result = reset_segments(self.io.as_ref(), &self.dir, doomed, next_offset, params);
         let fresh = self.fatal_on_error(result)?;
         self.segments = vec![fresh];
         self.checkpoint = RecoveryCheckpoint::at(next_offset, 0);
@@ -473,7 +477,8 @@ impl Log {
         // back the data after the cut.
         while self.segments.len() > index + 1 {
             if let Some(later) = self.segments.pop() {
-                remove_segment_files(io.as_ref(), &dir, later.base_offset)?;
+                let file = later.file_handle();
+                remove_segment_files(io.as_ref(), &dir, later.base_offset, Some(file))?;
             }
         }
         io.sync_dir(&dir)
@@ -484,18 +489,18 @@ impl Log {
     }
 }
 
-/// Replaces the segments `bases` with one empty segment at `next_offset`, then writes a
-/// plain checkpoint there: the second half of `Log::reset_to`, also run by recovery when
-/// it finds a reset marker.
+/// Replaces the segments `doomed` (base offsets, with their open handles where they have
+/// one) with one empty segment at `next_offset`, then writes a plain checkpoint there: the
+/// second half of `Log::reset_to`, also run by recovery when it finds a reset marker.
 pub(crate) fn reset_segments(
     io: &dyn Io,
     dir: &Path,
-    bases: &[u64],
+    doomed: Vec<(u64, Option<Arc<dyn IoFile>>)>,
     next_offset: u64,
     params: SegmentParams,
 ) -> Result<Segment> {
-    for base in bases {
-        remove_segment_files(io, dir, *base)?;
+    for (base, file) in doomed {
+        remove_segment_files(io, dir, base, file)?;
     }
     io.sync_dir(dir)
         .map_err(|e| StorageError::io("fsync dir", dir, e))?;
@@ -542,10 +547,16 @@ impl PendingSync {
     }
 }
 
-/// Removes a segment's log file and index files.
-pub(crate) fn remove_segment_files(io: &dyn Io, dir: &Path, base_offset: u64) -> Result<()> {
+/// Removes a segment's log file (freed in the background, see [`Io::remove_file_in_background`];
+/// `file` is its open handle, `None` only when nothing has mapped it) and index files.
+pub(crate) fn remove_segment_files(
+    io: &dyn Io,
+    dir: &Path,
+    base_offset: u64,
+    file: Option<Arc<dyn IoFile>>,
+) -> Result<()> {
     let path = dir.join(segment_file_name(base_offset, SegmentFile::Log));
-    io.remove_file(&path)
+    io.remove_file_in_background(&path, file)
         .map_err(|e| StorageError::io("remove", &path, e))?;
     remove_index_files(io, dir, base_offset)
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
+use crate::io::DELETED_SUFFIX;
 use crate::io::Io;
 use crate::log::{Log, LogEnv, remove_segment_files, reset_segments};
 use crate::segment::{
@@ -63,7 +64,9 @@ pub(crate) fn recover(dir: &Path, config: LogConfig, env: LogEnv) -> Result<(Log
     };
     if let Some(marker) = checkpoint.filter(|cp| cp.reset) {
         report.segments_removed += bases.len();
-        let fresh = reset_segments(io, dir, &bases, marker.segment_base, params)?;
+        // Nothing of this process has mapped them yet.
+        let doomed = bases.iter().map(|base| (*base, None)).collect();
+        let fresh = reset_segments(io, dir, doomed, marker.segment_base, params)?;
         return finish_open(
             dir,
             config,
@@ -142,6 +145,13 @@ fn tidy_directory(io: &dyn Io, dir: &Path, report: &mut RecoveryReport) -> Resul
         };
         if name.ends_with(TEMP_SUFFIX) {
             remove(report)?;
+            continue;
+        }
+        if name.ends_with(DELETED_SUFFIX) {
+            // A deletion the previous process did not finish; nothing has it mapped.
+            io.remove_file_in_background(&path, None)
+                .map_err(|e| StorageError::io("remove", &path, e))?;
+            report.leftovers_removed += 1;
             continue;
         }
         match parse_segment_file_name(name) {
@@ -283,7 +293,7 @@ impl SegmentsScan<'_> {
     /// a segment is synced before the next one is created.
     fn remove_rest(&mut self, bases: &[u64]) -> Result<()> {
         for base in bases {
-            remove_segment_files(self.io, self.dir, *base)?;
+            remove_segment_files(self.io, self.dir, *base, None)?;
             self.report.segments_removed += 1;
         }
         if !bases.is_empty() {

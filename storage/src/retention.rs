@@ -90,7 +90,8 @@ impl Log {
             let segment = self.segments.remove(0);
             report.segments_deleted += 1;
             report.bytes_deleted += segment.written;
-            remove_segment_files(self.io.as_ref(), &self.dir, segment.base_offset)?;
+            let file = segment.file_handle();
+            remove_segment_files(self.io.as_ref(), &self.dir, segment.base_offset, Some(file))?;
         }
         if count > 0 {
             self.io

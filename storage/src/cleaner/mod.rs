@@ -197,6 +197,13 @@ impl Log {
         io.sync_dir(&dir)
             .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
         remove_index_files(io.as_ref(), &dir, base)?;
+        // The old file goes first, and is freed in the background once no reader holds it
+        // (unlinking it by renaming over it would free it wherever its last handle drops).
+        // A crash between the two renames leaves the `.swap`, which the next open installs.
+        if let Some(old) = self.segments.get(i) {
+            io.remove_file_in_background(&log, Some(old.file_handle()))
+                .map_err(|e| StorageError::io("remove", &log, e))?;
+        }
         io.rename(&swap, &log)
             .map_err(|e| StorageError::io("rename", &swap, e))?;
         io.sync_dir(&dir)

@@ -5,13 +5,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use memmap2::MmapOptions;
+use memmap2::{Mmap, MmapOptions};
 
-use super::{Io, IoFile, OpenMode};
+use super::deleter::delete_in_background;
+use super::{DELETED_SUFFIX, Io, IoFile, OpenMode};
 
 /// [`Io`] over the operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -48,11 +50,25 @@ impl Io for FsIo {
         Ok(Arc::new(FsFile {
             file,
             map: RwLock::new(Bytes::new()),
+            live_maps: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn remove_file_in_background(
+        &self,
+        path: &Path,
+        file: Option<Arc<dyn IoFile>>,
+    ) -> io::Result<()> {
+        let doomed = deleted_path(path);
+        if doomed != path {
+            fs::rename(path, &doomed)?;
+        }
+        delete_in_background(doomed, file);
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -61,6 +77,44 @@ impl Io for FsIo {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+/// `path` with the `.deleted` suffix (unchanged if it has it already).
+fn deleted_path(path: &Path) -> PathBuf {
+    if path.to_string_lossy().ends_with(DELETED_SUFFIX) {
+        return path.to_path_buf();
+    }
+    let mut name = path.as_os_str().to_os_string();
+    name.push(DELETED_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// A memory map that counts itself among its file's live maps while any slice of it lives.
+struct CountedMap {
+    mmap: Mmap,
+    live: Arc<AtomicUsize>,
+}
+
+impl CountedMap {
+    fn new(mmap: Mmap, live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::AcqRel);
+        Self {
+            mmap,
+            live: Arc::clone(live),
+        }
+    }
+}
+
+impl AsRef<[u8]> for CountedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.mmap
+    }
+}
+
+impl Drop for CountedMap {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -73,6 +127,8 @@ impl Io for FsIo {
 struct FsFile {
     file: File,
     map: RwLock<Bytes>,
+    /// Maps of this file (ours and older ones) that some slice still keeps alive.
+    live_maps: Arc<AtomicUsize>,
 }
 
 impl FsFile {
@@ -87,7 +143,7 @@ impl FsFile {
         // `write_at` (pwrite), which the kernel keeps coherent with shared mappings, and never
         // shrinks a file below a range it has handed out, so no access faults past EOF.
         let mmap = unsafe { MmapOptions::new().len(len).map(&self.file)? };
-        Ok(Bytes::from_owner(mmap))
+        Ok(Bytes::from_owner(CountedMap::new(mmap, &self.live_maps)))
     }
 }
 
@@ -186,6 +242,12 @@ impl IoFile for FsFile {
             rustix::fs::Advice::DontNeed,
         )?;
         Ok(())
+    }
+
+    fn drop_mapping(&self) -> io::Result<bool> {
+        let mut map = self.map.write().map_err(|_| lock_poisoned())?;
+        *map = Bytes::new();
+        Ok(self.live_maps.load(Ordering::Acquire) == 0)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {

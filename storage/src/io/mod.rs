@@ -9,11 +9,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+mod deleter;
 mod fs;
 mod sim;
 
 pub use fs::FsIo;
 pub use sim::{PowerLoss, SimIo};
+
+/// Suffix of a file renamed for deletion in the background; such files are removed on open.
+pub(crate) const DELETED_SUFFIX: &str = ".deleted";
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,17 @@ pub trait Io: Send + Sync + Debug {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn IoFile>>;
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a file without paying for it now: the real file system renames it to
+    /// `<name>.deleted` and frees it in the background once `file` (the open handle, if
+    /// any) has no reader left (see `deleter.rs`). The default removes it at once.
+    fn remove_file_in_background(
+        &self,
+        path: &Path,
+        file: Option<Arc<dyn IoFile>>,
+    ) -> io::Result<()> {
+        let _ = file;
+        self.remove_file(path)
+    }
     /// Atomically renames `from` to `to`, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.
@@ -66,6 +81,11 @@ pub trait IoFile: Send + Sync + Debug {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Sets the length, truncating or zero-extending.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Drops this handle's own memory map; true when no slice of any map it handed out is
+    /// still alive, so shrinking the file cannot fault a reader.
+    fn drop_mapping(&self) -> io::Result<bool> {
+        Ok(true)
+    }
     /// Drops `[position, position + len)` from memory: it is durable and not expected to be
     /// read soon. A hint: later reads still see the data (from disk).
     fn release(&self, position: u64, len: u64) -> io::Result<()> {

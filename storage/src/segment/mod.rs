@@ -280,6 +280,11 @@ impl Segment {
     }
 
     /// The file and path an unlocked sync of this segment needs.
+    /// The segment's open file, for deleting it once no reader is left.
+    pub(crate) fn file_handle(&self) -> Arc<dyn IoFile> {
+        Arc::clone(&self.file)
+    }
+
     pub(crate) fn sync_target(&self) -> (Arc<dyn IoFile>, PathBuf) {
         (Arc::clone(&self.file), self.path.clone())
     }

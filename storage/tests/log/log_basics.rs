@@ -95,6 +95,51 @@ fn handed_out_reads_stay_valid_after_roll_retention_and_reopen() {
     assert_eq!(log.next_offset(), 40);
 }
 
+/// Names of the files in `dir` that wait for the background deleter.
+fn deleted_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".deleted"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn deleted_segments_are_freed_in_the_background_once_no_reader_holds_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
+    append_n(&mut log, 40, 0);
+    let held = log.read(0, usize::MAX, u64::MAX).expect("read");
+    let copies: Vec<Vec<u8>> = held.iter().map(|b| b.to_vec()).collect();
+    let report = log.apply_retention().expect("retention");
+    assert!(report.segments_deleted > 0);
+    // Renamed out of the log's way at once: the segment names are free again.
+    assert!(!dir.path().join("00000000000000000000.log").exists());
+    assert_eq!(deleted_files(dir.path()).len(), report.segments_deleted);
+    // A reopen in the same process finds the same files and must not free them either.
+    drop(log);
+    let (log, reopened) = Log::open(dir.path(), config).expect("reopen");
+    assert_eq!(reopened.leftovers_removed, report.segments_deleted);
+    // The deleter looks again every 100 ms; while the slices live it leaves the files be.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(deleted_files(dir.path()).len(), report.segments_deleted);
+    assert!(held.iter().zip(&copies).all(|(b, c)| b[..] == c[..]));
+    drop(held);
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        deleted_files(dir.path()).is_empty()
+    });
+    assert!(gone, "left: {:?}", deleted_files(dir.path()));
+    assert_eq!(log.log_start_offset(), report.log_start_offset);
+}
+
 #[test]
 fn active_segment_is_reserved_with_fallocate_and_sealed_segments_are_trimmed() {
     let dir = tempfile::tempdir().expect("tempdir");
