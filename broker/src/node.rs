@@ -311,6 +311,13 @@ impl Node {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
+            // Segment files go to the background deleter first: unlinking gigabytes at once
+            // would stall every other partition's fsyncs (docs/storage.md).
+            if let Ok(mut log) = partition.group.log.write()
+                && let Err(e) = log.discard_files()
+            {
+                tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot hand segments to the deleter");
+            }
             if let Err(e) = std::fs::remove_dir_all(&partition.group.dir) {
                 tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot remove partition data");
             }

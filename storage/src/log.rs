@@ -346,6 +346,18 @@ impl Log {
         write_index_files(io.as_ref(), &dir, active)
     }
 
+    /// Gives the segment files up for deletion (their partition is being deleted): each is
+    /// renamed and freed in the background once no reader holds it, as retention's are.
+    /// The log refuses writes from here on; the caller removes the directory.
+    pub fn discard_files(&mut self) -> Result<()> {
+        self.failed = true;
+        for segment in &self.segments {
+            let file = segment.file_handle();
+            remove_segment_files(self.io.as_ref(), &self.dir, segment.base_offset, Some(file))?;
+        }
+        Ok(())
+    }
+
     /// Empties the log durably and restarts it at `next_offset`: a Raft follower installing
     /// a snapshot beyond its log. `next_offset` must not be below [`Log::next_offset`], so
     /// offsets never go back. A crash part-way is finished by the next open.

@@ -141,6 +141,33 @@ fn deleted_segments_are_freed_in_the_background_once_no_reader_holds_them() {
 }
 
 #[test]
+fn discarded_log_files_are_renamed_at_once_and_freed_when_the_log_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = Log::open(dir.path(), small_config()).expect("open");
+    append_n(&mut log, 40, 0);
+    let segments = log.segment_count();
+    log.discard_files().expect("discard");
+    let raft = next_raft(&log);
+    assert!(matches!(
+        log.append(&value_batch(99, 100), raft),
+        Err(StorageError::Failed { .. })
+    ));
+    assert_eq!(deleted_files(dir.path()).len(), segments);
+    let live_logs = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .count();
+    assert_eq!(live_logs, 0);
+    drop(log);
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        deleted_files(dir.path()).is_empty()
+    });
+    assert!(gone, "left: {:?}", deleted_files(dir.path()));
+}
+
+#[test]
 fn active_segment_is_reserved_with_fallocate_and_sealed_segments_are_trimmed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, _) = Log::open(dir.path(), small_config()).expect("open");
