@@ -47,7 +47,11 @@ struct Inner {
     log: SharedLog,
     io: Arc<dyn Io>,
     dir: PathBuf,
+    /// The state as last written; held only to read or swap it, never across file I/O.
     state: Mutex<RaftState>,
+    /// Serialises writers of the state file, so readers of `state` (every entry read
+    /// checks `purged`) never wait for its fsyncs.
+    state_writer: Mutex<()>,
     committed_saved_at: Mutex<Option<Instant>>,
 }
 
@@ -71,6 +75,7 @@ impl LogStore {
             io,
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
+            state_writer: Mutex::new(()),
             committed_saved_at: Mutex::new(None),
         };
         Ok(Self {
@@ -92,12 +97,12 @@ impl LogStore {
     }
 
     fn update_state(&self, f: impl FnOnce(&mut RaftState)) -> Result<(), RaftStorageError> {
-        let mut state = self.inner.state.lock().map_err(|_| poisoned())?;
-        let mut next = state.clone();
+        let _writer = self.inner.state_writer.lock().map_err(|_| poisoned())?;
+        let mut next = self.state()?;
         f(&mut next);
         next.write(self.inner.io.as_ref(), &self.inner.dir)
             .map_err(write_logs_error)?;
-        *state = next;
+        *self.inner.state.lock().map_err(|_| poisoned())? = next;
         Ok(())
     }
 
@@ -288,8 +293,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if !due {
             return Ok(());
         }
+        // Written in the background: openraft awaits this between appends, and the state
+        // file's write, rename and two fsyncs held up the next group commit by milliseconds
+        // once a second. Writes are serialised; a slow one finishing after a newer one only
+        // leaves a lower committed id, which is safe.
+        // `read_committed` sees the new value at once.
+        self.inner.state.lock().map_err(|_| poisoned())?.committed = committed;
         let store = self.clone();
-        run_blocking(move || store.update_state(|s| s.committed = committed)).await
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.update_state(|s| s.committed = committed) {
+                tracing::warn!(error = %e, "cannot save the committed log id (a hint)");
+            }
+        });
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {

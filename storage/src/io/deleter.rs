@@ -43,20 +43,24 @@ impl Doomed {
     }
 
     /// Shrinks the file step by step, then unlinks it. Errors end the shrinking early: the
-    /// unlink still frees whatever is left, only in one go.
+    /// unlink still frees whatever is left, only in one go. A file without a handle is
+    /// opened once, so a later file renamed to the same name is never the one shrunk.
     fn delete(self) {
+        let opened = match &self.file {
+            Some(_) => None,
+            None => OpenOptions::new().write(true).open(&self.path).ok(),
+        };
         let shrink = |len: u64| -> std::io::Result<()> {
-            match &self.file {
-                Some(file) => file.set_len(len),
-                None => OpenOptions::new()
-                    .write(true)
-                    .open(&self.path)
-                    .and_then(|f| f.set_len(len)),
+            match (&self.file, &opened) {
+                (Some(file), _) => file.set_len(len),
+                (None, Some(file)) => file.set_len(len),
+                (None, None) => Err(std::io::ErrorKind::NotFound.into()),
             }
         };
-        let length = match &self.file {
-            Some(file) => file.len(),
-            None => std::fs::metadata(&self.path).map(|m| m.len()),
+        let length = match (&self.file, &opened) {
+            (Some(file), _) => file.len(),
+            (None, Some(file)) => file.metadata().map(|m| m.len()),
+            (None, None) => Ok(0),
         };
         let mut len = length.unwrap_or(0);
         while len > DELETE_STEP_BYTES {
