@@ -2,13 +2,12 @@
 
 use std::path::Path;
 
-/// Bytes a file shrinks by per step; the same pacing as the storage engine's deleter
-/// (`sluice_storage::limits::DELETE_STEP_BYTES`), for the same reason: freeing gigabytes in
-/// one unlink stalls every fsync on the disk for tens of milliseconds.
-const STEP_BYTES: u64 = sluice_storage::limits::DELETE_STEP_BYTES;
+use sluice_storage::io::shrink_in_steps;
 
 /// Empties `dir` (recursively) by shrinking each file a step at a time before unlinking it,
-/// then removes the directories. Errors are ignored: this is cleanup.
+/// as the storage engine's deleter does (freeing gigabytes in one unlink stalls every fsync
+/// on the disk for tens of milliseconds), then removes the directories. Errors are ignored:
+/// this is cleanup.
 pub fn remove_dir_gently(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -28,14 +27,7 @@ fn remove_file_gently(path: &Path) {
     if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path)
         && let Ok(meta) = file.metadata()
     {
-        let mut len = meta.len();
-        while len > STEP_BYTES {
-            len -= STEP_BYTES;
-            if file.set_len(len).is_err() {
-                break;
-            }
-            std::thread::sleep(sluice_storage::limits::DELETE_PAUSE);
-        }
+        shrink_in_steps(meta.len(), |len| file.set_len(len));
     }
     let _ = std::fs::remove_file(path);
 }

@@ -3,9 +3,14 @@
 //! to the last Raft index of the deletable segments (DESIGN §3).
 
 use std::sync::Weak;
+use std::time::Duration;
 
 use crate::node::Node;
 use crate::partition::Partition;
+
+/// How long a retention pass waits for the snapshot it triggered; the snapshot is the small
+/// partition state, so this only runs out when the group is stuck.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs passes every `housekeeping_interval` until the node is dropped.
 pub async fn run(node: Weak<Node>) {
@@ -43,6 +48,20 @@ async fn retention_pass(partition: &Partition) {
     let raft = &partition.group.raft;
     if let Err(e) = raft.trigger().snapshot().await {
         tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "snapshot for retention failed");
+        return;
+    }
+    // The trigger only queues the snapshot, and openraft purges no further than the last
+    // snapshot it has: purging now would stop at the previous pass's snapshot, so retention
+    // would lag a whole pass behind (and by `retention.bytes` more than configured).
+    let covered = raft
+        .wait(Some(SNAPSHOT_WAIT))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= target),
+            "retention snapshot",
+        )
+        .await;
+    if let Err(e) = covered {
+        tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "snapshot for retention not built in time");
         return;
     }
     if let Err(e) = raft.trigger().purge_log(target).await {

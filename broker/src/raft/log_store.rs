@@ -102,7 +102,10 @@ impl LogStore {
         f(&mut next);
         next.write(self.inner.io.as_ref(), &self.inner.dir)
             .map_err(write_logs_error)?;
-        *self.inner.state.lock().map_err(|_| poisoned())? = next;
+        let mut current = self.inner.state.lock().map_err(|_| poisoned())?;
+        // `save_committed` raises the in-memory hint without the writer lock: keep the newer.
+        next.committed = next.committed.max(current.committed);
+        *current = next;
         Ok(())
     }
 

@@ -62,15 +62,21 @@ impl Doomed {
             (None, Some(file)) => file.metadata().map(|m| m.len()),
             (None, None) => Ok(0),
         };
-        let mut len = length.unwrap_or(0);
-        while len > DELETE_STEP_BYTES {
-            len -= DELETE_STEP_BYTES;
-            if shrink(len).is_err() {
-                break;
-            }
-            std::thread::sleep(DELETE_PAUSE);
-        }
+        shrink_in_steps(length.unwrap_or(0), shrink);
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Shrinks a file of `len` bytes to at most one step by calling `shrink` with each smaller
+/// length, [`DELETE_STEP_BYTES`] at a time with [`DELETE_PAUSE`] between; stops at the
+/// first error. Unlinking what is left is then cheap.
+pub fn shrink_in_steps(mut len: u64, mut shrink: impl FnMut(u64) -> std::io::Result<()>) {
+    while len > DELETE_STEP_BYTES {
+        len -= DELETE_STEP_BYTES;
+        if shrink(len).is_err() {
+            return;
+        }
+        std::thread::sleep(DELETE_PAUSE);
     }
 }
 

@@ -13,6 +13,7 @@ mod deleter;
 mod fs;
 mod sim;
 
+pub use deleter::shrink_in_steps;
 pub use fs::FsIo;
 pub use sim::{PowerLoss, SimIo};
 

@@ -48,25 +48,29 @@ fn retention_purges_through_raft_and_the_log_start_survives_restart() {
         let configs = [("segment.bytes", "65536"), ("retention.bytes", "200000")];
         let client = client_with_topic(&broker.address, "short", 1, &configs).await;
         produce(&broker.address, 150).await; // ~2.4 MB in 16 KiB batches
-        let mut log_start = 0;
+        // A pass may run mid-production and leave newer segments for the next pass: wait
+        // (bounded) for the pass that sees the whole log.
+        let mut description = None;
         for _ in 0..100 {
-            let description = client
+            let now = client
                 .admin()
                 .describe_topic("short")
                 .await
                 .expect("describe");
-            log_start = description.partitions[0].log_start_offset;
-            if log_start > 0 {
+            let partition = &now.partitions[0];
+            let done = partition.log_start_offset > 0 && partition.size_bytes < 600_000;
+            description = Some(now);
+            if done {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(log_start > 0, "retention moved the log start");
-        let description = client
-            .admin()
-            .describe_topic("short")
-            .await
-            .expect("describe");
+        let description = description.expect("described");
+        let log_start = description.partitions[0].log_start_offset;
+        assert!(
+            log_start > 0,
+            "retention moved the log start: {description:?}"
+        );
         assert!(
             description.partitions[0].size_bytes < 600_000,
             "old segments are gone: {description:?}"
