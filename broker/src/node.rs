@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use sluice_storage::io::FsIo;
 use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
@@ -94,6 +95,7 @@ impl Node {
                 retention_ms: None,
                 ..Default::default()
             },
+            io: Arc::new(FsIo),
             members: BTreeMap::from([(config.node_id, address.clone())]),
         };
         let (controller, _sm, report): (Group, GroupStateMachine<ControllerState>, _) =
@@ -364,6 +366,7 @@ impl Node {
             kind: GroupKind::Partition,
             dir: &dir,
             log_config: config.log.clone(),
+            io: Arc::new(FsIo),
             members,
         };
         let (group, sm, report) = start_group(

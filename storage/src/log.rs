@@ -216,6 +216,39 @@ impl Log {
         })
     }
 
+    /// Whether the next `bytes` of appends fit in the active segment's reserved space with no
+    /// roll due: then [`Log::make_room`] has nothing to do (an in-memory check, no I/O).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let active = self.active();
+        let end = active.written.saturating_add(bytes);
+        !self.failed && !self.roll_due(end) && end <= active.reserved
+    }
+
+    /// Makes sure the next `bytes` of appends cannot fail for a full disk: a caller that
+    /// must not fail an append once it has committed to it (the Raft log store) checks
+    /// here first, where `NoSpace` is still a clean refusal. Rolls now when the bytes would
+    /// not fit in the active segment (or it is due by age), then reserves them in the new
+    /// one. Appends of more than one whole segment (only with a tiny `segment_bytes`) may
+    /// still roll again, and that roll can still find the disk full.
+    pub fn make_room(&mut self, bytes: u64) -> Result<()> {
+        self.check_writable()?;
+        if self.roll_due(self.active().written.saturating_add(bytes)) {
+            self.roll()?;
+        }
+        let limit = self.config.segment_bytes;
+        let active = self.active_mut();
+        let end = active.written.saturating_add(bytes);
+        active.reserve_for(end, limit)
+    }
+
+    /// Whether the active segment must roll before it grows to `end` bytes: past the
+    /// segment size, or old enough.
+    fn roll_due(&self, end: u64) -> bool {
+        let active = self.active();
+        end > self.config.segment_bytes
+            || self.clock.now_ms().saturating_sub(active.created_ms) >= self.config.segment_ms
+    }
+
     fn should_roll(&self, header: &BatchHeader) -> bool {
         let active = self.active();
         // Segments are named by base offset, so a segment must take at least one offset
@@ -224,9 +257,7 @@ impl Log {
         if active.next_offset == active.base_offset {
             return false;
         }
-        let full = active.written + header.batch_len() > self.config.segment_bytes;
-        let old = self.clock.now_ms().saturating_sub(active.created_ms) >= self.config.segment_ms;
-        full || old || !active.fits_relative(header)
+        self.roll_due(active.written + header.batch_len()) || !active.fits_relative(header)
     }
 
     /// Makes every appended batch durable (`fdatasync` of the active segment; sealed

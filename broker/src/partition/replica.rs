@@ -1,6 +1,6 @@
 //! One partition replica on this node: its Raft group, its log, its writer and budget.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,7 +86,12 @@ impl Partition {
     /// Wraps a started group and spawns its writer.
     pub fn new(parts: PartitionParts) -> Self {
         let (queue, rx) = mpsc::channel(PRODUCE_QUEUE_DEPTH);
-        let writer = tokio::spawn(run_writer(parts.group.raft.clone(), parts.sm, rx));
+        let writer = tokio::spawn(run_writer(
+            parts.group.raft.clone(),
+            Arc::clone(&parts.group.log),
+            parts.sm,
+            rx,
+        ));
         Self {
             topic: parts.topic,
             index: parts.index,

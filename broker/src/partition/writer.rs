@@ -7,6 +7,7 @@
 //! reaches the log.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -17,6 +18,7 @@ use super::producer_state::{ProducerTable, SequenceCheck};
 use super::state::PartitionState;
 use crate::error::BrokerError;
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
+use crate::raft::log_store::SharedLog;
 use crate::raft::state_machine::GroupStateMachine;
 use crate::raft::{Command, CommandResponse, GroupRaft, NodeId, ProduceCommand};
 
@@ -62,6 +64,7 @@ fn now_ms() -> i64 {
 /// Runs until every sender is gone.
 pub async fn run_writer(
     raft: GroupRaft,
+    log: SharedLog,
     sm: GroupStateMachine<PartitionState>,
     mut queue: mpsc::Receiver<PendingProduce>,
 ) {
@@ -77,7 +80,7 @@ pub async fn run_writer(
                 Err(_) => break,
             }
         }
-        commit_round(&raft, &sm, round).await;
+        commit_round(&raft, &log, &sm, round).await;
     }
 }
 
@@ -140,6 +143,7 @@ fn classify(
 
 async fn commit_round(
     raft: &GroupRaft,
+    log: &SharedLog,
     sm: &GroupStateMachine<PartitionState>,
     round: Vec<PendingProduce>,
 ) {
@@ -148,6 +152,8 @@ async fn commit_round(
     let append_time = now_ms();
     let offsets: Result<Vec<u64>, BrokerError> = if batches.is_empty() {
         Ok(Vec::new())
+    } else if let Err(e) = make_room(log, &batches).await {
+        Err(e)
     } else {
         match raft
             .client_write(Command::Produce(ProduceCommand { batches }))
@@ -195,6 +201,28 @@ async fn commit_round(
     }
 }
 
+/// Reserves the round's bytes in the log before it is proposed. Once openraft holds an
+/// entry the log store must write it, and a full disk there is a storage error that stops
+/// the group until a restart; here it is a clean `NO_SPACE` for this round's producers,
+/// and the next round tries again (retention or an operator may have freed space).
+async fn make_room(log: &SharedLog, batches: &[bytes::Bytes]) -> Result<(), BrokerError> {
+    let bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    let poisoned = || BrokerError::Internal("log lock poisoned".into());
+    // Almost every round fits in the space already reserved: no I/O, no hand-off.
+    if log.read().map_err(|_| poisoned())?.has_room(bytes) {
+        return Ok(());
+    }
+    let log = Arc::clone(log);
+    crate::blocking::run_in_place(move || {
+        log.write()
+            .map_err(|_| poisoned())?
+            .make_room(bytes)
+            .map_err(BrokerError::from)
+    })
+    .await
+    .map_err(|e| BrokerError::Internal(e.to_string()))?
+}
+
 /// Maps a failed proposal to what the producer should do.
 pub fn write_error(
     e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
@@ -208,5 +236,125 @@ pub fn write_error(
             BrokerError::Internal(c.to_string())
         }
         RaftError::Fatal(f) => BrokerError::Unavailable(format!("raft group stopped: {f}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sluice_storage::batch::NewRecord;
+    use sluice_storage::io::{Io, SimIo};
+    use sluice_storage::{Batch, BatchBuilder, Compression, LogConfig};
+    use tokio::sync::watch;
+
+    use crate::controller::TopicConfig;
+    use crate::error::BrokerError;
+    use crate::partition::state::PartitionState;
+    use crate::partition::{Partition, PartitionParts};
+    use crate::raft::entry_codec::GroupKind;
+    use crate::raft::group::{GroupSpec, start_group};
+    use crate::raft::network::PeerChannels;
+
+    fn batch(seed: u8) -> Batch {
+        let mut builder = BatchBuilder::new(Compression::None);
+        let value = vec![seed; 1000];
+        for _ in 0..8 {
+            builder.push(NewRecord {
+                key: None,
+                value: Some(&value),
+                timestamp: 1,
+                headers: &[],
+            });
+        }
+        Batch::decode(builder.build().expect("build")).expect("decode")
+    }
+
+    async fn partition_on(io: Arc<dyn Io>) -> Partition {
+        let log_config = LogConfig {
+            segment_bytes: 64 * 1024,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let members = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+        let spec = GroupSpec {
+            node_id: 1,
+            node_address: "127.0.0.1:1".into(),
+            group_id: 7,
+            kind: GroupKind::Partition,
+            dir: Path::new("/disk/t/0"),
+            log_config: log_config.clone(),
+            io,
+            members,
+        };
+        let (high_watermark_tx, high_watermark) = watch::channel(0);
+        let (group, sm, _) = start_group(
+            spec,
+            |log| PartitionState::new(log, high_watermark_tx),
+            Arc::new(PeerChannels::default()),
+        )
+        .await
+        .expect("group");
+        group
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "leader")
+            .await
+            .expect("leader");
+        Partition::new(PartitionParts {
+            topic: "t".into(),
+            index: 0,
+            group,
+            sm,
+            high_watermark,
+            config: TopicConfig {
+                log: log_config,
+                max_message_bytes: 1 << 20,
+            },
+            node_id: 1,
+            budget_bytes: 64 << 20,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_rounds_cleanly_and_writes_resume_once_space_is_back() {
+        let sim = SimIo::new();
+        let partition = partition_on(Arc::new(sim.clone())).await;
+        sim.set_space_limit(Some(sim.used_bytes() + 300 * 1024));
+        let mut stored = 0u64;
+        let mut refused = 0;
+        for i in 0..200u8 {
+            match partition.produce(batch(i), Vec::new()).await {
+                Ok(produced) => {
+                    assert_eq!(produced.base_offset, stored * 8, "offsets stay contiguous");
+                    stored += 1;
+                }
+                Err(BrokerError::NoSpace) => {
+                    refused += 1;
+                    if refused == 3 {
+                        break;
+                    }
+                }
+                Err(e) => panic!("batch {i}: a full disk must be NO_SPACE, got {e}"),
+            }
+        }
+        assert!(
+            stored > 0 && refused == 3,
+            "{stored} stored, {refused} refused"
+        );
+        // The group is still running: once space is back the next batch is stored after
+        // everything stored before, and all of it reads back.
+        sim.set_space_limit(None);
+        let produced = partition
+            .produce(batch(255), Vec::new())
+            .await
+            .expect("produce once space is back");
+        assert_eq!(produced.base_offset, stored * 8);
+        let read = partition.read(0, usize::MAX).expect("read");
+        assert_eq!(read.batches.len() as u64, stored + 1);
+        partition.shutdown().await;
     }
 }

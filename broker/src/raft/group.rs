@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use openraft::{BasicNode, SnapshotPolicy};
-use sluice_storage::io::{FsIo, Io};
-use sluice_storage::{Log, LogConfig, RecoveryReport};
+use sluice_storage::io::Io;
+use sluice_storage::{Log, LogConfig, LogEnv, RecoveryReport};
 
 use super::entry_codec::GroupKind;
 use super::log_store::{LogStore, SharedLog};
@@ -84,6 +84,8 @@ pub struct GroupSpec<'a> {
     pub dir: &'a Path,
     /// The log's configuration.
     pub log_config: LogConfig,
+    /// The file system under the log and the group's state files ([`sluice_storage::io::FsIo`] but in tests).
+    pub io: Arc<dyn Io>,
     /// Replicas of the group, with their addresses, for a first start.
     pub members: BTreeMap<NodeId, String>,
 }
@@ -104,7 +106,11 @@ pub async fn start_group<S: GroupState>(
     // The log's segments and the group's small state files share the directory (DESIGN §2).
     let log_dir = dir.clone();
     let config = spec.log_config.clone();
-    let opened = tokio::task::spawn_blocking(move || Log::open(log_dir, config))
+    let env = LogEnv {
+        io: Arc::clone(&spec.io),
+        ..LogEnv::default()
+    };
+    let opened = tokio::task::spawn_blocking(move || Log::open_with(log_dir, config, env))
         .await
         .map_err(|e| GroupError::Raft {
             group: spec.group_id,
@@ -112,7 +118,7 @@ pub async fn start_group<S: GroupState>(
         })?;
     let (log, report) = opened.map_err(storage_error)?;
     let log: SharedLog = Arc::new(RwLock::new(log));
-    let io: Arc<dyn Io> = Arc::new(FsIo);
+    let io = Arc::clone(&spec.io);
     let raft_error = |e: &dyn std::fmt::Display| GroupError::Raft {
         group: spec.group_id,
         message: e.to_string(),

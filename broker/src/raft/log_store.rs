@@ -326,20 +326,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.clone();
-        // On the broker's multi-threaded runtime the write and fsync run right here, with this
-        // worker's other tasks handed to another thread, instead of going to the blocking pool
-        // and waking this task again: one hand-off less per group commit (on one partition,
-        // produce p99 at half of peak 6.5-7.3 ms in three runs against 6.5-23 ms; see
-        // docs/benchmarks.md). Other runtimes (the storage test suite's) use the pool.
-        let result = if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            tokio::task::block_in_place(move || store.write_entries(entries))
-        } else {
-            tokio::task::spawn_blocking(move || store.write_entries(entries))
-                .await
-                .map_err(|e| write_logs_error(std::io::Error::other(e.to_string())))?
-        };
+        // The write and fsync run in place rather than on the blocking pool: on one
+        // partition, produce p99 at half of peak 6.5-7.3 ms in three runs against 6.5-23 ms
+        // (docs/benchmarks.md).
+        let result = crate::blocking::run_in_place(move || store.write_entries(entries))
+            .await
+            .map_err(|e| write_logs_error(std::io::Error::other(e.to_string())))?;
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

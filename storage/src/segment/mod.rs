@@ -64,8 +64,9 @@ pub(crate) struct Segment {
     pub(crate) sealed: bool,
     /// Wall-clock time this process created or reopened the segment; drives `segment_ms`.
     pub(crate) created_ms: i64,
-    /// Bytes reserved on disk; appends beyond it reserve more first.
-    reserved: u64,
+    /// Bytes reserved on disk; appends beyond it reserve more first. Only
+    /// [`Segment::reserve`] raises it, after the reservation succeeded.
+    pub(crate) reserved: u64,
     /// Pages below this have been released from memory.
     pub(crate) released: u64,
 }

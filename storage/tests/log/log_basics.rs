@@ -425,6 +425,49 @@ fn full_disk_is_a_clean_error_and_appends_resume_once_space_is_freed() {
 }
 
 #[test]
+fn appends_after_make_room_never_find_the_disk_full() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/room");
+    let config = small_config();
+    let mut log = open(dir, &config, &env);
+    append_n(&mut log, 10, 0);
+    log.sync().expect("sync");
+    // Room for a few segments more: the disk fills mid-run, at rolls and inside segments.
+    io.set_space_limit(Some(io.used_bytes() + 3 * config.segment_bytes));
+    let (mut rounds_stored, mut refused) = (0, 0);
+    for round in 0..200u64 {
+        let batches: Vec<Batch> = (0..1 + round % 3)
+            .map(|i| value_batch(round * 10 + i, 200 + (round as usize * 37) % 600))
+            .collect();
+        let bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
+        match log.make_room(bytes) {
+            Ok(()) => {
+                for batch in &batches {
+                    let appended = log.append(batch, next_raft(&log));
+                    assert!(appended.is_ok(), "round {round}: {appended:?}");
+                }
+                log.sync().expect("sync");
+                rounds_stored += 1;
+            }
+            Err(StorageError::NoSpace { .. }) => refused += 1,
+            Err(e) => panic!("round {round}: unexpected error {e}"),
+        }
+        assert!(!log.is_failed(), "a full disk never fails the log");
+    }
+    assert!(
+        rounds_stored > 0 && refused > 0,
+        "{rounds_stored} stored, {refused} refused"
+    );
+    let stored = all_records(&log).len();
+    // Space comes back: rounds are stored again, after everything stored before.
+    io.set_space_limit(None);
+    log.make_room(1000).expect("room once space is back");
+    append_n(&mut log, 5, 900);
+    log.sync().expect("sync");
+    assert_eq!(all_records(&log).len(), stored + 5);
+}
+
+#[test]
 fn failed_fsync_fails_the_log_and_never_acknowledges_lost_data() {
     let (io, _clock, env) = sim_env();
     let dir = Path::new("/eio");
