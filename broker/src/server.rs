@@ -14,6 +14,7 @@ use sluice_protocol::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::BrokerConfig;
@@ -21,6 +22,7 @@ use crate::node::Node;
 use crate::raft::service::RaftService;
 use crate::service::admin::AdminService;
 use crate::service::consumer::ConsumerService;
+use crate::service::deadline::stamp_arrival;
 use crate::service::producer::ProducerService;
 
 /// How long in-flight requests and open streams get to finish after a shutdown signal.
@@ -67,6 +69,9 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
     let producer = ProducerServer::new(ProducerService::new(Arc::clone(&node)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    // Stamped on the headers, before a (possibly large) body is received: a THROTTLED
+    // answer must beat the caller's deadline, which runs from its send.
+    let producer = InterceptedService::new(producer, stamp_arrival);
     let consumer = ConsumerServer::new(ConsumerService::new(Arc::clone(&node)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);

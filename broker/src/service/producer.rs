@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::deadline::grpc_timeout;
+use super::deadline::wait_before_deadline;
 use crate::controller::{ControllerCommand, ControllerResponse};
 use crate::error::BrokerError;
 use crate::flow::produce_budget::{self, AdmitError};
@@ -212,10 +212,7 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        // Answer THROTTLED a little before the caller's deadline, so the answer arrives.
-        let wait = grpc_timeout(request.metadata()).map_or(THROTTLE_WAIT_DEFAULT, |t| {
-            t.saturating_sub((t / 4).min(std::time::Duration::from_millis(100)))
-        });
+        let wait = wait_before_deadline(&request, THROTTLE_WAIT_DEFAULT);
         let started = Instant::now();
         let message = request.into_inner();
         let topic = message.topic.clone();

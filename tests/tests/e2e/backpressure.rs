@@ -5,18 +5,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_client::Client;
-use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::subscribe_request::Kind;
 use sluice_protocol::v1::{Acks, Credit, ProduceRequest, SubscribeRequest, SubscribeStart};
+use sluice_protocol::{MESSAGE_BYTES_MAX, Reason, StatusInfo};
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{client_with_topic, runtime};
+use crate::{client_with_topic, raw_producer, runtime};
 
 fn batch_of(bytes: usize) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -176,6 +176,99 @@ fn a_stalled_subscriber_costs_no_buffered_copies_while_1_gib_is_produced() {
             growth_mib < 64,
             "broker anonymous memory grew {growth_mib} MiB (baseline {} MiB)",
             baseline / 1024
+        );
+    });
+}
+
+/// A raw unary produce of `batch` to partition 0 of `topic`, with a deadline if given.
+async fn produce_within(
+    raw: &mut ProducerClient<tonic::transport::Channel>,
+    topic: &str,
+    batch: Bytes,
+    deadline: Option<Duration>,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        batch,
+        acks: Acks::All as i32,
+        request_id: 0,
+    });
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline);
+    }
+    raw.produce(request).await.map(|_| ())
+}
+
+#[test]
+fn unary_produces_that_wait_out_their_deadline_are_throttled_with_a_hint_and_never_stored() {
+    // 1 MiB in flight per partition (the least allowed): a 4 MiB batch takes all of it, so
+    // such batches are admitted one group commit (a write and fsync of 4 MiB) at a time.
+    let broker = TestBroker::start_with(&["--partition-inflight-bytes", "1048576"]);
+    runtime().block_on(async {
+        let configs = [("max.message.bytes", "8388608")];
+        let client = client_with_topic(&broker.address, "tight", 1, &configs).await;
+        let raw = raw_producer(&broker.address).await;
+        let (big, big_records) = (batch_of(4 << 20), 4096u64);
+        let (probe, probe_records) = (batch_of(1024), 1u64);
+        const BLOCKERS: u64 = 32;
+        // 32 big batches without a deadline keep the budget taken for a while...
+        let mut blockers = futures::stream::FuturesUnordered::new();
+        for _ in 0..BLOCKERS {
+            let (mut raw, big) = (raw.clone(), big.clone());
+            blockers.push(async move { produce_within(&mut raw, "tight", big, None).await });
+        }
+        let blockers = tokio::spawn(async move {
+            while let Some(done) = blockers.next().await {
+                done.expect("a produce without a deadline waits for budget");
+            }
+        });
+        // ...while small produces with a 30 ms deadline queue behind them (admission is
+        // first come, first served): those that cannot get budget in time are answered
+        // THROTTLED a little before the deadline.
+        let (mut acked, mut throttled, mut unknown) = (0u64, 0u64, 0u64);
+        let mut raw = raw.clone();
+        for _ in 0..2000 {
+            if blockers.is_finished() {
+                break;
+            }
+            let deadline = Some(Duration::from_millis(30));
+            match produce_within(&mut raw, "tight", probe.clone(), deadline).await {
+                Ok(()) => acked += 1,
+                Err(status) => {
+                    let info = StatusInfo::of(&status);
+                    if info.reason == Some(Reason::Throttled) {
+                        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                        assert!(info.retry_after_ms.is_some_and(|ms| ms > 0), "{status:?}");
+                        throttled += 1;
+                    } else if matches!(
+                        status.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                    ) {
+                        // Admitted, then out of time: stored or not, the caller cannot know.
+                        unknown += 1;
+                    } else {
+                        panic!("a produce under pressure got {status:?}");
+                    }
+                }
+            }
+        }
+        blockers.await.expect("blockers");
+        assert!(
+            throttled > 0,
+            "{acked} acked, {throttled} throttled, {unknown} timed out"
+        );
+        let high_watermark = client
+            .admin()
+            .describe_topic("tight")
+            .await
+            .expect("describe")
+            .partitions[0]
+            .high_watermark;
+        let stored = high_watermark - BLOCKERS * big_records;
+        assert!(
+            stored >= acked * probe_records && stored <= (acked + unknown) * probe_records,
+            "{stored} small batches stored: {acked} acked, {unknown} timed out, {throttled} throttled"
         );
     });
 }
