@@ -16,7 +16,7 @@ use sluice_tests::TestBroker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{client_with_topic, raw_producer, runtime};
+use crate::{client_with_topic, high_watermark, raw_producer, runtime};
 
 fn batch_of(bytes: usize) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -258,14 +258,7 @@ fn unary_produces_that_wait_out_their_deadline_are_throttled_with_a_hint_and_nev
             throttled > 0,
             "{acked} acked, {throttled} throttled, {unknown} timed out"
         );
-        let high_watermark = client
-            .admin()
-            .describe_topic("tight")
-            .await
-            .expect("describe")
-            .partitions[0]
-            .high_watermark;
-        let stored = high_watermark - BLOCKERS * big_records;
+        let stored = high_watermark(&client, "tight", 0).await - BLOCKERS * big_records;
         assert!(
             stored >= acked * probe_records && stored <= (acked + unknown) * probe_records,
             "{stored} small batches stored: {acked} acked, {unknown} timed out, {throttled} throttled"

@@ -47,6 +47,17 @@ pub async fn client_with_topic(
     client
 }
 
+/// The high watermark of `topic`'s partition `partition`, as the admin API describes it.
+pub async fn high_watermark(client: &Client, topic: &str, partition: usize) -> u64 {
+    client
+        .admin()
+        .describe_topic(topic)
+        .await
+        .expect("describe")
+        .partitions[partition]
+        .high_watermark
+}
+
 /// A raw producer stub on `address`, accepting the largest messages.
 pub async fn raw_producer(address: &str) -> ProducerClient<Channel> {
     let client = ProducerClient::connect(format!("http://{address}"))

@@ -10,7 +10,7 @@ use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 
-use crate::{client_with_topic, raw_producer, read_all, runtime};
+use crate::{client_with_topic, high_watermark, raw_producer, read_all, runtime};
 
 fn batch() -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -77,18 +77,12 @@ fn retention_purges_through_raft_and_the_log_start_survives_restart() {
         );
         // Writes and reads go on after the purge.
         produce(&broker.address, 5).await;
-        let high_watermark = client
-            .admin()
-            .describe_topic("short")
-            .await
-            .expect("describe")
-            .partitions[0]
-            .high_watermark;
+        let end = high_watermark(&client, "short", 0).await;
         let records = read_all(
             &client,
             "short",
             1,
-            (high_watermark - log_start) as usize,
+            (end - log_start) as usize,
             Duration::from_secs(30),
         )
         .await;
