@@ -8,6 +8,7 @@ pub mod error;
 pub mod flow;
 pub mod housekeeping;
 pub mod limits;
+pub mod log_room;
 pub mod metrics;
 pub mod node;
 pub mod partition;

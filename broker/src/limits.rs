@@ -22,6 +22,10 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// budget admits any batch; below this, group commit has nothing to group.
 pub const INFLIGHT_BYTES_MIN: u64 = 1024 * 1024;
 
+/// Log space reserved before each controller proposal: far more than any metadata command
+/// takes, so a full disk refuses the proposal instead of stopping the controller group.
+pub const CONTROLLER_ENTRY_ROOM_BYTES: u64 = 1024 * 1024;
+
 /// Bytes of batches one group commit (one Raft entry) carries at most.
 pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Produce requests one group commit carries at most.

@@ -165,20 +165,7 @@ impl Node {
         &self,
         command: ControllerCommand,
     ) -> Result<ControllerResponse, BrokerError> {
-        match self
-            .controller
-            .raft
-            .client_write(Command::Controller(command))
-            .await
-        {
-            Ok(response) => match response.data {
-                CommandResponse::Controller(r) => Ok(r),
-                other => Err(BrokerError::Internal(format!(
-                    "unexpected controller result {other:?}"
-                ))),
-            },
-            Err(e) => Err(crate::partition::writer::write_error(e)),
-        }
+        propose_to(&self.controller, command).await
     }
 
     /// The effective config of a topic.
@@ -409,5 +396,99 @@ impl Node {
         {
             tracing::warn!(error = %e, "controller checkpoint at shutdown failed");
         }
+    }
+}
+
+/// Proposes a metadata change to the controller group `controller` and waits for it to be
+/// applied. Log space is reserved first (see `log_room`).
+pub async fn propose_to(
+    controller: &Group,
+    command: ControllerCommand,
+) -> Result<ControllerResponse, BrokerError> {
+    crate::log_room::reserve(&controller.log, limits::CONTROLLER_ENTRY_ROOM_BYTES).await?;
+    match controller
+        .raft
+        .client_write(Command::Controller(command))
+        .await
+    {
+        Ok(response) => match response.data {
+            CommandResponse::Controller(r) => Ok(r),
+            other => Err(BrokerError::Internal(format!(
+                "unexpected controller result {other:?}"
+            ))),
+        },
+        Err(e) => Err(crate::partition::writer::write_error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use sluice_storage::LogConfig;
+    use sluice_storage::io::SimIo;
+    use tokio::sync::watch;
+
+    use super::propose_to;
+    use crate::controller::{ControllerCommand, ControllerState, Metadata};
+    use crate::error::BrokerError;
+    use crate::raft::entry_codec::GroupKind;
+    use crate::raft::group::start_single_on;
+
+    fn create(name: &str) -> ControllerCommand {
+        ControllerCommand::CreateTopic {
+            name: name.into(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            nodes: vec![1],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_metadata_changes_and_the_controller_stays_up() {
+        let sim = SimIo::new();
+        let (published, metadata) = watch::channel(Arc::new(Metadata::default()));
+        // Small segments: a few commands fill one, so appends need rolls (new files).
+        let log_config = LogConfig {
+            segment_bytes: 4096,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let (controller, _sm) = start_single_on(
+            GroupKind::Controller,
+            Path::new("/disk/__cluster/controller"),
+            log_config,
+            Arc::new(sim.clone()),
+            |_| ControllerState::new(published),
+        )
+        .await;
+        propose_to(&controller, create("before"))
+            .await
+            .expect("room to spare");
+        sim.set_space_limit(Some(sim.used_bytes()));
+        let mut refused = 0;
+        for i in 0..50 {
+            match propose_to(&controller, create(&format!("full-{i}"))).await {
+                Ok(_) => {}
+                Err(BrokerError::NoSpace) => refused += 1,
+                Err(e) => panic!("command {i}: a full disk must be NO_SPACE, got {e}"),
+            }
+        }
+        assert!(refused > 0, "the disk never filled");
+        sim.set_space_limit(None);
+        propose_to(&controller, create("after"))
+            .await
+            .expect("the controller takes changes again");
+        let topics = &metadata.borrow().topics;
+        assert!(topics.contains_key("before") && topics.contains_key("after"));
+        assert_eq!(
+            topics.len(),
+            2 + 50 - refused,
+            "refused changes left no trace"
+        );
+        let _ = controller.raft.shutdown().await;
     }
 }

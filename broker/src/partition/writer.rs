@@ -7,7 +7,6 @@
 //! reaches the log.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -152,7 +151,8 @@ async fn commit_round(
     let append_time = now_ms();
     let offsets: Result<Vec<u64>, BrokerError> = if batches.is_empty() {
         Ok(Vec::new())
-    } else if let Err(e) = make_room(log, &batches).await {
+    } else if let Err(e) = crate::log_room::reserve(log, round_bytes(&batches)).await {
+        // Refused before it reaches Raft, where a full disk would stop the group.
         Err(e)
     } else {
         match raft
@@ -201,26 +201,8 @@ async fn commit_round(
     }
 }
 
-/// Reserves the round's bytes in the log before it is proposed. Once openraft holds an
-/// entry the log store must write it, and a full disk there is a storage error that stops
-/// the group until a restart; here it is a clean `NO_SPACE` for this round's producers,
-/// and the next round tries again (retention or an operator may have freed space).
-async fn make_room(log: &SharedLog, batches: &[bytes::Bytes]) -> Result<(), BrokerError> {
-    let bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
-    let poisoned = || BrokerError::Internal("log lock poisoned".into());
-    // Almost every round fits in the space already reserved: no I/O, no hand-off.
-    if log.read().map_err(|_| poisoned())?.has_room(bytes) {
-        return Ok(());
-    }
-    let log = Arc::clone(log);
-    crate::blocking::run_in_place(move || {
-        log.write()
-            .map_err(|_| poisoned())?
-            .make_room(bytes)
-            .map_err(BrokerError::from)
-    })
-    .await
-    .map_err(|e| BrokerError::Internal(e.to_string()))?
+fn round_bytes(batches: &[bytes::Bytes]) -> u64 {
+    batches.iter().map(|b| b.len() as u64).sum()
 }
 
 /// Maps a failed proposal to what the producer should do.
@@ -241,10 +223,8 @@ pub fn write_error(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::Duration;
 
     use sluice_storage::batch::NewRecord;
     use sluice_storage::io::{Io, SimIo};
@@ -256,8 +236,7 @@ mod tests {
     use crate::partition::state::PartitionState;
     use crate::partition::{Partition, PartitionParts};
     use crate::raft::entry_codec::GroupKind;
-    use crate::raft::group::{GroupSpec, start_group};
-    use crate::raft::network::PeerChannels;
+    use crate::raft::group::start_single_on;
 
     fn batch(seed: u8) -> Batch {
         let mut builder = BatchBuilder::new(Compression::None);
@@ -279,31 +258,15 @@ mod tests {
             retention_ms: None,
             ..LogConfig::default()
         };
-        let members = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
-        let spec = GroupSpec {
-            node_id: 1,
-            node_address: "127.0.0.1:1".into(),
-            group_id: 7,
-            kind: GroupKind::Partition,
-            dir: Path::new("/disk/t/0"),
-            log_config: log_config.clone(),
-            io,
-            members,
-        };
         let (high_watermark_tx, high_watermark) = watch::channel(0);
-        let (group, sm, _) = start_group(
-            spec,
+        let (group, sm) = start_single_on(
+            GroupKind::Partition,
+            Path::new("/disk/t/0"),
+            log_config.clone(),
+            io,
             |log| PartitionState::new(log, high_watermark_tx),
-            Arc::new(PeerChannels::default()),
         )
-        .await
-        .expect("group");
-        group
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .current_leader(1, "leader")
-            .await
-            .expect("leader");
+        .await;
         Partition::new(PartitionParts {
             topic: "t".into(),
             index: 0,

@@ -156,6 +156,38 @@ pub async fn start_group<S: GroupState>(
     ))
 }
 
+/// Starts a group of one (node 1) on `io` and waits until it leads: the harness of tests
+/// that run a real group over a simulated disk.
+#[cfg(test)]
+pub async fn start_single_on<S: GroupState>(
+    kind: GroupKind,
+    dir: &Path,
+    log_config: LogConfig,
+    io: Arc<dyn Io>,
+    state: impl FnOnce(SharedLog) -> S,
+) -> (Group, GroupStateMachine<S>) {
+    let spec = GroupSpec {
+        node_id: 1,
+        node_address: "127.0.0.1:1".into(),
+        group_id: 7,
+        kind,
+        dir,
+        log_config,
+        io,
+        members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+    };
+    let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::default()))
+        .await
+        .expect("group");
+    group
+        .raft
+        .wait(Some(std::time::Duration::from_secs(10)))
+        .current_leader(1, "leader")
+        .await
+        .expect("leader");
+    (group, sm)
+}
+
 /// This node's running groups by id, for the internal Raft service.
 #[derive(Default)]
 pub struct GroupRegistry {
