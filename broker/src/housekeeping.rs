@@ -69,24 +69,37 @@ async fn retention_pass(partition: &Partition) {
     }
 }
 
+/// Compacts off the log's lock: the plan and the install take it briefly; the reads of
+/// the dirty segments and the writing of their rewrites, the long part, run while the
+/// partition takes produces and fetches (DESIGN §2: readers of old maps keep reading).
 async fn compaction_pass(partition: &Partition) {
     if !partition.config().log.cleanup_policy.compacts() {
         return;
     }
     let log = std::sync::Arc::clone(&partition.group.log);
     let result = tokio::task::spawn_blocking(move || {
+        let plan = log
+            .read()
+            .map_err(|_| "log lock poisoned".to_string())?
+            .plan_compaction()
+            .map_err(|e| e.to_string())?;
+        let Some(plan) = plan else {
+            return Ok(None);
+        };
+        let prepared = plan.prepare().map_err(|e| e.to_string())?;
         log.write()
             .map_err(|_| "log lock poisoned".to_string())?
-            .compact()
+            .install_compaction(prepared)
+            .map(Some)
             .map_err(|e| e.to_string())
     })
     .await;
     match result {
-        Ok(Ok(report)) if report.ran => {
+        Ok(Ok(Some(report))) => {
             tracing::info!(topic = %partition.topic, partition = partition.index, ?report, "compacted");
             crate::metrics::compacted(&partition.topic);
         }
-        Ok(Ok(_)) => {}
+        Ok(Ok(None)) => {}
         Ok(Err(e)) => {
             tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "compaction failed")
         }

@@ -43,7 +43,7 @@ mod segment;
 pub mod state_file;
 
 pub use batch::{Batch, BatchBuilder, BatchHeader, Compression, RaftPosition, Record};
-pub use cleaner::CompactionReport;
+pub use cleaner::{CompactionPlan, CompactionReport, PreparedCompaction};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CleanupPolicy, LogConfig};
 pub use error::{DecodeError, StorageError};

@@ -60,6 +60,9 @@ pub struct Log {
     pub(crate) checkpoint: RecoveryCheckpoint,
     pub(crate) cleaner: CleanerCheckpoint,
     pub(crate) flushed_offset: u64,
+    /// Suffix truncations so far in this process: a compaction pass planned before one
+    /// must not be installed after it.
+    pub(crate) truncations: u64,
     pub(crate) failed: bool,
 }
 
@@ -482,6 +485,7 @@ impl Log {
     }
 
     fn truncate_at(&mut self, index: usize, position: u64) -> Result<()> {
+        self.truncations += 1;
         let Some(segment) = self.segments.get(index) else {
             return Ok(());
         };

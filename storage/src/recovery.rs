@@ -116,6 +116,7 @@ fn finish_open(
         checkpoint,
         cleaner,
         flushed_offset: 0,
+        truncations: 0,
         failed: false,
     };
     cleaner.cleaned_up_to = cleaner.cleaned_up_to.min(log.next_offset());

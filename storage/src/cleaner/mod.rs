@@ -68,121 +68,97 @@ impl Log {
     }
 
     /// Runs one compaction pass if the policy compacts and the dirty ratio reaches
-    /// `min_cleanable_dirty_ratio`.
+    /// `min_cleanable_dirty_ratio`: [`Log::plan_compaction`], [`CompactionPlan::prepare`]
+    /// and [`Log::install_compaction`] in one go. A caller that shares the log between
+    /// threads runs the three itself, holding the log's lock only for the first and last.
     pub fn compact(&mut self) -> Result<CompactionReport> {
+        match self.plan_compaction()? {
+            Some(plan) => {
+                let prepared = plan.prepare()?;
+                self.install_compaction(prepared)
+            }
+            None => Ok(CompactionReport {
+                cleaned_up_to: self.cleaner.cleaned_up_to,
+                ..CompactionReport::default()
+            }),
+        }
+    }
+
+    /// What a compaction pass would work on, if one is due: the sealed segments as they
+    /// are now. Cheap (no reads); the plan holds the segments' files open, so retention
+    /// deleting one meanwhile frees it only once the pass is done with it.
+    pub fn plan_compaction(&self) -> Result<Option<CompactionPlan>> {
         self.check_writable()?;
-        let sealed = self.sealed_segments().len();
+        let sealed = self.sealed_segments();
         let dirty = self.dirty_ratio();
         if !self.config.cleanup_policy.compacts()
-            || sealed == 0
+            || sealed.is_empty()
             || dirty == 0.0
             || dirty < self.config.min_cleanable_dirty_ratio
         {
-            return Ok(CompactionReport {
-                cleaned_up_to: self.cleaner.cleaned_up_to,
-                ..CompactionReport::default()
-            });
+            return Ok(None);
         }
-        let (keys, dirty_end) = self.build_key_map(sealed)?;
-        let rule = CleanRule {
-            keys: &keys,
+        let segments: Vec<SealedView> = sealed.iter().map(SealedView::of).collect();
+        let first_dirty = segments
+            .iter()
+            .position(|s| s.base_offset >= self.cleaner.cleaned_up_to)
+            .unwrap_or(segments.len());
+        Ok(Some(CompactionPlan {
+            io: Arc::clone(&self.io),
+            dir: self.dir.clone(),
+            segments,
+            first_dirty,
             tombstone_cutoff_ms: self
                 .clock
                 .now_ms()
                 .saturating_sub(self.config.delete_retention_ms),
-        };
-        let mut report = CompactionReport {
-            ran: true,
-            ..CompactionReport::default()
-        };
-        for i in 0..dirty_end {
-            let result = self.clean_segment(i, &rule, &mut report);
-            self.fatal_on_error(result)?;
+            truncations: self.truncations,
+        }))
+    }
+
+    /// Swaps in what `prepared` rewrote, for the segments that are still as planned, and
+    /// moves the cleaner checkpoint. Segments retention deleted meanwhile are skipped (their
+    /// rewrites removed). If the log was truncated since the plan, nothing is installed: a
+    /// record may have been dropped for a newer one that the truncation took away.
+    pub fn install_compaction(&mut self, prepared: PreparedCompaction) -> Result<CompactionReport> {
+        self.check_writable()?;
+        let truncated = self.truncations != prepared.truncations;
+        let mut report = prepared.report;
+        for rewritten in &prepared.rewritten {
+            let slot = self.segments.iter().position(|s| {
+                s.sealed && rewritten.view.is(s) && s.base_offset == rewritten.view.base_offset
+            });
+            let cleaned = self.dir.join(segment_file_name(
+                rewritten.view.base_offset,
+                SegmentFile::Cleaned,
+            ));
+            match slot {
+                Some(i) if !truncated => {
+                    let result = self.swap_in(i);
+                    self.fatal_on_error(result)?;
+                    report.segments_rewritten += 1;
+                    report.records_removed += rewritten.dropped.records;
+                    report.tombstones_removed += rewritten.dropped.tombstones;
+                }
+                _ => {
+                    self.io
+                        .remove_file(&cleaned)
+                        .map_err(|e| StorageError::io("remove", &cleaned, e))?;
+                }
+            }
         }
-        let cleaned_up_to = self
-            .segments
-            .get(dirty_end.saturating_sub(1))
-            .map_or(0, |s| s.next_offset);
-        let checkpoint = CleanerCheckpoint { cleaned_up_to };
+        if truncated {
+            report.cleaned_up_to = self.cleaner.cleaned_up_to;
+            return Ok(report);
+        }
+        let checkpoint = CleanerCheckpoint {
+            cleaned_up_to: prepared.cleaned_up_to,
+        };
         let result = checkpoint.write(self.io.as_ref(), &self.dir);
         self.fatal_on_error(result)?;
         self.cleaner = checkpoint;
-        report.cleaned_up_to = cleaned_up_to;
+        report.cleaned_up_to = prepared.cleaned_up_to;
         Ok(report)
-    }
-
-    /// The key map over the dirty sealed segments, and the number of leading segments it
-    /// covers (fewer than all if the map hit its memory budget).
-    fn build_key_map(&self, sealed: usize) -> Result<(KeyMap, usize)> {
-        let mut keys = KeyMap::default();
-        let first_dirty = self
-            .segments
-            .iter()
-            .position(|s| s.base_offset >= self.cleaner.cleaned_up_to)
-            .unwrap_or(sealed);
-        let mut end = first_dirty;
-        for segment in self.segments.iter().take(sealed).skip(first_dirty) {
-            if end > first_dirty && keys.bytes_used() >= CLEANER_KEY_MAP_BYTES_MAX {
-                break;
-            }
-            for_each_batch(segment, |batch| {
-                for record in batch.records()? {
-                    let record = record?;
-                    if let Some(key) = record.key {
-                        keys.insert(key, record.offset);
-                    }
-                }
-                Ok(())
-            })?;
-            end += 1;
-        }
-        Ok((keys, end.max(first_dirty.min(sealed))))
-    }
-
-    fn clean_segment(
-        &mut self,
-        i: usize,
-        rule: &CleanRule<'_>,
-        report: &mut CompactionReport,
-    ) -> Result<()> {
-        let Some(segment) = self.segments.get(i) else {
-            return Ok(());
-        };
-        let base = segment.base_offset;
-        let cleaned_path = self.dir.join(segment_file_name(base, SegmentFile::Cleaned));
-        let cleaned = self
-            .io
-            .open(&cleaned_path, OpenMode::CreateTruncate)
-            .map_err(|e| StorageError::io("create", &cleaned_path, e))?;
-        let mut dropped = Dropped::default();
-        let mut written = 0u64;
-        let write = |file: &Arc<dyn IoFile>, at: u64, bytes: &[u8]| {
-            file.write_at(at, bytes)
-                .map_err(|e| StorageError::io("write", &cleaned_path, e))
-        };
-        for_each_batch(segment, |batch| {
-            let rewritten = rewrite_batch(batch, rule, &mut dropped)?;
-            let bytes = rewritten.as_ref().unwrap_or(batch.as_bytes());
-            write(&cleaned, written, bytes).map_err(CleanError::Storage)?;
-            written += bytes.len() as u64;
-            Ok(())
-        })?;
-        report.bytes_before += segment.written;
-        report.bytes_after += written;
-        if dropped.records == 0 {
-            self.io
-                .remove_file(&cleaned_path)
-                .map_err(|e| StorageError::io("remove", &cleaned_path, e))?;
-            return Ok(());
-        }
-        cleaned
-            .sync_data()
-            .map_err(|e| StorageError::io("fsync", &cleaned_path, e))?;
-        self.swap_in(i)?;
-        report.segments_rewritten += 1;
-        report.records_removed += dropped.records;
-        report.tombstones_removed += dropped.tombstones;
-        Ok(())
     }
 
     /// Replaces segment `i` with its synced `.log.cleaned` copy, crash-safely.
@@ -260,15 +236,180 @@ impl From<crate::error::DecodeError> for CleanError {
     }
 }
 
-/// Calls `f` with every verified batch of a segment, oldest first.
+/// A sealed segment as a compaction plan saw it: enough to read it without the log.
+#[derive(Debug, Clone)]
+struct SealedView {
+    base_offset: u64,
+    path: std::path::PathBuf,
+    file: Arc<dyn IoFile>,
+    written: u64,
+    next_offset: u64,
+}
+
+impl SealedView {
+    fn of(segment: &Segment) -> Self {
+        Self {
+            base_offset: segment.base_offset,
+            path: segment.path.clone(),
+            file: segment.file_handle(),
+            written: segment.written,
+            next_offset: segment.next_offset,
+        }
+    }
+
+    /// Whether `segment` is still the one seen: same open file, same length.
+    fn is(&self, segment: &Segment) -> bool {
+        Arc::ptr_eq(&self.file, &segment.file_handle()) && segment.written == self.written
+    }
+}
+
+/// A compaction pass to run without the log's lock ([`Log::plan_compaction`]).
+#[derive(Debug)]
+pub struct CompactionPlan {
+    io: Arc<dyn crate::io::Io>,
+    dir: std::path::PathBuf,
+    segments: Vec<SealedView>,
+    first_dirty: usize,
+    tombstone_cutoff_ms: i64,
+    truncations: u64,
+}
+
+/// One segment's synced `.log.cleaned` rewrite, waiting to be swapped in.
+#[derive(Debug)]
+struct Rewritten {
+    view: SealedView,
+    dropped: Dropped,
+}
+
+/// The rewrites of a pass, for [`Log::install_compaction`].
+#[derive(Debug)]
+pub struct PreparedCompaction {
+    rewritten: Vec<Rewritten>,
+    report: CompactionReport,
+    cleaned_up_to: u64,
+    truncations: u64,
+}
+
+impl CompactionPlan {
+    /// Builds the key map over the dirty segments and writes (and syncs) a `.log.cleaned`
+    /// rewrite of every segment up to the end of that range that loses records. Reads and
+    /// writes only files: the log may take appends, reads and retention meanwhile.
+    pub fn prepare(self) -> Result<PreparedCompaction> {
+        let (keys, dirty_end) = self.build_key_map()?;
+        let rule = CleanRule {
+            keys: &keys,
+            tombstone_cutoff_ms: self.tombstone_cutoff_ms,
+        };
+        let mut report = CompactionReport {
+            ran: true,
+            ..CompactionReport::default()
+        };
+        let cleaned_up_to = self
+            .segments
+            .get(dirty_end.saturating_sub(1))
+            .map_or(0, |s| s.next_offset);
+        let mut rewritten: Vec<Rewritten> = Vec::new();
+        let cleaned_path = |base| self.dir.join(segment_file_name(base, SegmentFile::Cleaned));
+        for view in self.segments.iter().take(dirty_end) {
+            let path = cleaned_path(view.base_offset);
+            match rewrite_segment(self.io.as_ref(), view, &path, &rule) {
+                Ok((dropped, bytes_after)) => {
+                    report.bytes_before += view.written;
+                    report.bytes_after += bytes_after;
+                    if dropped.records > 0 {
+                        rewritten.push(Rewritten {
+                            view: view.clone(),
+                            dropped,
+                        });
+                    }
+                }
+                Err(e) => {
+                    // Nothing of a failed pass stays on disk (recovery would remove it too).
+                    for done in rewritten.iter().map(|r| r.view.base_offset) {
+                        let _ = self.io.remove_file(&cleaned_path(done));
+                    }
+                    let _ = self.io.remove_file(&path);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(PreparedCompaction {
+            rewritten,
+            report,
+            cleaned_up_to,
+            truncations: self.truncations,
+        })
+    }
+
+    /// The key map over the dirty sealed segments, and the number of leading segments it
+    /// covers (fewer than all if the map hit its memory budget).
+    fn build_key_map(&self) -> Result<(KeyMap, usize)> {
+        let mut keys = KeyMap::default();
+        let first_dirty = self.first_dirty;
+        let mut end = first_dirty;
+        for view in self.segments.iter().skip(first_dirty) {
+            if end > first_dirty && keys.bytes_used() >= CLEANER_KEY_MAP_BYTES_MAX {
+                break;
+            }
+            for_each_batch(view, |batch| {
+                for record in batch.records()? {
+                    let record = record?;
+                    if let Some(key) = record.key {
+                        keys.insert(key, record.offset);
+                    }
+                }
+                Ok(())
+            })?;
+            end += 1;
+        }
+        Ok((keys, end.max(first_dirty.min(self.segments.len()))))
+    }
+}
+
+/// Writes `view` without the records `rule` drops to `cleaned_path`, synced; removes the
+/// file again when nothing was dropped. Returns what was dropped and the rewrite's length.
+fn rewrite_segment(
+    io: &dyn crate::io::Io,
+    view: &SealedView,
+    cleaned_path: &std::path::Path,
+    rule: &CleanRule<'_>,
+) -> Result<(Dropped, u64)> {
+    let cleaned = io
+        .open(cleaned_path, OpenMode::CreateTruncate)
+        .map_err(|e| StorageError::io("create", cleaned_path, e))?;
+    let mut dropped = Dropped::default();
+    let mut written = 0u64;
+    for_each_batch(view, |batch| {
+        let rewritten = rewrite_batch(batch, rule, &mut dropped)?;
+        let bytes = rewritten.as_ref().unwrap_or(batch.as_bytes());
+        cleaned
+            .write_at(written, bytes)
+            .map_err(|e| CleanError::Storage(StorageError::io("write", cleaned_path, e)))?;
+        written += bytes.len() as u64;
+        Ok(())
+    })?;
+    if dropped.records == 0 {
+        io.remove_file(cleaned_path)
+            .map_err(|e| StorageError::io("remove", cleaned_path, e))?;
+    } else {
+        cleaned
+            .sync_data()
+            .map_err(|e| StorageError::io("fsync", cleaned_path, e))?;
+    }
+    Ok((dropped, written))
+}
+
+/// Calls `f` with every verified batch of a sealed segment, oldest first.
 fn for_each_batch(
-    segment: &Segment,
+    segment: &SealedView,
     mut f: impl FnMut(&Batch) -> std::result::Result<(), CleanError>,
 ) -> Result<()> {
     let mut position = 0;
     while position < segment.written {
-        let header = segment.header_at(position)?;
-        let bytes = segment.read(position, header.batch_len() as usize)?;
+        let header_bytes = read_view(segment, position, crate::limits::BATCH_HEADER_LEN)?;
+        let header = crate::batch::BatchHeader::decode(&header_bytes)
+            .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
+        let bytes = read_view(segment, position, header.batch_len() as usize)?;
         let batch = Batch::decode(bytes)
             .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
         match f(&batch) {
@@ -281,4 +422,19 @@ fn for_each_batch(
         position += header.batch_len();
     }
     Ok(())
+}
+
+/// `len` bytes at `position` of a sealed segment, below its written end.
+fn read_view(segment: &SealedView, position: u64, len: usize) -> Result<bytes::Bytes> {
+    if position + len as u64 > segment.written {
+        return Err(StorageError::corruption(
+            &segment.path,
+            position,
+            "batch extends beyond the written end",
+        ));
+    }
+    segment
+        .file
+        .read_at(position, len)
+        .map_err(|e| StorageError::io("read", &segment.path, e))
 }

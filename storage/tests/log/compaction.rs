@@ -110,6 +110,95 @@ fn compaction_keeps_the_newest_record_per_key_at_its_offset() {
     }
 }
 
+/// Files of `dir` left by a compaction pass that was not installed.
+fn cleaned_files(io: &dyn sluice_storage::io::Io, dir: &Path) -> Vec<String> {
+    io.list_dir(dir)
+        .expect("list")
+        .into_iter()
+        .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap"))
+        .collect()
+}
+
+#[test]
+fn a_pass_prepared_without_the_log_installs_after_appends_made_meanwhile() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/p");
+    let mut log = open(dir, &compact_config(), &env);
+    let mut appended = fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
+    let plan = log.plan_compaction().expect("plan").expect("a pass is due");
+    let prepared = plan.prepare().expect("prepare");
+    // What a broker's producers would do while the pass runs off the lock.
+    appended.extend(fill(&mut log, 100, 7, 0, 1_000_000, Compression::None));
+    let report = log.install_compaction(prepared).expect("install");
+    assert!(
+        report.segments_rewritten > 0 && report.records_removed > 200,
+        "{report:?}"
+    );
+    assert_compacted(&all_records(&log), &appended, true);
+    assert_eq!(log.next_offset(), 400);
+    assert!(cleaned_files(&io, dir).is_empty());
+    // Reopened, the log reads the same.
+    let survivors = all_records(&log);
+    drop(log);
+    let log = open(dir, &compact_config(), &env);
+    assert_eq!(all_records(&log), survivors);
+}
+
+#[test]
+fn install_skips_segments_retention_deleted_meanwhile() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/r");
+    let mut log = open(dir, &compact_config(), &env);
+    let appended = fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
+    let prepared = log
+        .plan_compaction()
+        .expect("plan")
+        .expect("a pass is due")
+        .prepare()
+        .expect("prepare");
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy::CompactAndDelete,
+        retention_bytes: Some(log.size_bytes() / 2),
+        ..compact_config()
+    };
+    log.set_config(config).expect("config");
+    let retained = log.apply_retention().expect("retention");
+    assert!(retained.segments_deleted > 0);
+    let report = log.install_compaction(prepared).expect("install");
+    assert!(report.segments_rewritten > 0, "{report:?}");
+    let start = log.log_start_offset();
+    let kept: Vec<_> = appended.into_iter().filter(|r| r.0 >= start).collect();
+    assert_compacted(&all_records(&log), &kept, true);
+    assert!(
+        cleaned_files(&io, dir).is_empty(),
+        "skipped rewrites are removed"
+    );
+}
+
+#[test]
+fn a_truncation_since_the_plan_installs_nothing() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/x");
+    let mut log = open(dir, &compact_config(), &env);
+    fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
+    let prepared = log
+        .plan_compaction()
+        .expect("plan")
+        .expect("a pass is due")
+        .prepare()
+        .expect("prepare");
+    // The newest records of some keys go: older ones the pass dropped for them must stay.
+    // The log then grows past where it was, as a follower's would under a new leader.
+    log.truncate_suffix(250).expect("truncate");
+    fill(&mut log, 100, 1000, 0, 1_000_000, Compression::None);
+    let before = all_records(&log);
+    let report = log.install_compaction(prepared).expect("install");
+    assert_eq!(report.segments_rewritten, 0, "{report:?}");
+    assert_eq!(all_records(&log), before);
+    assert_eq!(before.len(), 350);
+    assert!(cleaned_files(&io, dir).is_empty());
+}
+
 #[test]
 fn tombstones_survive_delete_retention_then_go() {
     let (_io, clock, env) = sim_env();

@@ -2,6 +2,7 @@
 
 mod backpressure;
 mod bad_input;
+mod compaction;
 mod durability;
 mod idempotence;
 mod pipelined_producer;
