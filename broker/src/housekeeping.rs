@@ -77,11 +77,12 @@ async fn compaction_pass(partition: &Partition) {
         return;
     }
     let log = std::sync::Arc::clone(&partition.group.log);
+    let committed = partition.high_watermark();
     let result = tokio::task::spawn_blocking(move || {
         let plan = log
             .read()
             .map_err(|_| "log lock poisoned".to_string())?
-            .plan_compaction()
+            .plan_compaction(committed)
             .map_err(|e| e.to_string())?;
         let Some(plan) = plan else {
             return Ok(None);

@@ -47,9 +47,12 @@ pub struct CompactionReport {
 impl Log {
     /// Share of sealed bytes after the cleaner checkpoint.
     pub fn dirty_ratio(&self) -> f64 {
-        let sealed = self.sealed_segments();
-        let total: u64 = sealed.iter().map(|s| s.written).sum();
-        let dirty: u64 = sealed
+        self.dirty_ratio_of(self.cleanable_segments(u64::MAX))
+    }
+
+    fn dirty_ratio_of(&self, segments: &[Segment]) -> f64 {
+        let total: u64 = segments.iter().map(|s| s.written).sum();
+        let dirty: u64 = segments
             .iter()
             .filter(|s| s.base_offset >= self.cleaner.cleaned_up_to)
             .map(|s| s.written)
@@ -61,10 +64,14 @@ impl Log {
         }
     }
 
-    fn sealed_segments(&self) -> &[Segment] {
-        self.segments
+    /// The leading sealed segments whose every offset is below `below`.
+    fn cleanable_segments(&self, below: u64) -> &[Segment] {
+        let sealed = self
+            .segments
             .get(..self.segments.len().saturating_sub(1))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let n = sealed.iter().take_while(|s| s.next_offset <= below).count();
+        sealed.get(..n).unwrap_or_default()
     }
 
     /// Runs one compaction pass if the policy compacts and the dirty ratio reaches
@@ -72,7 +79,7 @@ impl Log {
     /// and [`Log::install_compaction`] in one go. A caller that shares the log between
     /// threads runs the three itself, holding the log's lock only for the first and last.
     pub fn compact(&mut self) -> Result<CompactionReport> {
-        match self.plan_compaction()? {
+        match self.plan_compaction(u64::MAX)? {
             Some(plan) => {
                 let prepared = plan.prepare()?;
                 self.install_compaction(prepared)
@@ -84,13 +91,16 @@ impl Log {
         }
     }
 
-    /// What a compaction pass would work on, if one is due: the sealed segments as they
-    /// are now. Cheap (no reads); the plan holds the segments' files open, so retention
-    /// deleting one meanwhile frees it only once the pass is done with it.
-    pub fn plan_compaction(&self) -> Result<Option<CompactionPlan>> {
+    /// What a compaction pass would work on, if one is due: the sealed segments whose
+    /// offsets are all below `below` (a replica passes its high watermark, as Kafka
+    /// compacts only committed data: a truncation can never take back a record that a
+    /// compacted older one was dropped for), as they are now. Cheap (no reads); the plan
+    /// holds the segments' files open, so retention deleting one meanwhile frees it only
+    /// once the pass is done with it.
+    pub fn plan_compaction(&self, below: u64) -> Result<Option<CompactionPlan>> {
         self.check_writable()?;
-        let sealed = self.sealed_segments();
-        let dirty = self.dirty_ratio();
+        let sealed = self.cleanable_segments(below);
+        let dirty = self.dirty_ratio_of(sealed);
         if !self.config.cleanup_policy.compacts()
             || sealed.is_empty()
             || dirty == 0.0

@@ -125,7 +125,10 @@ fn a_pass_prepared_without_the_log_installs_after_appends_made_meanwhile() {
     let dir = Path::new("/p");
     let mut log = open(dir, &compact_config(), &env);
     let mut appended = fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
-    let plan = log.plan_compaction().expect("plan").expect("a pass is due");
+    let plan = log
+        .plan_compaction(u64::MAX)
+        .expect("plan")
+        .expect("a pass is due");
     let prepared = plan.prepare().expect("prepare");
     // What a broker's producers would do while the pass runs off the lock.
     appended.extend(fill(&mut log, 100, 7, 0, 1_000_000, Compression::None));
@@ -145,13 +148,42 @@ fn a_pass_prepared_without_the_log_installs_after_appends_made_meanwhile() {
 }
 
 #[test]
+fn a_pass_leaves_everything_at_or_above_its_bound_alone() {
+    let (_io, _clock, env) = sim_env();
+    let mut log = open(Path::new("/b"), &compact_config(), &env);
+    fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
+    // As a replica whose high watermark is 150 would plan it.
+    let prepared = log
+        .plan_compaction(150)
+        .expect("plan")
+        .expect("a pass is due")
+        .prepare()
+        .expect("prepare");
+    let report = log.install_compaction(prepared).expect("install");
+    assert!(report.records_removed > 0, "{report:?}");
+    assert!(report.cleaned_up_to <= 150, "{report:?}");
+    let survivors = all_records(&log);
+    let above: Vec<u64> = survivors
+        .iter()
+        .map(|r| r.offset)
+        .filter(|o| *o >= 150)
+        .collect();
+    assert_eq!(
+        above,
+        (150..300).collect::<Vec<_>>(),
+        "nothing at or above 150 is dropped"
+    );
+    assert!(survivors.len() < 300);
+}
+
+#[test]
 fn install_skips_segments_retention_deleted_meanwhile() {
     let (io, _clock, env) = sim_env();
     let dir = Path::new("/r");
     let mut log = open(dir, &compact_config(), &env);
     let appended = fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
     let prepared = log
-        .plan_compaction()
+        .plan_compaction(u64::MAX)
         .expect("plan")
         .expect("a pass is due")
         .prepare()
@@ -182,7 +214,7 @@ fn a_truncation_since_the_plan_installs_nothing() {
     let mut log = open(dir, &compact_config(), &env);
     fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
     let prepared = log
-        .plan_compaction()
+        .plan_compaction(u64::MAX)
         .expect("plan")
         .expect("a pass is due")
         .prepare()
