@@ -6,7 +6,9 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use sluice_storage::io::PowerLoss;
-use sluice_storage::{Batch, CleanupPolicy, Compression, Log, LogConfig, Record};
+use sluice_storage::{
+    Batch, CleanupPolicy, Compression, Log, LogConfig, PreparedCompaction, Record,
+};
 
 use crate::support::{Rng, all_records, batch, next_raft, open, sim_env, small_config};
 
@@ -110,6 +112,15 @@ fn compaction_keeps_the_newest_record_per_key_at_its_offset() {
     }
 }
 
+/// Plans and prepares a pass over what lies below `below`, as a broker does off the lock.
+fn prepare_pass(log: &Log, below: u64) -> PreparedCompaction {
+    log.plan_compaction(below)
+        .expect("plan")
+        .expect("a pass is due")
+        .prepare()
+        .expect("prepare")
+}
+
 /// Files of `dir` left by a compaction pass that was not installed.
 fn cleaned_files(io: &dyn sluice_storage::io::Io, dir: &Path) -> Vec<String> {
     io.list_dir(dir)
@@ -125,11 +136,7 @@ fn a_pass_prepared_without_the_log_installs_after_appends_made_meanwhile() {
     let dir = Path::new("/p");
     let mut log = open(dir, &compact_config(), &env);
     let mut appended = fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
-    let plan = log
-        .plan_compaction(u64::MAX)
-        .expect("plan")
-        .expect("a pass is due");
-    let prepared = plan.prepare().expect("prepare");
+    let prepared = prepare_pass(&log, u64::MAX);
     // What a broker's producers would do while the pass runs off the lock.
     appended.extend(fill(&mut log, 100, 7, 0, 1_000_000, Compression::None));
     let report = log.install_compaction(prepared).expect("install");
@@ -153,12 +160,7 @@ fn a_pass_leaves_everything_at_or_above_its_bound_alone() {
     let mut log = open(Path::new("/b"), &compact_config(), &env);
     fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
     // As a replica whose high watermark is 150 would plan it.
-    let prepared = log
-        .plan_compaction(150)
-        .expect("plan")
-        .expect("a pass is due")
-        .prepare()
-        .expect("prepare");
+    let prepared = prepare_pass(&log, 150);
     let report = log.install_compaction(prepared).expect("install");
     assert!(report.records_removed > 0, "{report:?}");
     assert!(report.cleaned_up_to <= 150, "{report:?}");
@@ -182,12 +184,7 @@ fn install_skips_segments_retention_deleted_meanwhile() {
     let dir = Path::new("/r");
     let mut log = open(dir, &compact_config(), &env);
     let appended = fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
-    let prepared = log
-        .plan_compaction(u64::MAX)
-        .expect("plan")
-        .expect("a pass is due")
-        .prepare()
-        .expect("prepare");
+    let prepared = prepare_pass(&log, u64::MAX);
     let config = LogConfig {
         cleanup_policy: CleanupPolicy::CompactAndDelete,
         retention_bytes: Some(log.size_bytes() / 2),
@@ -213,12 +210,7 @@ fn a_truncation_since_the_plan_installs_nothing() {
     let dir = Path::new("/x");
     let mut log = open(dir, &compact_config(), &env);
     fill(&mut log, 300, 7, 0, 1_000_000, Compression::None);
-    let prepared = log
-        .plan_compaction(u64::MAX)
-        .expect("plan")
-        .expect("a pass is due")
-        .prepare()
-        .expect("prepare");
+    let prepared = prepare_pass(&log, u64::MAX);
     // The newest records of some keys go: older ones the pass dropped for them must stay.
     // The log then grows past where it was, as a follower's would under a new leader.
     log.truncate_suffix(250).expect("truncate");
