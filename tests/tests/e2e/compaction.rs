@@ -9,7 +9,7 @@ use futures::StreamExt;
 use sluice_client::{ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
 use sluice_tests::TestBroker;
 
-use crate::{client_with_topic, high_watermark, runtime};
+use crate::{client_with_topic, describe_partition, high_watermark, runtime};
 
 #[test]
 fn compaction_keeps_the_newest_value_per_key_while_producers_write() {
@@ -47,13 +47,7 @@ fn compaction_keeps_the_newest_value_per_key_while_producers_write() {
                 newest.insert(key, delivered.offset);
                 sent += 1;
             }
-            let size = client
-                .admin()
-                .describe_topic("table")
-                .await
-                .expect("describe")
-                .partitions[0]
-                .size_bytes;
+            let size = describe_partition(&client, "table", 0).await.size_bytes;
             // Uncompacted, every record (~270 bytes stored) stays.
             if round > 20 && size < sent * 270 / 2 {
                 compacted = true;

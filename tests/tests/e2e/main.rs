@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
+use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset, PartitionDescription};
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use tonic::transport::Channel;
@@ -48,14 +48,28 @@ pub async fn client_with_topic(
     client
 }
 
-/// The high watermark of `topic`'s partition `partition`, as the admin API describes it.
-pub async fn high_watermark(client: &Client, topic: &str, partition: usize) -> u64 {
-    client
+/// `topic`'s partition `partition` as the admin API describes it.
+pub async fn describe_partition(
+    client: &Client,
+    topic: &str,
+    partition: usize,
+) -> PartitionDescription {
+    let topic = client
         .admin()
         .describe_topic(topic)
         .await
-        .expect("describe")
-        .partitions[partition]
+        .expect("describe");
+    topic
+        .partitions
+        .get(partition)
+        .cloned()
+        .unwrap_or_else(|| panic!("{} has no partition {partition}", topic.name))
+}
+
+/// The high watermark of `topic`'s partition `partition`.
+pub async fn high_watermark(client: &Client, topic: &str, partition: usize) -> u64 {
+    describe_partition(client, topic, partition)
+        .await
         .high_watermark
 }
 

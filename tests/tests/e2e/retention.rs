@@ -10,7 +10,9 @@ use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 
-use crate::{client_with_topic, high_watermark, raw_producer, read_all, runtime};
+use crate::{
+    client_with_topic, describe_partition, high_watermark, raw_producer, read_all, runtime,
+};
 
 fn batch() -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
@@ -50,30 +52,22 @@ fn retention_purges_through_raft_and_the_log_start_survives_restart() {
         produce(&broker.address, 150).await; // ~2.4 MB in 16 KiB batches
         // A pass may run mid-production and leave newer segments for the next pass: wait
         // (bounded) for the pass that sees the whole log.
-        let mut description = None;
+        let mut partition = describe_partition(&client, "short", 0).await;
         for _ in 0..100 {
-            let now = client
-                .admin()
-                .describe_topic("short")
-                .await
-                .expect("describe");
-            let partition = &now.partitions[0];
-            let done = partition.log_start_offset > 0 && partition.size_bytes < 600_000;
-            description = Some(now);
-            if done {
+            if partition.log_start_offset > 0 && partition.size_bytes < 600_000 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+            partition = describe_partition(&client, "short", 0).await;
         }
-        let description = description.expect("described");
-        let log_start = description.partitions[0].log_start_offset;
+        let log_start = partition.log_start_offset;
         assert!(
             log_start > 0,
-            "retention moved the log start: {description:?}"
+            "retention moved the log start: {partition:?}"
         );
         assert!(
-            description.partitions[0].size_bytes < 600_000,
-            "old segments are gone: {description:?}"
+            partition.size_bytes < 600_000,
+            "old segments are gone: {partition:?}"
         );
         // Writes and reads go on after the purge.
         produce(&broker.address, 5).await;
@@ -95,13 +89,7 @@ fn retention_purges_through_raft_and_the_log_start_survives_restart() {
         let client = Client::connect([broker.address.as_str()])
             .await
             .expect("connect after restart");
-        let partition = client
-            .admin()
-            .describe_topic("short")
-            .await
-            .expect("describe")
-            .partitions[0]
-            .clone();
+        let partition = describe_partition(&client, "short", 0).await;
         assert!(
             partition.log_start_offset >= log_start,
             "the purge survived the restart"
