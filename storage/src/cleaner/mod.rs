@@ -19,7 +19,8 @@ use crate::io::{IoFile, OpenMode};
 use crate::limits::CLEANER_KEY_MAP_BYTES_MAX;
 use crate::log::Log;
 use crate::segment::{
-    Continuity, Segment, SegmentFile, remove_index_files, segment_file_name, write_index_files,
+    Continuity, Segment, SegmentFile, header_below, read_below, remove_index_files,
+    segment_file_name, write_index_files,
 };
 
 use compact::{CleanRule, Dropped, rewrite_batch};
@@ -135,9 +136,7 @@ impl Log {
         let truncated = self.truncations != prepared.truncations;
         let mut report = prepared.report;
         for rewritten in &prepared.rewritten {
-            let slot = self.segments.iter().position(|s| {
-                s.sealed && rewritten.view.is(s) && s.base_offset == rewritten.view.base_offset
-            });
+            let slot = self.segments.iter().position(|s| rewritten.view.is(s));
             let cleaned = self.dir.join(segment_file_name(
                 rewritten.view.base_offset,
                 SegmentFile::Cleaned,
@@ -267,9 +266,13 @@ impl SealedView {
         }
     }
 
-    /// Whether `segment` is still the one seen: same open file, same length.
+    /// Whether `segment` is still the one seen: sealed, same base, same open file, same
+    /// length.
     fn is(&self, segment: &Segment) -> bool {
-        Arc::ptr_eq(&self.file, &segment.file_handle()) && segment.written == self.written
+        segment.sealed
+            && segment.base_offset == self.base_offset
+            && Arc::ptr_eq(&self.file, &segment.file_handle())
+            && segment.written == self.written
     }
 }
 
@@ -416,10 +419,15 @@ fn for_each_batch(
 ) -> Result<()> {
     let mut position = 0;
     while position < segment.written {
-        let header_bytes = read_view(segment, position, crate::limits::BATCH_HEADER_LEN)?;
-        let header = crate::batch::BatchHeader::decode(&header_bytes)
-            .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
-        let bytes = read_view(segment, position, header.batch_len() as usize)?;
+        let (file, path) = (segment.file.as_ref(), segment.path.as_path());
+        let header = header_below(file, path, segment.written, position)?;
+        let bytes = read_below(
+            file,
+            path,
+            segment.written,
+            position,
+            header.batch_len() as usize,
+        )?;
         let batch = Batch::decode(bytes)
             .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
         match f(&batch) {
@@ -432,19 +440,4 @@ fn for_each_batch(
         position += header.batch_len();
     }
     Ok(())
-}
-
-/// `len` bytes at `position` of a sealed segment, below its written end.
-fn read_view(segment: &SealedView, position: u64, len: usize) -> Result<bytes::Bytes> {
-    if position + len as u64 > segment.written {
-        return Err(StorageError::corruption(
-            &segment.path,
-            position,
-            "batch extends beyond the written end",
-        ));
-    }
-    segment
-        .file
-        .read_at(position, len)
-        .map_err(|e| StorageError::io("read", &segment.path, e))
 }

@@ -303,22 +303,12 @@ impl Segment {
 
     /// Reads and verifies the header of the batch at `position` (below `written`).
     pub(crate) fn header_at(&self, position: u64) -> Result<BatchHeader> {
-        let bytes = self.read(position, BATCH_HEADER_LEN)?;
-        BatchHeader::decode(&bytes).map_err(|e| StorageError::corruption(&self.path, position, e))
+        header_below(self.file.as_ref(), &self.path, self.written, position)
     }
 
     /// `len` bytes at `position`: a slice of the mapping on real files.
     pub(crate) fn read(&self, position: u64, len: usize) -> Result<Bytes> {
-        if position + len as u64 > self.written {
-            return Err(StorageError::corruption(
-                &self.path,
-                position,
-                "batch extends beyond the written end",
-            ));
-        }
-        self.file
-            .read_at(position, len)
-            .map_err(|e| StorageError::io("read", &self.path, e))
+        read_below(self.file.as_ref(), &self.path, self.written, position, len)
     }
 
     /// Reads a range of a file that may hold anything (recovery): no bound by `written`.
@@ -432,3 +422,35 @@ impl Segment {
 }
 
 pub(crate) use index_file::{load_index_files, remove_index_files, write_index_files};
+
+/// `len` bytes at `position` of the segment file at `path`, whose valid batches end at
+/// `written`: a slice of the mapping on real files. Also used by the cleaner, which reads
+/// sealed segments without the log.
+pub(crate) fn read_below(
+    file: &dyn IoFile,
+    path: &Path,
+    written: u64,
+    position: u64,
+    len: usize,
+) -> Result<Bytes> {
+    if position + len as u64 > written {
+        return Err(StorageError::corruption(
+            path,
+            position,
+            "batch extends beyond the written end",
+        ));
+    }
+    file.read_at(position, len)
+        .map_err(|e| StorageError::io("read", path, e))
+}
+
+/// Reads and verifies the header of the batch at `position`, below `written`.
+pub(crate) fn header_below(
+    file: &dyn IoFile,
+    path: &Path,
+    written: u64,
+    position: u64,
+) -> Result<BatchHeader> {
+    let bytes = read_below(file, path, written, position, BATCH_HEADER_LEN)?;
+    BatchHeader::decode(&bytes).map_err(|e| StorageError::corruption(path, position, e))
+}
