@@ -139,6 +139,7 @@ impl Node {
             .applied_index_at_least(last_log_index, "controller caught up")
             .await;
         node.reconcile().await;
+        node.wait_partitions_serving().await;
         tokio::spawn(Arc::clone(&node).reconcile_forever());
         tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
         tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
@@ -211,26 +212,32 @@ impl Node {
             .collect()
     }
 
-    /// Waits until every partition of `topic` is open here and has a leader.
+    /// Waits until every partition of `topic` is open here and has a serving leader.
     pub async fn wait_topic_ready(&self, topic: &str) -> Result<(), BrokerError> {
-        let deadline = tokio::time::Instant::now() + limits::PARTITION_READY_WAIT;
-        loop {
+        let ready = || {
             let count = self
                 .metadata()
                 .topics
                 .get(topic)
                 .map_or(0, |t| t.partitions.len());
-            let ready = (0..count as u32)
-                .all(|i| self.partition(topic, i).is_ok_and(|p| p.leader().is_some()));
-            if ready {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(BrokerError::Unavailable(format!(
-                    "partitions of {topic} did not elect leaders in time"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            (0..count as u32).all(|i| self.partition(topic, i).is_ok_and(|p| p.leader().is_some()))
+        };
+        if wait_until(ready).await {
+            return Ok(());
+        }
+        Err(BrokerError::Unavailable(format!(
+            "partitions of {topic} did not elect leaders in time"
+        )))
+    }
+
+    /// Waits (bounded) until every partition opened here has a serving leader, so that once
+    /// a restarted broker says it is ready no acknowledged record looks missing.
+    async fn wait_partitions_serving(&self) {
+        if !wait_until(|| self.partitions().iter().all(|p| p.leader().is_some())).await {
+            tracing::warn!(
+                "some partitions have no serving leader after {:?}; starting anyway",
+                limits::PARTITION_READY_WAIT
+            );
         }
     }
 
@@ -397,6 +404,18 @@ impl Node {
             tracing::warn!(error = %e, "controller checkpoint at shutdown failed");
         }
     }
+}
+
+/// Polls `ready` until it holds (true) or `PARTITION_READY_WAIT` passes (false).
+async fn wait_until(ready: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limits::PARTITION_READY_WAIT;
+    while !ready() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Proposes a metadata change to the controller group `controller` and waits for it to be

@@ -118,6 +118,9 @@ async fn run(
         config.linger = Duration::from_millis(ms);
     }
     let producer = client.producer(config).await.expect("producer");
+    // LOADGEN_TRACE=FILE writes every paced record's send time and latency (µs) there.
+    let trace_path = std::env::var_os("LOADGEN_TRACE").filter(|_| rate.is_some());
+    let trace = trace_path.is_some();
     let epoch = Instant::now();
     let mut consumer = client.consumer(ConsumerConfig::default());
     for p in 0..partitions {
@@ -161,6 +164,7 @@ async fn run(
         let payload = payload.clone();
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut sent_at_us = Vec::new();
             let interval = rate.map(|r| Duration::from_secs_f64(senders_n as f64 / r));
             let mut next = Instant::now()
                 + interval.map_or(Duration::ZERO, |i| {
@@ -180,10 +184,14 @@ async fn run(
                 };
                 if let Some(answered) = answered {
                     if answered.result.is_err() {
-                        return latencies;
+                        return (latencies, sent_at_us);
                     }
                     let latency = answered.answered_at.saturating_duration_since(answered.tag);
                     latencies.push(latency.as_micros() as u64);
+                    if trace {
+                        sent_at_us
+                            .push(answered.tag.saturating_duration_since(epoch).as_micros() as u64);
+                    }
                     sent.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -219,14 +227,22 @@ async fn run(
                     Err(_) => break,
                 }
             }
-            latencies
+            (latencies, sent_at_us)
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut produce_us = Vec::new();
+    let mut traced = Vec::new();
     for s in senders {
-        produce_us.extend(s.await.unwrap_or_default());
+        let (latencies, sent_at_us) = s.await.unwrap_or_default();
+        if trace {
+            traced.extend(sent_at_us.iter().copied().zip(latencies.iter().copied()));
+        }
+        produce_us.extend(latencies);
+    }
+    if let (Some(path), true) = (&trace_path, rate.is_some()) {
+        write_trace(path, epoch, &mut traced);
     }
     let elapsed = start.elapsed().as_secs_f64();
     let consumed_per_s = consumed.load(Ordering::Relaxed) as f64 / elapsed;
@@ -242,6 +258,28 @@ async fn run(
         consumed_per_s,
         produce_us,
         e2e_us,
+    }
+}
+
+/// Writes `send_us latency_us` lines in send order, to find when slow sends happened; the
+/// first line gives the wall-clock time (µs since the Unix epoch) that send times count from.
+fn write_trace(path: &std::ffi::OsStr, epoch: Instant, traced: &mut [(u64, u64)]) {
+    use std::io::Write;
+    traced.sort_unstable();
+    let epoch_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(epoch.elapsed());
+    let written = std::fs::File::create(path).and_then(|file| {
+        let mut out = std::io::BufWriter::new(file);
+        writeln!(out, "# epoch_unix_us {}", epoch_wall.as_micros())?;
+        for (sent, latency) in traced.iter() {
+            writeln!(out, "{sent} {latency}")?;
+        }
+        out.flush()
+    });
+    if let Err(e) = written {
+        println!("trace not written: {e}");
     }
 }
 

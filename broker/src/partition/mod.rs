@@ -2,6 +2,7 @@
 
 pub mod producer_state;
 pub mod replica;
+pub mod serving;
 pub mod state;
 pub mod writer;
 

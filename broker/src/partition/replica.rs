@@ -8,6 +8,7 @@ use sluice_storage::Batch;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::serving::{ServingTerm, serving_leader, track};
 use super::state::PartitionState;
 use super::writer::{PendingProduce, Produced, run_writer};
 use crate::controller::TopicConfig;
@@ -50,6 +51,8 @@ pub struct Partition {
     queue: mpsc::Sender<PendingProduce>,
     budget: ByteBudget,
     writer: JoinHandle<()>,
+    serving: ServingTerm,
+    serving_tracker: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -92,6 +95,12 @@ impl Partition {
             parts.sm,
             rx,
         ));
+        let serving = ServingTerm::default();
+        let serving_tracker = tokio::spawn(track(
+            parts.group.raft.clone(),
+            parts.node_id,
+            serving.clone(),
+        ));
         Self {
             topic: parts.topic,
             index: parts.index,
@@ -102,6 +111,8 @@ impl Partition {
             queue,
             budget: ByteBudget::new(parts.budget_bytes),
             writer,
+            serving,
+            serving_tracker,
         }
     }
 
@@ -129,9 +140,10 @@ impl Partition {
         Ok(())
     }
 
-    /// The node that leads the group, if any.
+    /// The node that leads the group, if any; this node only once its leadership serves
+    /// (everything committed before it applied, see `serving`).
     pub fn leader(&self) -> Option<NodeId> {
-        self.group.raft.metrics().borrow().current_leader
+        serving_leader(&self.group.raft, self.node_id, &self.serving)
     }
 
     /// Whether this node leads the group now.
@@ -144,20 +156,21 @@ impl Partition {
         if self.is_leader() {
             return Ok(());
         }
-        let metrics = self.group.raft.metrics().borrow().clone();
-        let leader_hint = metrics.current_leader.and_then(|l| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.addr.clone())
-        });
-        if metrics.current_leader.is_none() {
+        let Some(leader) = self.leader() else {
             return Err(BrokerError::Unavailable(format!(
-                "{}/{} has no leader yet",
+                "{}/{} has no serving leader yet",
                 self.topic, self.index
             )));
-        }
+        };
+        let leader_hint = self
+            .group
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone());
         Err(BrokerError::NotLeader {
             what: format!("{}/{}", self.topic, self.index),
             leader_hint,
@@ -265,6 +278,7 @@ impl Partition {
     /// Stops the writer and the Raft group, then checkpoints the log.
     pub async fn shutdown(&self) {
         self.writer.abort();
+        self.serving_tracker.abort();
         let _ = self.group.raft.shutdown().await;
         if let Ok(mut log) = self.group.log.write()
             && let Err(e) = log.checkpoint()

@@ -27,7 +27,10 @@ use sender::PartitionSender;
 /// How a producer batches, retries and acknowledges.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// How long a batch waits for more records before it is sent.
+    /// How long a batch waits for more records before it is sent (Kafka's `linger.ms`).
+    /// The default, zero, sends as soon as the partition has a batch slot free: batches
+    /// still grow while `max_in_flight` are unanswered, so batching follows the load
+    /// without adding a wait when the broker keeps up (docs/benchmarks.md).
     pub linger: Duration,
     /// A batch is sent once its records reach this size (or its linger passes). While
     /// `max_in_flight` batches are unanswered, batches grow up to this size.
@@ -56,7 +59,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
-            linger: Duration::from_millis(2),
+            linger: Duration::ZERO,
             batch_bytes: 1024 * 1024,
             max_in_flight: 5,
             compression: Compression::None,

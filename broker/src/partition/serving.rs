@@ -1,0 +1,89 @@
+//! When this node's leadership of a partition may serve: only once it has applied every
+//! entry committed before it (Raft's read barrier, `ensure_linearizable`).
+//!
+//! A restarted broker is leader of its partitions at once (openraft restores a single
+//! voter's leadership), but its state machine re-applies the log from the last saved
+//! committed hint. Until that is done its high watermark lies below records it already
+//! acknowledged, and a fetch, `ListOffsets(latest)` or describe would show them missing.
+//! So, as in Kafka while a new leader is not ready, the partition reports no leader until
+//! then and requests get a retriable `UNAVAILABLE`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::raft::{GroupRaft, NodeId};
+
+/// The term this node's leadership serves in, shared with a tracking task.
+#[derive(Debug, Default, Clone)]
+pub struct ServingTerm(Arc<AtomicU64>);
+
+impl ServingTerm {
+    /// Whether this node's leadership in `term` has passed the read barrier.
+    pub fn serves(&self, term: u64) -> bool {
+        // Stored as term + 1 so that 0 means "not yet in any term".
+        self.0.load(Ordering::Acquire) == term.saturating_add(1)
+    }
+
+    fn set(&self, term: u64) {
+        self.0.store(term.saturating_add(1), Ordering::Release);
+    }
+}
+
+/// The leader `raft` reports, except this node while its leadership does not serve yet.
+pub fn serving_leader(raft: &GroupRaft, node_id: NodeId, serving: &ServingTerm) -> Option<NodeId> {
+    let metrics = raft.server_metrics();
+    let m = metrics.borrow();
+    match m.current_leader {
+        Some(leader) if leader == node_id && !serving.serves(m.vote.leader_id().term) => None,
+        other => other,
+    }
+}
+
+/// Follows the group's leadership and marks each term this node leads as serving once
+/// everything committed before it is applied. Runs until the group shuts down.
+pub async fn track(raft: GroupRaft, node_id: NodeId, serving: ServingTerm) {
+    // Server metrics change with votes and leaders only, not with every append.
+    let mut metrics = raft.server_metrics();
+    loop {
+        // Read in its own statement: a watch borrow held across an await blocks the sender.
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.vote.leader_id().term)
+        };
+        if leader == Some(node_id) && !serves_or_set(&raft, &serving, term).await {
+            // Leadership was lost meanwhile; the metrics have changed or will.
+            tracing::debug!(term, "read barrier failed; waiting for the next leadership");
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serves_or_set(raft: &GroupRaft, serving: &ServingTerm, term: u64) -> bool {
+    if serving.serves(term) {
+        return true;
+    }
+    match raft.ensure_linearizable().await {
+        Ok(_) => {
+            serving.set(term);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_term_serves_until_set() {
+        let serving = ServingTerm::default();
+        assert!(!serving.serves(0));
+        assert!(!serving.serves(1));
+        serving.set(3);
+        assert!(serving.serves(3));
+        assert!(!serving.serves(4), "a later term needs its own barrier");
+    }
+}
