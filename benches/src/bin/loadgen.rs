@@ -117,6 +117,12 @@ async fn run(
     {
         config.linger = Duration::from_millis(ms);
     }
+    if let Some(bytes) = std::env::var("LOADGEN_BATCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.batch_bytes = bytes;
+    }
     let producer = client.producer(config).await.expect("producer");
     // LOADGEN_TRACE=FILE writes every paced record's send time and latency (µs) there.
     let trace_path = std::env::var_os("LOADGEN_TRACE").filter(|_| rate.is_some());
@@ -507,7 +513,9 @@ fn main() {
             {
                 // A warm-up as long as the peak run that precedes the half-rate run normally.
                 let _ = run(&client, &topic, partitions, seconds, None, false).await;
-                report_floor(rate, paced_seconds);
+                if std::env::var_os("LOADGEN_NO_FLOOR").is_none() {
+                    report_floor(rate, paced_seconds);
+                }
                 let paced = run(
                     &client,
                     &topic,
