@@ -170,7 +170,8 @@ async fn run(
         let payload = payload.clone();
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut sent_at_us = Vec::new();
+            // (send time since `epoch`, latency) of each answer, with LOADGEN_TRACE only.
+            let mut traced = Vec::new();
             let interval = rate.map(|r| Duration::from_secs_f64(senders_n as f64 / r));
             let mut next = Instant::now()
                 + interval.map_or(Duration::ZERO, |i| {
@@ -190,13 +191,13 @@ async fn run(
                 };
                 if let Some(answered) = answered {
                     if answered.result.is_err() {
-                        return (latencies, sent_at_us);
+                        return (latencies, traced);
                     }
                     let latency = answered.answered_at.saturating_duration_since(answered.tag);
                     latencies.push(latency.as_micros() as u64);
                     if trace {
-                        sent_at_us
-                            .push(answered.tag.saturating_duration_since(epoch).as_micros() as u64);
+                        let sent = answered.tag.saturating_duration_since(epoch);
+                        traced.push((sent.as_micros() as u64, latency.as_micros() as u64));
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -233,7 +234,7 @@ async fn run(
                     Err(_) => break,
                 }
             }
-            (latencies, sent_at_us)
+            (latencies, traced)
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -241,13 +242,11 @@ async fn run(
     let mut produce_us = Vec::new();
     let mut traced = Vec::new();
     for s in senders {
-        let (latencies, sent_at_us) = s.await.unwrap_or_default();
-        if trace {
-            traced.extend(sent_at_us.iter().copied().zip(latencies.iter().copied()));
-        }
+        let (latencies, task_traced) = s.await.unwrap_or_default();
         produce_us.extend(latencies);
+        traced.extend(task_traced);
     }
-    if let (Some(path), true) = (&trace_path, rate.is_some()) {
+    if let Some(path) = &trace_path {
         write_trace(path, epoch, &mut traced);
     }
     let elapsed = start.elapsed().as_secs_f64();

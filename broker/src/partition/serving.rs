@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::raft::{GroupRaft, NodeId};
 
+/// Pause before a failed read barrier is tried again in the same leadership.
+const BARRIER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The term this node's leadership serves in, shared with a tracking task.
 #[derive(Debug, Default, Clone)]
 pub struct ServingTerm(Arc<AtomicU64>);
@@ -51,8 +54,14 @@ pub async fn track(raft: GroupRaft, node_id: NodeId, serving: ServingTerm) {
             (m.current_leader, m.vote.leader_id().term)
         };
         if leader == Some(node_id) && !serves_or_set(&raft, &serving, term).await {
-            // Leadership was lost meanwhile; the metrics have changed or will.
-            tracing::debug!(term, "read barrier failed; waiting for the next leadership");
+            // Lost leadership, or no quorum confirmed it: try again unless the metrics
+            // say first that something changed.
+            tracing::debug!(term, "read barrier failed; trying again");
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(BARRIER_RETRY) => {}
+            }
+            continue;
         }
         if metrics.changed().await.is_err() {
             return;
