@@ -125,8 +125,8 @@ pub async fn start_group<S: GroupState>(
     };
     let store = LogStore::open(spec.kind, Arc::clone(&log), Arc::clone(&io), &dir)
         .map_err(|e| raft_error(&e))?;
-    let sm =
-        GroupStateMachine::open(state(Arc::clone(&log)), io, &dir).map_err(|e| raft_error(&e))?;
+    let sm = GroupStateMachine::open(state(Arc::clone(&log)), io, &dir, store.recent())
+        .map_err(|e| raft_error(&e))?;
     let network = GroupNetwork::new(spec.group_id, peers);
     let raft = GroupRaft::new(spec.node_id, raft_config()?, network, store, sm.clone())
         .await

@@ -19,6 +19,7 @@ use sluice_storage::{Batch, Log, StorageError};
 
 use super::entry_codec::{GroupKind, batches_to_entry, entry_to_batches};
 use super::raft_state::RaftState;
+use super::recent_entries::RecentEntries;
 use super::{
     LogId, NodeId, RaftStorageError, TypeConfig, log_id_of, raft_position, read_logs_error,
     write_logs_error,
@@ -53,6 +54,8 @@ struct Inner {
     /// checks `purged`) never wait for its fsyncs.
     state_writer: Mutex<()>,
     committed_saved_at: Mutex<Option<Instant>>,
+    /// Appended entries the state machine has not applied yet, read without the log.
+    recent: Arc<RecentEntries>,
 }
 
 /// A poisoned lock means a thread panicked mid-operation on the log: refuse to go on.
@@ -77,6 +80,7 @@ impl LogStore {
             state: Mutex::new(state),
             state_writer: Mutex::new(()),
             committed_saved_at: Mutex::new(None),
+            recent: Arc::new(RecentEntries::default()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -86,6 +90,12 @@ impl LogStore {
     /// The log this store writes.
     pub fn log(&self) -> &SharedLog {
         &self.inner.log
+    }
+
+    /// The entries appended and not yet applied; the group's state machine forgets them
+    /// as it applies them.
+    pub fn recent(&self) -> Arc<RecentEntries> {
+        Arc::clone(&self.inner.recent)
     }
 
     fn state(&self) -> Result<RaftState, RaftStorageError> {
@@ -168,7 +178,9 @@ impl LogStore {
         // The fsync runs without the log lock, so fetches are not stalled behind it.
         let result = pending.run();
         crate::metrics::raft_append(bytes, written - started, written.elapsed());
-        self.lock_for_write()?.finish_sync(&pending, result)
+        self.lock_for_write()?.finish_sync(&pending, result)?;
+        self.inner.recent.appended(&entries);
+        Ok(())
     }
 
     fn lock_for_write(&self) -> Result<std::sync::RwLockWriteGuard<'_, Log>, StorageError> {
@@ -218,6 +230,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
         let (start, end) = range_to_half_open(&range);
+        if let Some(entries) = self.inner.recent.get(start, end, usize::MAX) {
+            return Ok(entries);
+        }
         let store = self.clone();
         run_blocking(move || store.read_entries(start, end, usize::MAX)).await
     }
@@ -227,6 +242,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        if let Some(entries) = self
+            .inner
+            .recent
+            .get(start, end, REPLICATION_READ_BYTES_MAX)
+        {
+            return Ok(entries);
+        }
         let store = self.clone();
         run_blocking(move || store.read_entries(start, end, REPLICATION_READ_BYTES_MAX)).await
     }
@@ -346,6 +368,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        self.inner.recent.forget_from(log_id.index);
         let store = self.clone();
         run_blocking(move || {
             let mut log = store.inner.log.write().map_err(|_| poisoned())?;
@@ -356,6 +379,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        self.inner.recent.forget_through(log_id.index);
         let store = self.clone();
         run_blocking(move || {
             store.update_state(|s| s.purged = Some(log_id))?;
@@ -379,16 +403,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use std::sync::{Arc, RwLock};
 
+    use openraft::EntryPayload;
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
     use openraft::testing::{StoreBuilder, Suite};
+    use sluice_storage::batch::NewRecord;
     use sluice_storage::io::{FsIo, Io};
-    use sluice_storage::{Log, LogConfig};
+    use sluice_storage::{BatchBuilder, Compression, Log, LogConfig};
     use tokio::sync::watch;
 
     use super::{LogStore, RaftStorageError, read_logs_error};
     use crate::partition::state::PartitionState;
-    use crate::raft::TypeConfig;
     use crate::raft::entry_codec::GroupKind;
     use crate::raft::state_machine::GroupStateMachine;
+    use crate::raft::{Command, ProduceCommand, TypeConfig};
 
     struct PartitionStoreBuilder;
 
@@ -422,10 +449,71 @@ mod tests {
                 dir.path(),
             )?;
             let (high_watermark, _) = watch::channel(0);
-            let sm =
-                GroupStateMachine::open(PartitionState::new(log, high_watermark), io, dir.path())?;
+            let sm = GroupStateMachine::open(
+                PartitionState::new(log, high_watermark),
+                io,
+                dir.path(),
+                store.recent(),
+            )?;
             Ok((dir, store, sm))
         }
+    }
+
+    fn produce_entry(term: u64, index: u64) -> openraft::Entry<TypeConfig> {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(NewRecord {
+            key: None,
+            value: Some(b"v"),
+            timestamp: 1,
+            headers: &[],
+        });
+        openraft::Entry {
+            log_id: openraft::testing::log_id(term, 1, index),
+            payload: EntryPayload::Normal(Command::Produce(ProduceCommand {
+                batches: vec![builder.build().expect("batch")],
+            })),
+        }
+    }
+
+    async fn read(store: &mut LogStore, start: u64, end: u64) -> Vec<(u64, u64)> {
+        store
+            .try_get_log_entries(start..end)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn entries_read_from_memory_never_outlive_a_truncation_or_a_purge() {
+        let (_dir, mut store, _sm) = PartitionStoreBuilder.build().await.expect("store");
+        let entries = (1..=5).map(|i| produce_entry(1, i)).collect();
+        store.write_entries(entries).expect("append");
+        store
+            .truncate(openraft::testing::log_id(1, 1, 3))
+            .await
+            .expect("truncate");
+        assert_eq!(read(&mut store, 1, 6).await, [(1, 1), (1, 2)]);
+        let entries = (3..=4).map(|i| produce_entry(2, i)).collect();
+        store.write_entries(entries).expect("append");
+        assert_eq!(
+            read(&mut store, 1, 5).await,
+            [(1, 1), (1, 2), (2, 3), (2, 4)]
+        );
+        store
+            .purge(openraft::testing::log_id(1, 1, 2))
+            .await
+            .expect("purge");
+        assert_eq!(read(&mut store, 1, 5).await, [(2, 3), (2, 4)]);
+        // Held entries answer without the log: cut it behind the store's back.
+        store
+            .log()
+            .write()
+            .expect("lock")
+            .truncate_raft_suffix(3)
+            .expect("cut");
+        assert_eq!(read(&mut store, 3, 5).await, [(2, 3), (2, 4)]);
     }
 
     #[test]

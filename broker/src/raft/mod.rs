@@ -7,6 +7,7 @@ pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod raft_state;
+pub mod recent_entries;
 pub mod service;
 pub mod state_machine;
 pub mod wire;

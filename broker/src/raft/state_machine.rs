@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sluice_storage::io::Io;
 use sluice_storage::state_file::{StateKind, read_state, write_atomic};
 
+use super::recent_entries::RecentEntries;
 use super::{Command, CommandResponse, LogId, NodeId, RaftStorageError, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -62,6 +63,8 @@ pub struct GroupStateMachine<S> {
     inner: Arc<Mutex<Applied<S>>>,
     io: Arc<dyn Io>,
     dir: PathBuf,
+    /// The log store's not-yet-applied entries: forgotten here once applied.
+    recent: Arc<RecentEntries>,
 }
 
 impl<S> Clone for GroupStateMachine<S> {
@@ -70,6 +73,7 @@ impl<S> Clone for GroupStateMachine<S> {
             inner: Arc::clone(&self.inner),
             io: Arc::clone(&self.io),
             dir: self.dir.clone(),
+            recent: Arc::clone(&self.recent),
         }
     }
 }
@@ -86,8 +90,14 @@ struct SnapshotBody<T> {
 }
 
 impl<S: GroupState> GroupStateMachine<S> {
-    /// A state machine starting from `state`, or from the snapshot saved in `dir` if any.
-    pub fn open(state: S, io: Arc<dyn Io>, dir: &Path) -> Result<Self, RaftStorageError> {
+    /// A state machine starting from `state`, or from the snapshot saved in `dir` if any;
+    /// `recent` is its log store's ([`super::log_store::LogStore::recent`]).
+    pub fn open(
+        state: S,
+        io: Arc<dyn Io>,
+        dir: &Path,
+        recent: Arc<RecentEntries>,
+    ) -> Result<Self, RaftStorageError> {
         let sm = Self {
             inner: Arc::new(Mutex::new(Applied {
                 last_applied: None,
@@ -97,6 +107,7 @@ impl<S: GroupState> GroupStateMachine<S> {
             })),
             io,
             dir: dir.to_path_buf(),
+            recent,
         };
         if let Some(stored) = sm.read_snapshot()? {
             sm.restore(&stored.data)?;
@@ -214,6 +225,9 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             responses.push(response);
         }
         applied.state.applied();
+        if let Some(last) = applied.last_applied {
+            self.recent.forget_through(last.index);
+        }
         Ok(responses)
     }
 
@@ -231,6 +245,8 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
+        // The log may be reset under the snapshot: nothing held may outlive that.
+        self.recent.clear();
         self.restore(&data)?;
         {
             let mut applied = self.lock()?;
