@@ -5,6 +5,8 @@
 //! `Log::sync` returned; the vote is durable before `save_vote` returns; `truncate` cuts
 //! the conflicting suffix durably; `purge` records the purge point and deletes whole
 //! segments behind it (entries after the point in a shared segment are filtered on read).
+//! Entries appended and not yet applied are also held in memory ([`RecentEntries`]), so
+//! openraft's read-back before apply does not go to the log.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
