@@ -6,4 +6,5 @@ pub mod cleanup;
 pub mod latency_floor;
 pub mod raw_file;
 pub mod report;
+pub mod samples;
 pub mod workload;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice_benches::cleanup::remove_dir_gently;
 use sluice_benches::latency_floor::{Floor, storage_latency_floor};
+use sluice_benches::samples::Samples;
 use sluice_benches::workload::{RECORD_BYTES, batch_64k};
 use sluice_client::{
     Client, ConsumerConfig, DeliveryQueue, Offset, ProducerConfig, ProducerRecord,
@@ -135,7 +136,7 @@ async fn run(
             .await
             .expect("assign");
     }
-    let e2e = Arc::new(Mutex::new(Vec::new()));
+    let e2e = Arc::new(Mutex::new(Samples::new()));
     let consumed = Arc::new(AtomicU64::new(0));
     let reader = consume.then(|| {
         let (e2e, consumed) = (Arc::clone(&e2e), Arc::clone(&consumed));
@@ -169,9 +170,9 @@ async fn run(
         );
         let payload = payload.clone();
         senders.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies = Samples::new();
             // (send time since `epoch`, latency) of each answer, with LOADGEN_TRACE only.
-            let mut traced = Vec::new();
+            let mut traced = Samples::new();
             let interval = rate.map(|r| Duration::from_secs_f64(senders_n as f64 / r));
             let mut next = Instant::now()
                 + interval.map_or(Duration::ZERO, |i| {
@@ -239,16 +240,17 @@ async fn run(
     }
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut produce_us = Vec::new();
-    let mut traced = Vec::new();
+    let mut produce_us = Samples::new();
+    let mut traced = Samples::new();
     for s in senders {
         let (latencies, task_traced) = s.await.unwrap_or_default();
-        produce_us.extend(latencies);
-        traced.extend(task_traced);
+        produce_us.append(latencies);
+        traced.append(task_traced);
     }
     if let Some(path) = &trace_path {
-        write_trace(path, epoch, &mut traced);
+        write_trace(path, epoch, &mut traced.into_vec());
     }
+    let mut produce_us = produce_us.into_vec();
     let elapsed = start.elapsed().as_secs_f64();
     let consumed_per_s = consumed.load(Ordering::Relaxed) as f64 / elapsed;
     if let Some(reader) = reader {
@@ -256,7 +258,7 @@ async fn run(
         reader.abort();
     }
     produce_us.sort_unstable();
-    let mut e2e_us = e2e.lock().await.clone();
+    let mut e2e_us = e2e.lock().await.clone().into_vec();
     e2e_us.sort_unstable();
     RunResult {
         records_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed,
