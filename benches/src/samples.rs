@@ -11,7 +11,7 @@
 const CHUNK: usize = 4096;
 
 /// An append-only list of samples stored in fixed-size chunks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Samples<T> {
     chunks: Vec<Vec<T>>,
 }

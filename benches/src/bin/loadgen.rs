@@ -258,7 +258,8 @@ async fn run(
         reader.abort();
     }
     produce_us.sort_unstable();
-    let mut e2e_us = e2e.lock().await.clone().into_vec();
+    // The reader is stopped: take its samples rather than copy them.
+    let mut e2e_us = std::mem::take(&mut *e2e.lock().await).into_vec();
     e2e_us.sort_unstable();
     RunResult {
         records_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed,
