@@ -77,6 +77,14 @@ pub trait IoFile: Send + Sync + Debug {
     }
     /// Makes every write so far durable (`fdatasync`). An error here means data may be lost.
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing `[position, position + len)` to the disk without waiting for it
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the next [`IoFile::sync_data`] waits
+    /// for less. A hint: it makes nothing durable, and write errors still surface in
+    /// `sync_data`.
+    fn start_writeback(&self, position: u64, len: u64) -> io::Result<()> {
+        let _ = (position, len);
+        Ok(())
+    }
     /// Reserves disk blocks so the file is at least `len` bytes (`fallocate`); a full disk is
     /// `StorageFull` here rather than a fault on a mapped page later.
     fn allocate(&self, len: u64) -> io::Result<()>;

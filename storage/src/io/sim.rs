@@ -83,6 +83,8 @@ struct State {
     /// Bytes passed to `IoFile::release`, and how many of them were not yet durable.
     released_bytes: u64,
     released_unsynced_bytes: u64,
+    /// Every `IoFile::start_writeback` hint, in order: (position, len).
+    writeback_hints: Vec<(u64, u64)>,
 }
 
 impl State {
@@ -177,6 +179,11 @@ impl SimIo {
     /// Released bytes that had unsynced writes pending: the log must never release those.
     pub fn released_unsynced_bytes(&self) -> u64 {
         lock(&self.state).released_unsynced_bytes
+    }
+
+    /// Every writeback hint so far, of any file, in order: (position, len).
+    pub fn writeback_hints(&self) -> Vec<(u64, u64)> {
+        lock(&self.state).writeback_hints.clone()
     }
 
     /// Simulates losing power: files revert to what `mode` says survived, and every open
@@ -473,6 +480,14 @@ impl IoFile for SimFile {
             .sum::<u64>();
         state.released_bytes += len;
         state.released_unsynced_bytes += unsynced;
+        Ok(())
+    }
+
+    fn start_writeback(&self, position: u64, len: u64) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        self.check_fresh(&state)?;
+        // Only a hint: nothing becomes durable, as on a real disk until the fsync.
+        state.writeback_hints.push((position, len));
         Ok(())
     }
 }

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use crate::batch::{Batch, BatchHeader, RaftPosition, stamp_assigned_fields};
 use crate::error::{Result, StorageError};
 use crate::io::{Io, IoFile, OpenMode};
-use crate::limits::{BATCH_HEADER_LEN, RELEASE_STEP_BYTES, RESERVE_STEP_BYTES};
+use crate::limits::{
+    BATCH_HEADER_LEN, RELEASE_STEP_BYTES, RESERVE_STEP_BYTES, WRITEBACK_STEP_BYTES,
+};
 
 pub(crate) use file_name::{SegmentFile, parse_segment_file_name, segment_file_name};
 pub(crate) use offset_index::{IndexEntry, OffsetIndex};
@@ -24,6 +26,9 @@ pub(crate) use time_index::{TimeEntry, TimeIndex};
 
 /// Zero-fill writes go out in chunks of this size.
 const ZERO_CHUNK: usize = 1 << 20;
+
+/// Writeback is started on whole pages only: a partly written page would be written again.
+const WRITEBACK_ALIGN: u64 = 4096;
 
 /// Synced pages of one segment to drop from memory ([`crate::io::IoFile::release`]).
 #[derive(Debug)]
@@ -69,6 +74,8 @@ pub(crate) struct Segment {
     pub(crate) reserved: u64,
     /// Pages below this have been released from memory.
     pub(crate) released: u64,
+    /// Writeback of the bytes below this has been started ([`IoFile::start_writeback`]).
+    writeback_started: u64,
 }
 
 /// How a new or reopened segment is set up.
@@ -102,6 +109,7 @@ impl Segment {
             created_ms: params.now_ms,
             reserved: 0,
             released: 0,
+            writeback_started: 0,
         }
     }
 
@@ -214,9 +222,7 @@ impl Segment {
         let end = position + bytes.len() as u64;
         self.reserve_for(end, reserve_bytes)?;
         let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
-        self.file
-            .write_pair_at(position, &header_bytes, records)
-            .map_err(|e| StorageError::io("write", &self.path, e))?;
+        self.write_in_pieces(position, &header_bytes, records)?;
         let header = BatchHeader {
             base_offset,
             raft,
@@ -224,6 +230,39 @@ impl Segment {
         };
         self.ingest(&header, position);
         Ok(position)
+    }
+
+    /// Writes `head` and `body` at `position`, starting writeback behind each piece of
+    /// `WRITEBACK_STEP_BYTES`.
+    fn write_in_pieces(&mut self, position: u64, head: &[u8], body: &[u8]) -> Result<()> {
+        let step = WRITEBACK_STEP_BYTES as usize;
+        let (first, mut rest) = body.split_at(body.len().min(step));
+        self.file
+            .write_pair_at(position, head, first)
+            .map_err(|e| StorageError::io("write", &self.path, e))?;
+        let mut at = position + (head.len() + first.len()) as u64;
+        self.start_writeback_below(at);
+        while !rest.is_empty() {
+            let (piece, tail) = rest.split_at(rest.len().min(step));
+            self.file
+                .write_at(at, piece)
+                .map_err(|e| StorageError::io("write", &self.path, e))?;
+            at += piece.len() as u64;
+            rest = tail;
+            self.start_writeback_below(at);
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of the whole pages below `end` not yet started, once there are
+    /// `WRITEBACK_STEP_BYTES` of them. A hint: a failure is left for the fsync to report.
+    fn start_writeback_below(&mut self, end: u64) {
+        let to = end / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
+        let from = self.writeback_started.min(to);
+        if to - from >= WRITEBACK_STEP_BYTES {
+            let _ = self.file.start_writeback(from, to - from);
+            self.writeback_started = to;
+        }
     }
 
     /// Makes sure `end` bytes are reserved, reserving whole steps of `RESERVE_STEP_BYTES`
@@ -387,6 +426,7 @@ impl Segment {
         );
         fresh.reserved = self.reserved;
         fresh.created_ms = self.created_ms;
+        fresh.writeback_started = self.writeback_started.min(end);
         let mut position = 0;
         while position < end {
             let header = self.header_at(position)?;
