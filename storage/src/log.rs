@@ -309,11 +309,14 @@ impl Log {
     /// between the two calls (the Raft log store's single writer guarantees it).
     pub fn begin_sync(&self) -> Result<PendingSync> {
         self.check_writable()?;
-        let (file, path) = self.active().sync_target();
+        let active = self.active();
+        let (file, path) = active.sync_target();
         Ok(PendingSync {
             file,
             path,
             upto: self.next_offset(),
+            segment_base: active.base_offset,
+            segment_written: active.written,
             releases: self.releases_behind(),
         })
     }
@@ -323,6 +326,14 @@ impl Log {
     pub fn finish_sync(&mut self, pending: &PendingSync, result: Result<()>) -> Result<()> {
         self.fatal_on_error(result)?;
         self.flushed_offset = self.flushed_offset.max(pending.upto);
+        if let Some(segment) = self
+            .segments
+            .iter_mut()
+            .rev()
+            .find(|s| s.base_offset == pending.segment_base)
+        {
+            segment.mark_synced(pending.segment_written);
+        }
         for release in &pending.releases {
             self.mark_released(release);
         }
@@ -573,6 +584,9 @@ pub struct PendingSync {
     file: Arc<dyn crate::io::IoFile>,
     path: PathBuf,
     upto: u64,
+    /// The active segment's base offset and written length when the sync began.
+    segment_base: u64,
+    segment_written: u64,
     /// Pages already synced before this sync that fall out of the cached tail.
     releases: Vec<Release>,
 }

@@ -254,8 +254,8 @@ impl Segment {
         Ok(())
     }
 
-    /// Starts writeback of the whole pages below `end` not yet started, once there are
-    /// `WRITEBACK_STEP_BYTES` of them. A hint: a failure is left for the fsync to report.
+    /// Starts writeback of the whole pages below `end` neither started nor synced, once
+    /// there are `WRITEBACK_STEP_BYTES` of them. A hint: a failure is left for the fsync.
     fn start_writeback_below(&mut self, end: u64) {
         let to = end / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
         let from = self.writeback_started.min(to);
@@ -263,6 +263,14 @@ impl Segment {
             let _ = self.file.start_writeback(from, to - from);
             self.writeback_started = to;
         }
+    }
+
+    /// Notes that the bytes below `end` are synced: their pages are clean, so writeback is
+    /// started only for what comes after. Without this, a round smaller than a step would
+    /// start writeback of pages the previous fsync already wrote, and not of its own.
+    pub(crate) fn mark_synced(&mut self, end: u64) {
+        let clean = end.min(self.written) / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
+        self.writeback_started = self.writeback_started.max(clean);
     }
 
     /// Makes sure `end` bytes are reserved, reserving whole steps of `RESERVE_STEP_BYTES`

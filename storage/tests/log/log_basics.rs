@@ -792,3 +792,35 @@ fn writeback_hints_on_real_files_are_accepted_and_the_data_reads_back() {
         );
     }
 }
+
+#[test]
+fn writeback_hints_skip_what_a_sync_already_wrote() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/writeback-synced");
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        ..small_config()
+    };
+    let mut log = open(dir, &config, &env);
+    let step = sluice_storage::limits::WRITEBACK_STEP_BYTES;
+    // Rounds smaller than a step, each synced: their fsync writes them, no hint is due.
+    for i in 0..40u64 {
+        log.append(&value_batch(i, 30_000), next_raft(&log))
+            .expect("append");
+        log.sync().expect("sync");
+    }
+    assert_eq!(io.writeback_hints(), Vec::new(), "small synced rounds need no hint");
+    // A round of several steps: hints cover only its own pages, none the syncs wrote.
+    assert_eq!(log.segment_count(), 1);
+    let synced = log.size_bytes();
+    for i in 40..50u64 {
+        log.append(&value_batch(i, 60_000), next_raft(&log))
+            .expect("append");
+    }
+    let hints = io.writeback_hints();
+    assert!(hints.len() >= 3, "a 600 KB round starts writeback: {hints:?}");
+    assert!(
+        hints[0].0 >= synced / 4096 * 4096 && hints[0].0 + step > synced,
+        "the first hint starts at the page the last sync ended in: {hints:?}, synced {synced}"
+    );
+}
