@@ -809,7 +809,11 @@ fn writeback_hints_skip_what_a_sync_already_wrote() {
             .expect("append");
         log.sync().expect("sync");
     }
-    assert_eq!(io.writeback_hints(), Vec::new(), "small synced rounds need no hint");
+    assert_eq!(
+        io.writeback_hints(),
+        Vec::new(),
+        "small synced rounds need no hint"
+    );
     // A round of several steps: hints cover only its own pages, none the syncs wrote.
     assert_eq!(log.segment_count(), 1);
     let synced = log.size_bytes();
@@ -818,7 +822,10 @@ fn writeback_hints_skip_what_a_sync_already_wrote() {
             .expect("append");
     }
     let hints = io.writeback_hints();
-    assert!(hints.len() >= 3, "a 600 KB round starts writeback: {hints:?}");
+    assert!(
+        hints.len() >= 3,
+        "a 600 KB round starts writeback: {hints:?}"
+    );
     assert!(
         hints[0].0 >= synced / 4096 * 4096 && hints[0].0 + step > synced,
         "the first hint starts at the page the last sync ended in: {hints:?}, synced {synced}"
