@@ -67,7 +67,7 @@ pub const RELEASE_STEP_BYTES: u64 = 1024 * 1024;
 /// Appended bytes are written, and their writeback started, in pieces of this size, so the
 /// disk works on a group commit while the rest of it is still being copied in and its fsync
 /// waits only for the last piece. On one partition at a fixed 400-440k records/s this took
-/// runs meeting the 10 ms p99 goal from 2 of 15 to 13 of 14 (docs/benchmarks.md).
+/// runs meeting the 10 ms p99 goal from 2 of 16 to 17 of 18 (docs/benchmarks.md).
 pub const WRITEBACK_STEP_BYTES: u64 = 128 * 1024;
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);

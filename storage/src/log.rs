@@ -292,13 +292,16 @@ impl Log {
         releases
     }
 
-    fn mark_released(&mut self, release: &Release) {
-        if let Some(segment) = self
-            .segments
+    /// The segment starting at `base_offset`, if it still exists (newest are searched first).
+    fn segment_at_mut(&mut self, base_offset: u64) -> Option<&mut Segment> {
+        self.segments
             .iter_mut()
             .rev()
-            .find(|s| s.base_offset == release.base_offset)
-        {
+            .find(|s| s.base_offset == base_offset)
+    }
+
+    fn mark_released(&mut self, release: &Release) {
+        if let Some(segment) = self.segment_at_mut(release.base_offset) {
             segment.released = segment.released.max(release.to);
         }
     }
@@ -326,12 +329,7 @@ impl Log {
     pub fn finish_sync(&mut self, pending: &PendingSync, result: Result<()>) -> Result<()> {
         self.fatal_on_error(result)?;
         self.flushed_offset = self.flushed_offset.max(pending.upto);
-        if let Some(segment) = self
-            .segments
-            .iter_mut()
-            .rev()
-            .find(|s| s.base_offset == pending.segment_base)
-        {
+        if let Some(segment) = self.segment_at_mut(pending.segment_base) {
             segment.mark_synced(pending.segment_written);
         }
         for release in &pending.releases {

@@ -717,15 +717,28 @@ fn released_pages_of_real_files_read_back_intact() {
     assert_eq!(all_records(&log).len(), 150);
 }
 
-#[test]
-fn writeback_starts_behind_the_writer_in_steps_of_whole_pages() {
+/// A simulated log with segments large enough that no roll interrupts the hints.
+fn writeback_log(
+    dir: &Path,
+) -> (
+    sluice_storage::io::SimIo,
+    sluice_storage::LogEnv,
+    LogConfig,
+    Log,
+) {
     let (io, _clock, env) = sim_env();
-    let dir = Path::new("/writeback");
     let config = LogConfig {
         segment_bytes: 64 << 20,
         ..small_config()
     };
-    let mut log = open(dir, &config, &env);
+    let log = open(dir, &config, &env);
+    (io, env, config, log)
+}
+
+#[test]
+fn writeback_starts_behind_the_writer_in_steps_of_whole_pages() {
+    let dir = Path::new("/writeback");
+    let (io, env, config, mut log) = writeback_log(dir);
     let step = sluice_storage::limits::WRITEBACK_STEP_BYTES;
     let mut written = 0u64;
     let mut hints_after_big = 0;
@@ -795,13 +808,7 @@ fn writeback_hints_on_real_files_are_accepted_and_the_data_reads_back() {
 
 #[test]
 fn writeback_hints_skip_what_a_sync_already_wrote() {
-    let (io, _clock, env) = sim_env();
-    let dir = Path::new("/writeback-synced");
-    let config = LogConfig {
-        segment_bytes: 64 << 20,
-        ..small_config()
-    };
-    let mut log = open(dir, &config, &env);
+    let (io, _env, _config, mut log) = writeback_log(Path::new("/writeback-synced"));
     let step = sluice_storage::limits::WRITEBACK_STEP_BYTES;
     // Rounds smaller than a step, each synced: their fsync writes them, no hint is due.
     for i in 0..40u64 {
