@@ -1,13 +1,44 @@
 //! The broker's error type. Each variant has exactly one reason string (status.rs maps it).
 
+use std::fmt;
+
+/// Bytes of a user's value an error message quotes. Error messages travel in gRPC
+/// metadata, whose default limit is 8 KiB: a message repeating a hostile input whole would
+/// make the client's own library fail with `RESOURCE_EXHAUSTED` instead of our reason.
+pub const QUOTED_BYTES_MAX: usize = 100;
+
+/// A user's value as an error message quotes it: escaped like `{:?}`, cut to
+/// [`QUOTED_BYTES_MAX`] bytes (at a character boundary), with the full length after a cut.
+pub struct Quoted<'a>(&'a str);
+
+/// Quotes `value` for an error message; see [`Quoted`].
+pub fn quote(value: &str) -> Quoted<'_> {
+    Quoted(value)
+}
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = self.0;
+        if value.len() <= QUOTED_BYTES_MAX {
+            return write!(f, "{value:?}");
+        }
+        let mut cut = QUOTED_BYTES_MAX;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let head = value.get(..cut).unwrap_or_default();
+        write!(f, "{head:?}… ({} bytes)", value.len())
+    }
+}
+
 /// Why a client request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
     /// No such topic.
-    #[error("topic {0:?} does not exist")]
+    #[error("topic {} does not exist", quote(.0))]
     UnknownTopic(String),
     /// The topic has no such partition.
-    #[error("topic {topic:?} has no partition {partition}")]
+    #[error("topic {} has no partition {partition}", quote(.topic))]
     UnknownPartition {
         /// Topic name.
         topic: String,
@@ -15,7 +46,7 @@ pub enum BrokerError {
         partition: u32,
     },
     /// Another broker leads the group.
-    #[error("this broker does not lead {what}")]
+    #[error("this broker does not lead {}", quote(.what))]
     NotLeader {
         /// What was asked for.
         what: String,
@@ -57,13 +88,13 @@ pub enum BrokerError {
         log_end: u64,
     },
     /// In-flight budget exhausted for longer than the request could wait.
-    #[error("too many bytes in flight for {0}; retry later")]
+    #[error("too many bytes in flight for {}; retry later", quote(.0))]
     Throttled(String),
     /// A config key or value is invalid.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     /// The topic exists already.
-    #[error("topic {0:?} already exists")]
+    #[error("topic {} already exists", quote(.0))]
     TopicExists(String),
     /// The request is malformed.
     #[error("invalid request: {0}")]

@@ -61,3 +61,8 @@ pub const PARTITION_READY_WAIT: Duration = Duration::from_secs(20);
 const _: () = assert!(RAFT_ELECTION_MS.0 >= 5 * RAFT_HEARTBEAT_MS);
 const _: () = assert!(PARTITION_INFLIGHT_BYTES_DEFAULT >= INFLIGHT_BYTES_MIN);
 const _: () = assert!(BROKER_INFLIGHT_BYTES_DEFAULT >= PARTITION_INFLIGHT_BYTES_DEFAULT);
+
+/// Longest error sentence sent to a client (status message, `ErrorInfo.message`). gRPC
+/// carries a status message in metadata, limited to 8 KiB by default; keeping every status
+/// and `ErrorInfo` under 1 KiB leaves room for the other metadata.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 512;

@@ -6,7 +6,22 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::error::BrokerError;
-use crate::limits::THROTTLE_RETRY_AFTER_MS;
+use crate::limits::{ERROR_MESSAGE_BYTES_MAX, THROTTLE_RETRY_AFTER_MS};
+
+/// The error's sentence, cut to `ERROR_MESSAGE_BYTES_MAX`: user values are quoted short
+/// where the sentence is made, and this bounds whatever else one may carry.
+fn bounded_message(e: &BrokerError) -> String {
+    let mut message = e.to_string();
+    if message.len() > ERROR_MESSAGE_BYTES_MAX {
+        let mut cut = ERROR_MESSAGE_BYTES_MAX - '…'.len_utf8();
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
 
 impl BrokerError {
     /// The stable reason of this error.
@@ -40,7 +55,7 @@ impl BrokerError {
 
     /// The gRPC status for a unary call, with reason and hints in metadata.
     pub fn to_status(&self) -> Status {
-        let mut status = status_with_reason(self.reason(), self.to_string());
+        let mut status = status_with_reason(self.reason(), bounded_message(self));
         if matches!(self, Self::Throttled(_)) {
             status.metadata_mut().insert(
                 RETRY_AFTER_MS_KEY,
@@ -61,7 +76,7 @@ impl BrokerError {
         ErrorInfo {
             code: self.reason().code() as i32,
             reason: self.reason().as_str().to_string(),
-            message: self.to_string(),
+            message: bounded_message(self),
             retry_after_ms: if matches!(self, Self::Throttled(_)) {
                 THROTTLE_RETRY_AFTER_MS
             } else {

@@ -2,6 +2,7 @@
 //! compaction has cleaned up to.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use bytes::BufMut;
 
@@ -67,6 +68,105 @@ impl RecoveryCheckpoint {
             position: c.u64().map_err(bad)?,
             reset: c.u8().map_err(bad)? == 1,
         }))
+    }
+}
+
+/// The recovery checkpoint as it stands on disk, shared by the log and a sync running
+/// without the log's lock ([`crate::log::PendingSync`]), which advances it right after its
+/// fsync. Every write of the file goes through here, under one lock, so a mark computed
+/// before a truncation or a reset can never land after it: those bump `lowered`, and a
+/// mark taken at an older `lowered` is dropped.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedCheckpoint(Arc<Mutex<CheckpointFile>>);
+
+#[derive(Debug, Default)]
+struct CheckpointFile {
+    /// What the file holds.
+    written: RecoveryCheckpoint,
+    /// Times the checkpoint was lowered or reset.
+    lowered: u64,
+}
+
+impl SharedCheckpoint {
+    /// A shared checkpoint for a file that holds `written`.
+    pub(crate) fn new(written: RecoveryCheckpoint) -> Self {
+        Self(Arc::new(Mutex::new(CheckpointFile {
+            written,
+            lowered: 0,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CheckpointFile> {
+        // A panic while holding it cannot leave the value half-written (two plain fields).
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the file holds.
+    pub(crate) fn current(&self) -> RecoveryCheckpoint {
+        self.lock().written
+    }
+
+    /// How many times it was lowered or reset so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.lock().lowered
+    }
+
+    /// Writes `checkpoint` if it is higher than the file's and nothing lowered the file
+    /// since `generation`; returns whether it wrote.
+    pub(crate) fn advance(
+        &self,
+        io: &dyn Io,
+        dir: &Path,
+        checkpoint: RecoveryCheckpoint,
+        generation: u64,
+    ) -> Result<bool> {
+        let mut file = self.lock();
+        if file.lowered != generation || checkpoint <= file.written {
+            return Ok(false);
+        }
+        checkpoint.write(io, dir)?;
+        file.written = checkpoint;
+        Ok(true)
+    }
+
+    /// Lowers the file to `checkpoint` if it is above it (a truncation is about to cut
+    /// there), and drops every mark computed before, which may be above the cut.
+    pub(crate) fn lower_to(
+        &self,
+        io: &dyn Io,
+        dir: &Path,
+        checkpoint: RecoveryCheckpoint,
+    ) -> Result<()> {
+        let mut file = self.lock();
+        file.lowered += 1;
+        if file.written > checkpoint {
+            checkpoint.write(io, dir)?;
+            file.written = checkpoint;
+        }
+        Ok(())
+    }
+
+    /// Writes `checkpoint` whatever the file holds (a reset marker), and drops every mark
+    /// computed before.
+    pub(crate) fn replace(
+        &self,
+        io: &dyn Io,
+        dir: &Path,
+        checkpoint: RecoveryCheckpoint,
+    ) -> Result<()> {
+        let mut file = self.lock();
+        file.lowered += 1;
+        checkpoint.write(io, dir)?;
+        file.written = checkpoint;
+        Ok(())
+    }
+
+    /// Records that the file's content now means `checkpoint` without rewriting it (a
+    /// finished reset: its marker and the fresh log's start say the same).
+    pub(crate) fn assume(&self, checkpoint: RecoveryCheckpoint) {
+        let mut file = self.lock();
+        file.lowered += 1;
+        file.written = checkpoint;
     }
 }
 

@@ -50,6 +50,11 @@ pub struct LogConfig {
     /// Synced bytes at the log's tail kept in the page cache; older pages are dropped from
     /// memory after each sync, so new writes reuse them. `None` leaves it all to the kernel.
     pub cached_tail_bytes: Option<u64>,
+    /// A sync moves the recovery checkpoint up to what it synced at most this often. Damage
+    /// below the checkpoint is refused at open as corruption, never cut as a torn tail, so
+    /// this bounds how much acknowledged data a bad sector after a crash can take with it.
+    /// 0: every sync.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -64,6 +69,7 @@ impl Default for LogConfig {
             delete_retention_ms: limits::DELETE_RETENTION_MS_DEFAULT,
             min_cleanable_dirty_ratio: limits::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT,
             cached_tail_bytes: Some(limits::CACHED_TAIL_BYTES_DEFAULT),
+            checkpoint_interval_ms: limits::CHECKPOINT_INTERVAL_MS_DEFAULT,
         }
     }
 }

@@ -26,6 +26,28 @@ pub fn decode_batch(data: &[u8]) {
     }
 }
 
+/// Decodes `data` as a batch and runs the produce-time validation; must never panic, and a
+/// batch the validation accepts must read back as exactly `record_count` records at
+/// consecutive offsets.
+pub fn validate_batch(data: &[u8]) {
+    let bytes = Bytes::copy_from_slice(data);
+    let Ok(batch) = Batch::decode_first(&bytes) else {
+        return;
+    };
+    if batch.validate_produced().is_err() {
+        return;
+    }
+    let header = *batch.header();
+    let records = batch
+        .records_vec()
+        .unwrap_or_else(|e| panic!("a validated batch must decode: {e}"));
+    assert_eq!(records.len() as u64, u64::from(header.record_count));
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record.offset, header.base_offset + i as u64);
+        assert!(record.timestamp <= header.max_timestamp);
+    }
+}
+
 /// Opens a log whose only segment file holds `data` and reads it back; must never panic,
 /// and whatever recovery keeps must read back as valid batches.
 pub fn recover_segment(data: &[u8]) {

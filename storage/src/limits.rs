@@ -81,3 +81,8 @@ pub const DELETE_STEP_BYTES: u64 = 8 * 1024 * 1024;
 /// Pause between two shrink steps: gives other writers' fsyncs the device between trims,
 /// and still deletes ~1 GiB/s, faster than a partition is written.
 pub const DELETE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Default for `LogConfig::checkpoint_interval_ms`: a checkpoint write is two small fsyncs
+/// and a rename, so once a second costs little even on a busy partition, and after a crash
+/// only bytes synced in the last second (and anything unsynced) count as a possibly torn tail.
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 1000;

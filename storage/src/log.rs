@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{Batch, BatchHeader, RaftPosition};
-use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint};
+use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint, SharedCheckpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
@@ -56,8 +56,10 @@ pub struct Log {
     pub(crate) config: LogConfig,
     /// Oldest first; never empty; the last one is the active segment.
     pub(crate) segments: Vec<Segment>,
-    /// The last recovery checkpoint written.
-    pub(crate) checkpoint: RecoveryCheckpoint,
+    /// The recovery checkpoint on disk; syncs advance it (see [`LogConfig::checkpoint_interval_ms`]).
+    pub(crate) checkpoint: SharedCheckpoint,
+    /// When a sync last carried a checkpoint write (clock milliseconds).
+    pub(crate) checkpoint_due_from_ms: i64,
     pub(crate) cleaner: CleanerCheckpoint,
     pub(crate) flushed_offset: u64,
     /// Suffix truncations so far in this process: a compaction pass planned before one
@@ -314,6 +316,13 @@ impl Log {
         self.check_writable()?;
         let active = self.active();
         let (file, path) = active.sync_target();
+        let mark = (self.clock.now_ms() >= self.checkpoint_due_from_ms).then(|| PendingMark {
+            checkpoint: self.checkpoint.clone(),
+            at: RecoveryCheckpoint::at(active.base_offset, active.written),
+            generation: self.checkpoint.generation(),
+            io: Arc::clone(&self.io),
+            dir: self.dir.clone(),
+        });
         Ok(PendingSync {
             file,
             path,
@@ -321,6 +330,7 @@ impl Log {
             segment_base: active.base_offset,
             segment_written: active.written,
             releases: self.releases_behind(),
+            mark,
         })
     }
 
@@ -334,6 +344,10 @@ impl Log {
         }
         for release in &pending.releases {
             self.mark_released(release);
+        }
+        if pending.mark.is_some() {
+            let interval = i64::try_from(self.config.checkpoint_interval_ms).unwrap_or(i64::MAX);
+            self.checkpoint_due_from_ms = self.clock.now_ms().saturating_add(interval);
         }
         Ok(())
     }
@@ -350,14 +364,15 @@ impl Log {
     /// Writes a higher recovery checkpoint. On a full disk the old one stays: it is still
     /// true, only lower, so the next open scans a little more.
     fn advance_checkpoint(&mut self, checkpoint: RecoveryCheckpoint) -> Result<()> {
-        debug_assert!(checkpoint >= self.checkpoint);
-        let result = checkpoint.write(self.io.as_ref(), &self.dir);
+        debug_assert!(checkpoint >= self.checkpoint.current());
+        let generation = self.checkpoint.generation();
+        let result = self
+            .checkpoint
+            .advance(self.io.as_ref(), &self.dir, checkpoint, generation);
         match self.fatal_on_error(result) {
-            Ok(()) => self.checkpoint = checkpoint,
-            Err(StorageError::NoSpace { .. }) => {}
-            Err(e) => return Err(e),
+            Ok(_) | Err(StorageError::NoSpace { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Seals the active segment and starts a new one at the next offset; a no-op while the
@@ -419,7 +434,7 @@ impl Log {
             position: 0,
             reset: true,
         };
-        let result = marker.write(self.io.as_ref(), &self.dir);
+        let result = self.checkpoint.replace(self.io.as_ref(), &self.dir, marker);
         self.fatal_on_error(result)?;
         let doomed: Vec<(u64, Option<Arc<dyn IoFile>>)> = self
             .segments
@@ -430,7 +445,8 @@ impl Log {
         let result = reset_segments(self.io.as_ref(), &self.dir, doomed, next_offset, params);
         let fresh = self.fatal_on_error(result)?;
         self.segments = vec![fresh];
-        self.checkpoint = RecoveryCheckpoint::at(next_offset, 0);
+        self.checkpoint
+            .assume(RecoveryCheckpoint::at(next_offset, 0));
         self.flushed_offset = next_offset;
         self.cleaner.cleaned_up_to = next_offset;
         Ok(())
@@ -499,12 +515,9 @@ impl Log {
             return Ok(());
         };
         let cut = RecoveryCheckpoint::at(segment.base_offset, position);
-        if self.checkpoint > cut {
-            // Lower the checkpoint first: recovery must never find data missing below it.
-            let result = cut.write(self.io.as_ref(), &self.dir);
-            self.fatal_on_error(result)?;
-            self.checkpoint = cut;
-        }
+        // Lower the checkpoint first: recovery must never find data missing below it.
+        let result = self.checkpoint.lower_to(self.io.as_ref(), &self.dir, cut);
+        self.fatal_on_error(result)?;
         let params = self.params();
         let result = self.truncate_segments(index, position, params);
         self.fatal_on_error(result)?;
@@ -587,22 +600,43 @@ pub struct PendingSync {
     segment_written: u64,
     /// Pages already synced before this sync that fall out of the cached tail.
     releases: Vec<Release>,
+    /// The recovery checkpoint this sync moves up to what it syncs, when one is due.
+    mark: Option<PendingMark>,
+}
+
+/// A recovery checkpoint to write once a sync's fsync succeeded: what it synced.
+#[derive(Debug)]
+struct PendingMark {
+    checkpoint: SharedCheckpoint,
+    at: RecoveryCheckpoint,
+    generation: u64,
+    io: Arc<dyn Io>,
+    dir: PathBuf,
 }
 
 impl PendingSync {
-    /// Runs the `fdatasync`, then drops from memory the pages that left the cached tail;
-    /// pass the result to [`Log::finish_sync`].
+    /// Runs the `fdatasync`, then moves the recovery checkpoint up to what it synced (when
+    /// one is due), then drops from memory the pages that left the cached tail; pass the
+    /// result to [`Log::finish_sync`].
     pub fn run(&self) -> Result<()> {
-        let result = self
-            .file
+        self.file
             .sync_data()
-            .map_err(|e| StorageError::io("fsync", &self.path, e));
-        if result.is_ok() {
-            for release in &self.releases {
-                release.run();
+            .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+        if let Some(mark) = &self.mark {
+            // Only after the fsync: the checkpoint never claims bytes the disk may not hold.
+            let result =
+                mark.checkpoint
+                    .advance(mark.io.as_ref(), &mark.dir, mark.at, mark.generation);
+            match result {
+                // Without room the old checkpoint stays: still true, only lower.
+                Ok(_) | Err(StorageError::NoSpace { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
-        result
+        for release in &self.releases {
+            release.run();
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint};
+use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint, SharedCheckpoint};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::io::DELETED_SUFFIX;
@@ -113,7 +113,8 @@ fn finish_open(
         dir: dir.to_path_buf(),
         config,
         segments,
-        checkpoint,
+        checkpoint: SharedCheckpoint::new(checkpoint),
+        checkpoint_due_from_ms: 0,
         cleaner,
         flushed_offset: 0,
         truncations: 0,
@@ -267,14 +268,14 @@ impl SegmentsScan<'_> {
             return Err(StorageError::corruption(
                 &segment.path,
                 end.valid_end,
-                reason,
+                format!("{reason} (the batch at offset {})", c.next_offset),
             ));
         }
         if end.valid_end < durable_end && durable_end != u64::MAX {
             return Err(StorageError::corruption(
                 &segment.path,
                 end.valid_end,
-                "durable batches are missing",
+                format!("durable batches are missing from offset {}", c.next_offset),
             ));
         }
         if damaged {

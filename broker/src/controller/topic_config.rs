@@ -18,14 +18,16 @@ pub struct TopicConfig {
     pub max_message_bytes: u64,
 }
 
+use crate::error::quote;
+
 /// A config key or value that is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicConfigError {
     /// The key is not a topic config.
-    #[error("unknown topic config {0:?}")]
+    #[error("unknown topic config {}", quote(.0))]
     UnknownKey(String),
     /// The value does not parse or is out of range.
-    #[error("invalid value {value:?} for {key}: {why}")]
+    #[error("invalid value {} for {}: {}", quote(.value), quote(.key), quote(.why))]
     InvalidValue {
         /// The key.
         key: String,

@@ -58,12 +58,11 @@ pub struct ProducerTable {
     producers: BTreeMap<u64, ProducerEntry>,
 }
 
+/// The sequences a batch took: one per offset, so from `last_offset_delta`, which
+/// compaction keeps, not `record_count`, which it lowers (Kafka does the same).
 fn sequence_span(header: &BatchHeader) -> (u32, u32) {
     let first = header.base_sequence;
-    (
-        first,
-        first.wrapping_add(header.record_count.saturating_sub(1)),
-    )
+    (first, first.wrapping_add(header.last_offset_delta))
 }
 
 impl ProducerTable {
@@ -190,6 +189,24 @@ mod tests {
             table.check(&header(NO_PRODUCER_ID, 0, 9, 1)),
             SequenceCheck::New
         );
+    }
+
+    #[test]
+    fn a_compacted_batch_keeps_its_sequence_span() {
+        // Compaction lowers record_count but keeps last_offset_delta: a table rebuilt from
+        // the compacted log must expect the same next sequence as the one that saw it whole.
+        let whole = header(9, 0, 0, 3);
+        let compacted = BatchHeader {
+            record_count: 1,
+            ..whole
+        };
+        let mut table = ProducerTable::default();
+        table.record(&compacted, 40);
+        assert_eq!(
+            table.check(&whole),
+            SequenceCheck::Duplicate { base_offset: 40 }
+        );
+        assert_eq!(table.check(&header(9, 0, 3, 1)), SequenceCheck::New);
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn classify(
             h.producer_id,
             h.producer_epoch,
             h.base_sequence,
-            h.record_count,
+            h.last_offset_delta,
         );
         let idempotent = h.producer_id != sluice_storage::batch::NO_PRODUCER_ID;
         let twin = if idempotent {

@@ -14,7 +14,7 @@ use sluice_protocol::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::controller::{ControllerCommand, ControllerResponse, TopicConfig, TopicMeta};
-use crate::error::BrokerError;
+use crate::error::{BrokerError, quote};
 use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_LEN_MAX};
 use crate::node::Node;
 
@@ -100,12 +100,14 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if name.is_empty() || name.len() > TOPIC_NAME_LEN_MAX || name == "." || name == ".." || !legal {
         return Err(BrokerError::InvalidRequest(format!(
-            "topic name {name:?} must be 1 to {TOPIC_NAME_LEN_MAX} of [a-zA-Z0-9._-] and not . or .."
+            "topic name {} must be 1 to {TOPIC_NAME_LEN_MAX} of [a-zA-Z0-9._-] and not . or ..",
+            quote(name)
         )));
     }
     if name.starts_with("__") {
         return Err(BrokerError::InvalidRequest(format!(
-            "topic names starting with __ are reserved: {name:?}"
+            "topic names starting with __ are reserved: {}",
+            quote(name)
         )));
     }
     Ok(())
@@ -226,7 +228,7 @@ impl Admin for AdminService {
         if (r.count as usize) <= topic.partitions.len() {
             return Err(BrokerError::InvalidConfig(format!(
                 "topic {} already has {} partitions; the new count must be larger",
-                r.name,
+                quote(&r.name),
                 topic.partitions.len()
             ))
             .into());

@@ -70,6 +70,10 @@ async fn admit(
             max,
         });
     }
+    // After the size check, so an oversized batch is never decompressed.
+    batch
+        .validate_produced()
+        .map_err(|e| BrokerError::CorruptBatch(e.to_string()))?;
     let len = batch.len();
     let budgets = [&node.broker_budget, partition.budget()];
     let permits = produce_budget::admit(&budgets, len, wait)

@@ -7,6 +7,7 @@ mod builder;
 mod compression;
 mod header;
 mod record;
+mod validate;
 mod varint;
 mod view;
 

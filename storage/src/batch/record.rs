@@ -1,6 +1,8 @@
 //! One record in Kafka's v2 encoding: length, attributes, timestamp and offset deltas,
 //! key, value, headers. Decoded records borrow the batch's bytes.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use super::varint::{get_varint, get_varlong, put_varint, put_varlong};
@@ -109,13 +111,36 @@ pub(crate) struct RecordContext<'a> {
     pub(crate) last_offset_delta: u32,
 }
 
-/// Decodes the record at the cursor; `index` is its position in the batch, for errors.
-pub(crate) fn decode_record(
-    ctx: &RecordContext<'_>,
-    c: &mut Cursor<'_>,
+/// A record's fields as positions in the records section: found without allocating or
+/// touching reference counts, so the produce path can check every record cheaply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordLayout {
+    /// Position just after the record.
+    pub(crate) end: usize,
+    /// Timestamp relative to the batch's first timestamp.
+    pub(crate) timestamp_delta: i64,
+    /// Offset relative to the batch's base offset.
+    pub(crate) offset_delta: u32,
+    /// Key bytes, `None` for null.
+    pub(crate) key: Option<Range<usize>>,
+    /// Value bytes, `None` for null.
+    pub(crate) value: Option<Range<usize>>,
+}
+
+fn malformed(reason: &'static str) -> DecodeError {
+    DecodeError::MalformedRecord { index: 0, reason }
+}
+
+/// Parses the record at `at` in `section`, handing each header's (key, value) positions to
+/// `on_header`. Checks the framing: lengths, null markers, header count, no bytes left over
+/// inside the record. `index` is the record's position in the batch, for errors.
+pub(crate) fn walk_record(
+    section: &[u8],
+    at: usize,
     index: u32,
-) -> Result<Record, DecodeError> {
-    decode_record_inner(ctx, c).map_err(|e| match e {
+    mut on_header: impl FnMut(Range<usize>, Option<Range<usize>>),
+) -> Result<RecordLayout, DecodeError> {
+    walk_record_inner(section, at, &mut on_header).map_err(|e| match e {
         DecodeError::MalformedRecord { reason, .. } => {
             DecodeError::MalformedRecord { index, reason }
         }
@@ -127,25 +152,21 @@ pub(crate) fn decode_record(
     })
 }
 
-fn malformed(reason: &'static str) -> DecodeError {
-    DecodeError::MalformedRecord { index: 0, reason }
-}
-
-fn decode_record_inner(ctx: &RecordContext<'_>, c: &mut Cursor<'_>) -> Result<Record, DecodeError> {
-    let len = usize::try_from(get_varint(c)?).map_err(|_| malformed("negative length"))?;
-    let body_start = c.position();
+fn walk_record_inner(
+    section: &[u8],
+    at: usize,
+    on_header: &mut impl FnMut(Range<usize>, Option<Range<usize>>),
+) -> Result<RecordLayout, DecodeError> {
+    let mut c = Cursor::new(section.get(at..).unwrap_or_default());
+    let len = usize::try_from(get_varint(&mut c)?).map_err(|_| malformed("negative length"))?;
+    let body_start = at + c.position();
     let body = c.take(len)?;
     let mut b = Cursor::new(body);
     let _attributes = b.u8()?;
     let timestamp_delta = get_varlong(&mut b)?;
     let offset_delta =
         u32::try_from(get_varint(&mut b)?).map_err(|_| malformed("negative offset delta"))?;
-    if offset_delta > ctx.last_offset_delta {
-        return Err(malformed(
-            "offset delta beyond the batch's last offset delta",
-        ));
-    }
-    let slice = |b: &mut Cursor<'_>| -> Result<Option<Bytes>, DecodeError> {
+    let slice = |b: &mut Cursor<'_>| -> Result<Option<Range<usize>>, DecodeError> {
         let len = get_varint(b)?;
         if len == -1 {
             return Ok(None);
@@ -153,7 +174,7 @@ fn decode_record_inner(ctx: &RecordContext<'_>, c: &mut Cursor<'_>) -> Result<Re
         let len = usize::try_from(len).map_err(|_| malformed("negative length"))?;
         let start = body_start + b.position();
         b.take(len)?;
-        Ok(Some(ctx.records.slice(start..start + len)))
+        Ok(Some(start..start + len))
     };
     let key = slice(&mut b)?;
     let value = slice(&mut b)?;
@@ -162,22 +183,52 @@ fn decode_record_inner(ctx: &RecordContext<'_>, c: &mut Cursor<'_>) -> Result<Re
     if header_count > b.remaining() / 2 {
         return Err(malformed("header count exceeds record length"));
     }
-    let mut headers = Vec::with_capacity(header_count);
     for _ in 0..header_count {
         let key = slice(&mut b)?.ok_or(malformed("null header key"))?;
-        headers.push(RecordHeader {
-            key,
-            value: slice(&mut b)?,
-        });
+        let value = slice(&mut b)?;
+        on_header(key, value);
     }
     if b.remaining() != 0 {
         return Err(malformed("trailing bytes in record"));
     }
-    Ok(Record {
-        offset: ctx.base_offset + u64::from(offset_delta),
-        timestamp: ctx.first_timestamp.wrapping_add(timestamp_delta),
+    Ok(RecordLayout {
+        end: body_start + len,
+        timestamp_delta,
+        offset_delta,
         key,
         value,
-        headers,
     })
+}
+
+/// Decodes the record at `at` in the records section; `index` is its position in the batch.
+pub(crate) fn decode_record(
+    ctx: &RecordContext<'_>,
+    at: usize,
+    index: u32,
+) -> Result<(Record, usize), DecodeError> {
+    let mut headers = Vec::new();
+    let layout = walk_record(ctx.records, at, index, |key, value| {
+        headers.push((key, value));
+    })?;
+    if layout.offset_delta > ctx.last_offset_delta {
+        return Err(DecodeError::MalformedRecord {
+            index,
+            reason: "offset delta beyond the batch's last offset delta",
+        });
+    }
+    let slice = |r: Range<usize>| ctx.records.slice(r);
+    let record = Record {
+        offset: ctx.base_offset + u64::from(layout.offset_delta),
+        timestamp: ctx.first_timestamp.wrapping_add(layout.timestamp_delta),
+        key: layout.key.map(slice),
+        value: layout.value.map(slice),
+        headers: headers
+            .into_iter()
+            .map(|(key, value)| RecordHeader {
+                key: slice(key),
+                value: value.map(slice),
+            })
+            .collect(),
+    };
+    Ok((record, layout.end))
 }

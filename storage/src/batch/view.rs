@@ -5,7 +5,6 @@ use bytes::Bytes;
 use super::compression::decompress;
 use super::header::BatchHeader;
 use super::record::{Record, RecordContext, decode_record};
-use crate::cursor::Cursor;
 use crate::error::DecodeError;
 use crate::limits::{BATCH_HEADER_LEN, DECOMPRESSED_BYTES_MAX};
 
@@ -114,15 +113,13 @@ pub struct RecordIter {
 
 impl RecordIter {
     fn next_record(&mut self) -> Result<Record, DecodeError> {
-        let rest = self.records.get(self.position..).unwrap_or_default();
-        let mut c = Cursor::new(rest);
         let ctx = RecordContext {
-            records: &self.records.slice(self.position..),
+            records: &self.records,
             base_offset: self.header.base_offset,
             first_timestamp: self.header.first_timestamp,
             last_offset_delta: self.header.last_offset_delta,
         };
-        let record = decode_record(&ctx, &mut c, self.next_index)?;
+        let (record, end) = decode_record(&ctx, self.position, self.next_index)?;
         let delta = record.offset - self.header.base_offset;
         if self.last_delta.is_some_and(|last| delta <= last) {
             return Err(DecodeError::MalformedRecord {
@@ -131,7 +128,7 @@ impl RecordIter {
             });
         }
         self.last_delta = Some(delta);
-        self.position += c.position();
+        self.position = end;
         self.next_index += 1;
         Ok(record)
     }

@@ -56,7 +56,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn fuzz_corpus_replays_without_panics() {
     if std::env::var_os("SLUICE_WRITE_CORPUS").is_some() {
-        for target in ["decode_batch", "recover_segment"] {
+        for target in ["decode_batch", "recover_segment", "validate_batch"] {
             fs::create_dir_all(corpus_dir(target)).expect("mkdir");
             for (name, bytes) in seeds() {
                 fs::write(corpus_dir(target).join(name), bytes).expect("write seed");
@@ -65,10 +65,14 @@ fn fuzz_corpus_replays_without_panics() {
     }
     let decode = inputs("decode_batch");
     let recover = inputs("recover_segment");
+    let validate = inputs("validate_batch");
     assert!(
-        decode.len() >= 6 && recover.len() >= 6,
+        decode.len() >= 6 && recover.len() >= 6 && validate.len() >= 6,
         "corpus is checked in"
     );
+    validate
+        .iter()
+        .for_each(|input| sluice_storage::fuzzing::validate_batch(input));
     decode
         .iter()
         .for_each(|input| sluice_storage::fuzzing::decode_batch(input));

@@ -3,6 +3,7 @@
 mod codec;
 mod compaction;
 mod corpus;
+mod durable_mark;
 mod log_basics;
 mod model;
 mod recovery;
