@@ -20,10 +20,42 @@ pub async fn run(node: Weak<Node>) {
         };
         tokio::time::sleep(interval).await;
         let Some(node) = node.upgrade() else { return };
+        let now_ms = sluice_storage::Clock::now_ms(&sluice_storage::SystemClock);
         for partition in node.partitions() {
+            snapshot_pass(&partition).await;
             retention_pass(&partition).await;
             compaction_pass(&partition).await;
+            let expired = partition.expire_producers(now_ms);
+            if expired > 0 {
+                tracing::info!(topic = %partition.topic, partition = partition.index, expired, "idle producers expired");
+            }
         }
+    }
+}
+
+/// Snapshots a partition once `PARTITION_SNAPSHOT_BYTES` of log follow its last snapshot,
+/// so a restart re-reads no more than that (openraft's own policy counts entries only).
+async fn snapshot_pass(partition: &Partition) {
+    let (snapshot, applied) = {
+        let metrics = partition.group.raft.metrics();
+        let m = metrics.borrow();
+        (m.snapshot.map(|s| s.index), m.last_applied.map(|l| l.index))
+    };
+    if applied <= snapshot {
+        return;
+    }
+    let behind = partition
+        .group
+        .log
+        .read()
+        .ok()
+        .and_then(|log| log.bytes_after_raft_index(snapshot).ok())
+        .unwrap_or(0);
+    if behind < crate::limits::PARTITION_SNAPSHOT_BYTES {
+        return;
+    }
+    if let Err(e) = partition.group.raft.trigger().snapshot().await {
+        tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "snapshot failed");
     }
 }
 
@@ -87,7 +119,16 @@ async fn compaction_pass(partition: &Partition) {
         let Some(plan) = plan else {
             return Ok(None);
         };
-        let prepared = plan.prepare().map_err(|e| e.to_string())?;
+        let prepared = plan.prepare().map_err(|e| {
+            // A damaged sealed segment: the partition goes offline rather than failing
+            // this pass, and every later one, for ever.
+            if matches!(e, sluice_storage::StorageError::Corruption { .. })
+                && let Ok(log) = log.read()
+            {
+                log.mark_corrupt(&e);
+            }
+            e.to_string()
+        })?;
         log.write()
             .map_err(|_| "log lock poisoned".to_string())?
             .install_compaction(prepared)

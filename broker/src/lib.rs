@@ -12,6 +12,7 @@ pub mod log_room;
 pub mod metrics;
 pub mod node;
 pub mod partition;
+pub mod partition_dir;
 // openraft's `StorageError` is large by its own design; boxing it at every await would only
 // add allocations on the hot path.
 #[allow(clippy::result_large_err)]

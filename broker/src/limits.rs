@@ -66,3 +66,23 @@ const _: () = assert!(BROKER_INFLIGHT_BYTES_DEFAULT >= PARTITION_INFLIGHT_BYTES_
 /// carries a status message in metadata, limited to 8 KiB by default; keeping every status
 /// and `ErrorInfo` under 1 KiB leaves room for the other metadata.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 512;
+
+/// A partition group snapshots its (small) state every this many applied entries, so a
+/// restart re-reads and re-applies at most this many entries of its log. A group commit is
+/// one entry: at peak a few hundred a second, so about one snapshot a minute.
+pub const PARTITION_SNAPSHOT_ENTRIES: u64 = 16_384;
+
+/// Housekeeping also snapshots a partition once this many log bytes follow its last
+/// snapshot: entries of large batches would otherwise leave gigabytes to re-read at start.
+pub const PARTITION_SNAPSHOT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The controller snapshots its metadata every this many entries (one per topic change or
+/// producer id), and purges its log behind the snapshot.
+pub const CONTROLLER_SNAPSHOT_ENTRIES: u64 = 4096;
+
+/// Controller entries kept behind its snapshot, for a follower a little behind.
+pub const CONTROLLER_LOG_KEEP: u64 = 1024;
+
+/// The controller's segment size: small, so purging behind a snapshot frees whole segments
+/// (an entry is about 150 bytes; 4 MiB holds ~25,000).
+pub const CONTROLLER_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;

@@ -102,6 +102,10 @@ pub fn describe() {
         "sluice_compaction_runs_total",
         "Compaction passes that rewrote segments, by topic."
     );
+    describe_counter!(
+        "sluice_partitions_offline_total",
+        "Partitions taken offline because their storage failed (corruption, I/O error)."
+    );
 }
 
 /// Records an answered produce request.
@@ -133,6 +137,16 @@ pub fn fetched(kind: &'static str, topic: &str, bytes: usize) {
 /// Records a compaction pass that rewrote segments.
 pub fn compacted(topic: &str) {
     counter!("sluice_compaction_runs_total", "topic" => topic.to_string()).increment(1);
+}
+
+/// Records a partition taken offline because its storage failed.
+pub fn partition_offline(topic: &str, partition: u32) {
+    counter!(
+        "sluice_partitions_offline_total",
+        "topic" => topic.to_string(),
+        "partition" => partition.to_string()
+    )
+    .increment(1);
 }
 
 /// Records a log opened with a recovery scan.

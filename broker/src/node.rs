@@ -13,10 +13,11 @@ use crate::controller::{
     CONTROLLER_GROUP, ControllerCommand, ControllerResponse, ControllerState, Metadata,
     TopicConfig, TopicMeta,
 };
-use crate::error::BrokerError;
+use crate::error::{BrokerError, quote};
 use crate::flow::produce_budget::ByteBudget;
 use crate::partition::state::PartitionState;
 use crate::partition::{Partition, PartitionParts};
+use crate::partition_dir::{self, PartitionIdentity, Prepared};
 use crate::raft::entry_codec::GroupKind;
 use crate::raft::group::{Group, GroupError, GroupRegistry, GroupSpec, start_group};
 use crate::raft::network::PeerChannels;
@@ -42,6 +43,9 @@ pub struct Node {
     controller: Group,
     metadata: watch::Receiver<Arc<Metadata>>,
     partitions: RwLock<BTreeMap<PartitionKey, Arc<Partition>>>,
+    /// Partitions placed here whose storage failed, with why: answered STORAGE_FAILED
+    /// (not retriable) instead of "not open yet" until an operator repairs them.
+    offline: RwLock<BTreeMap<PartitionKey, String>>,
     reconciling: tokio::sync::Mutex<()>,
     /// Produce bytes in flight across the broker.
     pub broker_budget: ByteBudget,
@@ -91,7 +95,7 @@ impl Node {
             kind: GroupKind::Controller,
             dir: &controller_dir,
             log_config: sluice_storage::LogConfig {
-                segment_bytes: 64 * 1024 * 1024,
+                segment_bytes: limits::CONTROLLER_SEGMENT_BYTES,
                 retention_ms: None,
                 ..Default::default()
             },
@@ -126,24 +130,61 @@ impl Node {
             controller,
             metadata,
             partitions: RwLock::new(BTreeMap::new()),
+            offline: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             broker_budget,
         });
         // Wait for the controller to re-apply its log, so restarts see every topic.
         // Read in its own statement: a watch borrow held across an await blocks the sender.
         let last_log_index = node.controller.raft.metrics().borrow().last_log_index;
-        let _ = node
+        let caught_up = node
             .controller
             .raft
             .wait(Some(wait))
             .applied_index_at_least(last_log_index, "controller caught up")
-            .await;
+            .await
+            .is_ok();
         node.reconcile().await;
+        if caught_up {
+            node.sweep_leftovers().await;
+        }
         node.wait_partitions_serving().await;
         tokio::spawn(Arc::clone(&node).reconcile_forever());
         tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
         tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
         Ok(node)
+    }
+
+    /// Removes directories of topics and partitions the metadata does not place here:
+    /// leftovers of a delete the previous process did not finish. Only with complete
+    /// metadata (the controller has applied its whole log).
+    async fn sweep_leftovers(&self) {
+        let metadata = self.metadata();
+        let wanted = metadata
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.replicas.contains(&self.node_id()))
+                    .map(|(i, _)| (t.name.clone(), i as u32))
+            })
+            .collect();
+        let data_dir = self.config.data_dir.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            partition_dir::sweep(&data_dir, &wanted, &[CLUSTER_DIR])
+        })
+        .await;
+        match swept {
+            Ok(Ok(removed)) => {
+                for dir in removed {
+                    tracing::warn!(dir = %dir.display(), "removed the directory of a deleted topic or partition");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping leftover directories failed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping leftover directories failed"),
+        }
     }
 
     /// The current metadata.
@@ -184,6 +225,12 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
+            if let Some(why) = p.storage_failure() {
+                return Err(BrokerError::StorageFailed(format!(
+                    "{}/{index} is offline: {why}",
+                    quote(topic)
+                )));
+            }
             return Ok(Arc::clone(p));
         }
         let metadata = self.metadata();
@@ -197,9 +244,52 @@ impl Node {
                 partition: index,
             });
         }
+        if let Some(why) = self.offline_reason(&key) {
+            return Err(BrokerError::StorageFailed(format!(
+                "{}/{index} is offline: {why}",
+                quote(topic)
+            )));
+        }
         Err(BrokerError::Unavailable(format!(
-            "{topic}/{index} is not open on this broker yet"
+            "{}/{index} is not open on this broker yet",
+            quote(topic)
         )))
+    }
+
+    /// Why a partition placed here is offline, if it is.
+    fn offline_reason(&self, key: &PartitionKey) -> Option<String> {
+        self.offline
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Why partition `index` of `topic` is offline on this broker, if it is.
+    pub fn partition_offline(&self, topic: &str, index: u32) -> Option<String> {
+        let key = (topic.to_string(), index);
+        let open = self
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        match open {
+            Some(p) => p.storage_failure().map(str::to_string),
+            None => self.offline_reason(&key),
+        }
+    }
+
+    fn set_offline(&self, key: &PartitionKey, why: Option<String>) {
+        let mut offline = self.offline.write().unwrap_or_else(|p| p.into_inner());
+        match why {
+            Some(why) => {
+                offline.insert(key.clone(), why);
+            }
+            None => {
+                offline.remove(key);
+            }
+        }
     }
 
     /// Every partition this node hosts.
@@ -281,11 +371,16 @@ impl Node {
                         tracing::warn!(topic = %key.0, partition = key.1, error = %e, "config change not applied");
                     }
                 }
-                None => {
-                    if let Err(e) = self.open_partition(key, *group_id, topic).await {
+                None => match self.open_partition(key, *group_id, topic).await {
+                    Ok(()) => self.set_offline(key, None),
+                    Err(e) => {
                         tracing::error!(topic = %key.0, partition = key.1, error = %e, "cannot open partition");
+                        if let BrokerError::StorageFailed(why) = e {
+                            crate::metrics::partition_offline(&key.0, key.1);
+                            self.set_offline(key, Some(why));
+                        }
                     }
-                }
+                },
             }
         }
     }
@@ -299,6 +394,10 @@ impl Node {
             .filter(|(k, p)| wanted.get(*k).is_none_or(|(g, _)| *g != p.group.id))
             .map(|(k, p)| (k.clone(), Arc::clone(p)))
             .collect();
+        self.offline
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| wanted.contains_key(k));
         let mut topics = BTreeSet::new();
         for (key, partition) in unwanted {
             partition.shutdown().await;
@@ -332,7 +431,23 @@ impl Node {
         topic: &TopicMeta,
     ) -> Result<(), BrokerError> {
         let config = self.topic_config(topic)?;
-        let dir = self.config.data_dir.join(&key.0).join(key.1.to_string());
+        let dir = partition_dir::partition_dir(&self.config.data_dir, &key.0, key.1);
+        let identity = PartitionIdentity {
+            topic: key.0.clone(),
+            partition: key.1,
+            group_id,
+        };
+        let prepare_dir = dir.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || partition_dir::prepare(&prepare_dir, &identity))
+                .await
+                .map_err(|e| BrokerError::Internal(e.to_string()))?
+                .map_err(|e| {
+                    BrokerError::StorageFailed(format!("preparing {}: {e}", dir.display()))
+                })?;
+        if let Prepared::ReplacedStale(stale) = &prepared {
+            tracing::warn!(topic = %key.0, partition = key.1, ?stale, "removed a deleted incarnation's leftover directory");
+        }
         let members: BTreeMap<NodeId, String> = topic
             .partitions
             .get(key.1 as usize)

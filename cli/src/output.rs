@@ -68,6 +68,8 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
             "log_start_offset": p.log_start_offset,
             "high_watermark": p.high_watermark,
             "size_bytes": p.size_bytes,
+            "status": p.status,
+            "error": p.error,
         })).collect::<Vec<_>>(),
     })
 }

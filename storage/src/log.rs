@@ -1,7 +1,7 @@
 //! `Log`: one partition's ordered sequence of segments, with a single writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::batch::{Batch, BatchHeader, RaftPosition};
 use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint, SharedCheckpoint};
@@ -66,6 +66,9 @@ pub struct Log {
     /// must not be installed after it.
     pub(crate) truncations: u64,
     pub(crate) failed: bool,
+    /// Set once a read finds damage in stored data (a records CRC mismatch in a sealed
+    /// segment): shared with the owner, which takes the partition offline.
+    pub(crate) corruption: Arc<OnceLock<String>>,
 }
 
 impl Log {
@@ -102,6 +105,17 @@ impl Log {
         self.segments
             .last_mut()
             .expect("a log always has an active segment")
+    }
+
+    /// The flag a read sets when it finds stored data damaged, with what it found: the
+    /// owner checks it without taking the log's lock.
+    pub fn corruption_flag(&self) -> Arc<OnceLock<String>> {
+        Arc::clone(&self.corruption)
+    }
+
+    /// Records damage found in stored data (by a read of this log, or by the cleaner).
+    pub fn mark_corrupt(&self, error: &StorageError) {
+        let _ = self.corruption.set(error.to_string());
     }
 
     /// The log directory.
@@ -150,6 +164,30 @@ impl Log {
     /// Bytes of batches stored, over all segments.
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.written).sum()
+    }
+
+    /// Bytes of log after the batches of Raft index `index` (the whole log for `None`):
+    /// what a restart would re-read if its state were applied up to `index`.
+    pub fn bytes_after_raft_index(&self, index: Option<u64>) -> Result<u64> {
+        let Some(index) = index else {
+            return Ok(self.size_bytes());
+        };
+        let mut bytes = 0;
+        for segment in self.segments.iter().rev() {
+            if segment.last_raft.is_none_or(|last| last.index <= index) {
+                if segment.last_raft.is_some() {
+                    break;
+                }
+                continue;
+            }
+            if segment.first_raft_index.is_some_and(|first| first > index) {
+                bytes += segment.written;
+                continue;
+            }
+            bytes += segment.written - segment.position_for_raft_index(index + 1)?;
+            break;
+        }
+        Ok(bytes)
     }
 
     /// Number of segment files.

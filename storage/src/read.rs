@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use crate::batch::{Batch, BatchHeader};
 use crate::error::{Result, StorageError};
+use crate::limits::BATCH_HEADER_LEN;
 use crate::log::Log;
 use crate::segment::Segment;
 
@@ -50,7 +51,23 @@ impl Log {
 
     /// Whole batches from the first with Raft index `from_index`, up to `max_bytes`, never
     /// splitting one Raft entry, stopping before index `upper_index` (exclusive).
+    ///
+    /// Every batch's records CRC is checked; a mismatch is `Corruption` and marks the log
+    /// corrupt ([`Log::corruption_flag`]).
     pub fn read_raft(
+        &self,
+        from_index: u64,
+        max_bytes: usize,
+        upper_index: u64,
+    ) -> Result<Vec<Bytes>> {
+        let result = self.read_raft_unmarked(from_index, max_bytes, upper_index);
+        if let Err(e @ StorageError::Corruption { .. }) = &result {
+            self.mark_corrupt(e);
+        }
+        result
+    }
+
+    fn read_raft_unmarked(
         &self,
         from_index: u64,
         max_bytes: usize,
@@ -179,7 +196,25 @@ impl BatchCollector {
             if !admit(&header) || (over_budget && !same_entry) {
                 return Ok(false);
             }
-            self.batches.push(segment.read(position, len)?);
+            let bytes = segment.read(position, len)?;
+            if self.whole_entries {
+                // Raft reads feed replication and the state machine: a sealed segment is
+                // trusted at open through its index files, so its batches are checked here
+                // before a flipped bit travels to a follower or stops the group.
+                let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
+                let computed = crc32fast::hash(records);
+                if computed != header.records_crc {
+                    return Err(StorageError::corruption(
+                        &segment.path,
+                        position,
+                        format!(
+                            "records CRC mismatch (stored {:#010x}, computed {computed:#010x}) in the batch at offset {}",
+                            header.records_crc, header.base_offset
+                        ),
+                    ));
+                }
+            }
+            self.batches.push(bytes);
             self.bytes += len;
             self.last_raft_index = Some(header.raft.index);
             self.next_offset = Some(header.next_offset());

@@ -119,6 +119,7 @@ fn finish_open(
         flushed_offset: 0,
         truncations: 0,
         failed: false,
+        corruption: Arc::default(),
     };
     cleaner.cleaned_up_to = cleaner.cleaned_up_to.min(log.next_offset());
     log.cleaner = cleaner;

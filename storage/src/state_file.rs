@@ -26,6 +26,8 @@ pub enum StateKind {
     RaftState = 3,
     /// A Raft group's state machine snapshot.
     Snapshot = 4,
+    /// Which partition, and which incarnation of it, a broker's partition directory holds.
+    PartitionIdentity = 5,
 }
 
 /// Durably replaces `dir/name` with a framed `body`.

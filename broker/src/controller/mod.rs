@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use topic_config::{TopicConfig, TopicConfigError};
+pub use topic_config::{PRODUCER_ID_EXPIRATION_MS_DEFAULT, TopicConfig, TopicConfigError};
 
 use crate::raft::state_machine::GroupState;
 use crate::raft::{Command, CommandResponse, GroupId, LogId, NodeId};
@@ -225,8 +225,6 @@ impl ControllerState {
 }
 
 impl GroupState for ControllerState {
-    type Snapshot = Metadata;
-
     fn apply(&mut self, _log_id: LogId, command: &Command) -> CommandResponse {
         match command {
             Command::Controller(c) => CommandResponse::Controller(self.metadata.apply(c)),
@@ -241,12 +239,15 @@ impl GroupState for ControllerState {
         }
     }
 
-    fn snapshot(&self) -> Metadata {
-        self.metadata.clone()
+    /// The metadata as JSON: small (topics and assignments), and its schema evolves by
+    /// serde defaults.
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        // Serialising plain maps, strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, &self.metadata);
     }
 
-    fn restore(&mut self, snapshot: Metadata) -> Result<(), String> {
-        self.metadata = snapshot;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.metadata = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
         Ok(())
     }
 }

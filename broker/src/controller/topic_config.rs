@@ -9,6 +9,10 @@ pub const MAX_MESSAGE_BYTES_DEFAULT: u64 = 1024 * 1024;
 /// Hard ceiling for `max.message.bytes`: the storage format's records limit.
 pub const MAX_MESSAGE_BYTES_LIMIT: u64 = sluice_storage::limits::RECORDS_BYTES_MAX as u64;
 
+/// How long an idle idempotent producer is remembered by default (Kafka's
+/// `producer.id.expiration.ms`, 1 day).
+pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
+
 /// A topic's effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicConfig {
@@ -16,6 +20,8 @@ pub struct TopicConfig {
     pub log: LogConfig,
     /// Largest encoded batch accepted from producers.
     pub max_message_bytes: u64,
+    /// An idempotent producer whose newest batch is older than this is forgotten.
+    pub producer_id_expiration_ms: i64,
 }
 
 use crate::error::quote;
@@ -60,6 +66,7 @@ impl TopicConfig {
         let mut config = Self {
             log: defaults.clone(),
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
+            producer_id_expiration_ms: PRODUCER_ID_EXPIRATION_MS_DEFAULT,
         };
         for (key, value) in configs {
             config.set(key, value)?;
@@ -116,6 +123,13 @@ impl TopicConfig {
                 log.segment_bytes = value.parse::<u64>().map_err(|e| invalid(key, value, e))?
             }
             "segment.ms" => log.segment_ms = parse_i64(key, value)?,
+            "producer.id.expiration.ms" => {
+                let v = parse_i64(key, value)?;
+                if v < 1 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+                self.producer_id_expiration_ms = v;
+            }
             _ => return Err(TopicConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -148,6 +162,10 @@ impl TopicConfig {
             ),
             ("segment.bytes", log.segment_bytes.to_string()),
             ("segment.ms", log.segment_ms.to_string()),
+            (
+                "producer.id.expiration.ms",
+                self.producer_id_expiration_ms.to_string(),
+            ),
         ];
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -178,7 +196,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.log.cleanup_policy, CleanupPolicy::Compact);
         assert_eq!(c.log.retention_ms, None);
-        assert_eq!(c.describe().len(), 8);
+        assert_eq!(c.describe().len(), 9);
         assert!(matches!(
             TopicConfig::resolve(&defaults, &configs(&[("nope", "1")])),
             Err(TopicConfigError::UnknownKey(_))

@@ -3,6 +3,7 @@
 pub mod producer_state;
 pub mod replica;
 pub mod serving;
+pub mod snapshot;
 pub mod state;
 pub mod writer;
 

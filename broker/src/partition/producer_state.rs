@@ -28,6 +28,10 @@ pub struct SequencedBatch {
 pub struct ProducerEntry {
     /// The newest epoch seen; older epochs are fenced.
     pub epoch: u16,
+    /// The largest record timestamp of its newest batch (Kafka's `lastTimestamp`): the
+    /// producer expires `producer.id.expiration.ms` after it.
+    #[serde(default)]
+    pub last_timestamp: i64,
     /// The last few batches, oldest first.
     pub recent: VecDeque<SequencedBatch>,
 }
@@ -118,6 +122,36 @@ impl ProducerTable {
         Self { producers }
     }
 
+    /// Forgets producers whose newest batch is older than `expires_before` (ms); returns how
+    /// many. Like Kafka's `producer.id.expiration.ms`: an idle producer's next batch must
+    /// start over at sequence 0 (its client takes a new producer id).
+    pub fn expire(&mut self, expires_before: i64) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|_, entry| entry.last_timestamp >= expires_before);
+        before - self.producers.len()
+    }
+
+    /// Producers known.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Whether no producer is known.
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Every producer id with its entry, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &ProducerEntry)> {
+        self.producers.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// Adds (or replaces) one producer's entry, as a snapshot restores it.
+    pub fn insert(&mut self, producer_id: u64, entry: ProducerEntry) {
+        self.producers.insert(producer_id, entry);
+    }
+
     /// Records a stored batch.
     pub fn record(&mut self, header: &BatchHeader, base_offset: u64) {
         if header.producer_id == NO_PRODUCER_ID {
@@ -129,6 +163,7 @@ impl ProducerTable {
             entry.epoch = header.producer_epoch;
             entry.recent.clear();
         }
+        entry.last_timestamp = entry.last_timestamp.max(header.max_timestamp);
         entry.recent.push_back(SequencedBatch {
             first_sequence: first,
             last_sequence: last,
@@ -207,6 +242,29 @@ mod tests {
             SequenceCheck::Duplicate { base_offset: 40 }
         );
         assert_eq!(table.check(&header(9, 0, 3, 1)), SequenceCheck::New);
+    }
+
+    #[test]
+    fn idle_producers_expire_by_their_newest_batch_s_timestamp() {
+        let mut table = ProducerTable::default();
+        let mut old = header(1, 0, 0, 1);
+        old.max_timestamp = 1_000;
+        let mut fresh = header(2, 0, 0, 1);
+        fresh.max_timestamp = 5_000;
+        table.record(&old, 0);
+        table.record(&fresh, 1);
+        assert_eq!(table.expire(2_000), 1);
+        assert_eq!(table.len(), 1);
+        // The expired producer starts over: its next sequence is not recognised.
+        assert_eq!(
+            table.check(&header(1, 0, 1, 1)),
+            SequenceCheck::OutOfOrder { expected: 0 }
+        );
+        assert_eq!(
+            table.check(&header(2, 0, 1, 1)),
+            SequenceCheck::New,
+            "the active one is kept"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One partition replica on this node: its Raft group, its log, its writer and budget.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +54,12 @@ pub struct Partition {
     writer: JoinHandle<()>,
     serving: ServingTerm,
     serving_tracker: JoinHandle<()>,
+    /// The state machine (shared with the writer), for housekeeping of its state.
+    sm: GroupStateMachine<PartitionState>,
+    /// Set by the log when a read finds stored data damaged: the partition is offline.
+    corruption: Arc<OnceLock<String>>,
+    /// Whether the offline metric was counted for it.
+    offline_counted: AtomicBool,
 }
 
 impl std::fmt::Debug for Partition {
@@ -92,9 +99,15 @@ impl Partition {
         let writer = tokio::spawn(run_writer(
             parts.group.raft.clone(),
             Arc::clone(&parts.group.log),
-            parts.sm,
+            parts.sm.clone(),
             rx,
         ));
+        let corruption = parts
+            .group
+            .log
+            .read()
+            .map(|log| log.corruption_flag())
+            .unwrap_or_default();
         let serving = ServingTerm::default();
         let serving_tracker = tokio::spawn(track(
             parts.group.raft.clone(),
@@ -113,7 +126,32 @@ impl Partition {
             writer,
             serving,
             serving_tracker,
+            sm: parts.sm,
+            corruption,
+            offline_counted: AtomicBool::new(false),
         }
+    }
+
+    /// Forgets idempotent producers idle for longer than the topic's
+    /// `producer.id.expiration.ms` as of `now_ms`; returns how many. Each replica does it on
+    /// its own clock, as Kafka's brokers do.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let expiration = self.config().producer_id_expiration_ms;
+        let expires_before = now_ms.saturating_sub(expiration);
+        self.sm
+            .with_state_mut(|s| s.expire_producers(expires_before))
+            .unwrap_or(0)
+    }
+
+    /// Why the partition is offline here (its stored data was found damaged), if it is.
+    /// The first call that sees it counts it in the offline metric.
+    pub fn storage_failure(&self) -> Option<&str> {
+        let why = self.corruption.get()?;
+        if !self.offline_counted.swap(true, Ordering::Relaxed) {
+            tracing::error!(topic = %self.topic, partition = self.index, error = %why, "partition offline: stored data is damaged");
+            crate::metrics::partition_offline(&self.topic, self.index);
+        }
+        Some(why)
     }
 
     /// This partition's in-flight produce budget.

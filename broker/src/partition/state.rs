@@ -1,10 +1,10 @@
 //! The partition state machine: high watermark, next offset, producer table.
 
-use serde::{Deserialize, Serialize};
 use sluice_storage::BatchHeader;
 use tokio::sync::watch;
 
 use super::producer_state::ProducerTable;
+use super::snapshot;
 use crate::raft::log_store::SharedLog;
 use crate::raft::state_machine::GroupState;
 use crate::raft::{Command, CommandResponse, LogId};
@@ -18,13 +18,6 @@ pub struct PartitionState {
     next_offset: u64,
     producers: ProducerTable,
     high_watermark: watch::Sender<u64>,
-}
-
-/// The snapshot of a partition state machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartitionSnapshot {
-    next_offset: u64,
-    producers: ProducerTable,
 }
 
 impl PartitionState {
@@ -45,6 +38,11 @@ impl PartitionState {
         &self.producers
     }
 
+    /// Forgets producers idle since before `expires_before` (ms); returns how many.
+    pub fn expire_producers(&mut self, expires_before: i64) -> usize {
+        self.producers.expire(expires_before)
+    }
+
     /// Offsets below this are committed: the high watermark.
     pub fn high_watermark(&self) -> u64 {
         self.next_offset
@@ -52,8 +50,6 @@ impl PartitionState {
 }
 
 impl GroupState for PartitionState {
-    type Snapshot = PartitionSnapshot;
-
     fn apply(&mut self, _log_id: LogId, command: &Command) -> CommandResponse {
         let Command::Produce(produce) = command else {
             return CommandResponse::None;
@@ -78,16 +74,14 @@ impl GroupState for PartitionState {
         self.high_watermark.send_replace(self.next_offset);
     }
 
-    fn snapshot(&self) -> PartitionSnapshot {
-        PartitionSnapshot {
-            next_offset: self.next_offset,
-            producers: self.producers.clone(),
-        }
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        snapshot::encode(self.next_offset, &self.producers, out);
     }
 
-    fn restore(&mut self, snapshot: PartitionSnapshot) -> Result<(), String> {
-        self.next_offset = snapshot.next_offset;
-        self.producers = snapshot.producers;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (next_offset, producers) = snapshot::decode(snapshot).map_err(|e| e.to_string())?;
+        self.next_offset = next_offset;
+        self.producers = producers;
         let mut log = self
             .log
             .write()
@@ -97,5 +91,86 @@ impl GroupState for PartitionState {
             log.reset_to(self.next_offset).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use openraft::RaftSnapshotBuilder;
+    use sluice_storage::io::{FsIo, Io};
+    use sluice_storage::{BatchHeader, Log, LogConfig, RaftPosition};
+
+    use super::*;
+    use crate::partition::producer_state::RECENT_BATCHES;
+    use crate::raft::recent_entries::RecentEntries;
+    use crate::raft::state_machine::GroupStateMachine;
+
+    fn header(producer_id: u64, base_sequence: u32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            raft: RaftPosition::default(),
+            magic: sluice_storage::batch::MAGIC_V1,
+            attributes: sluice_storage::batch::Attributes::default(),
+            record_count: 1,
+            last_offset_delta: 0,
+            first_timestamp: 1_700_000_000_000,
+            max_timestamp: 1_700_000_000_000 + i64::from(base_sequence),
+            producer_id,
+            producer_epoch: 0,
+            base_sequence,
+            records_len: 0,
+            records_crc: 0,
+        }
+    }
+
+    fn open_state(dir: &std::path::Path) -> GroupStateMachine<PartitionState> {
+        let config = LogConfig {
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let (log, _) = Log::open(dir.join("log"), config).expect("log");
+        let (high_watermark, _) = watch::channel(0);
+        let io: Arc<dyn Io> = Arc::new(FsIo);
+        GroupStateMachine::open(
+            PartitionState::new(Arc::new(RwLock::new(log)), high_watermark),
+            io,
+            dir,
+            Arc::new(RecentEntries::default()),
+        )
+        .expect("state machine")
+    }
+
+    #[tokio::test]
+    async fn a_hundred_thousand_producers_snapshot_compactly_and_restore() {
+        const PRODUCERS: u64 = 100_000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = open_state(dir.path());
+        sm.with_state_mut(|s| {
+            for pid in 0..PRODUCERS {
+                for seq in 0..RECENT_BATCHES as u32 {
+                    s.producers
+                        .record(&header(pid, seq), pid * 10 + u64::from(seq));
+                }
+            }
+        });
+        let before = sm.with_state(|s| s.producers().clone()).expect("state");
+        assert_eq!(before.len(), PRODUCERS as usize);
+        // The format of earlier builds (JSON inside JSON) passed the 64 MiB read limit here,
+        // and the partition could no longer open.
+        let legacy = serde_json::to_vec(&serde_json::to_vec(&before).expect("json")).expect("json");
+        assert!(legacy.len() as u64 > sluice_storage::limits::STATE_FILE_BYTES_MAX);
+        sm.clone().build_snapshot().await.expect("snapshot");
+        let size = std::fs::metadata(dir.path().join("snapshot"))
+            .expect("file")
+            .len();
+        assert!(size < 12 << 20, "{size} bytes");
+        drop(sm);
+        let reopened = open_state(dir.path());
+        let after = reopened
+            .with_state(|s| s.producers().clone())
+            .expect("state");
+        assert_eq!(after, before);
     }
 }

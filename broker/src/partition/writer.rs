@@ -276,6 +276,7 @@ mod tests {
             config: TopicConfig {
                 log: log_config,
                 max_message_bytes: 1 << 20,
+                producer_id_expiration_ms: crate::controller::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
             },
             node_id: 1,
             budget_bytes: 64 << 20,

@@ -49,16 +49,30 @@ pub enum GroupError {
     },
 }
 
-/// Raft timing for many groups on few cores (STACK.md): no snapshots but at retention
-/// points, and no purge openraft would decide on its own.
-pub fn raft_config() -> Result<Arc<openraft::Config>, GroupError> {
+/// Raft timing for many groups on few cores (STACK.md), and when a group snapshots:
+/// - a partition every `PARTITION_SNAPSHOT_ENTRIES` entries (and by bytes from housekeeping),
+///   so a restart re-applies only what follows its last snapshot; it never purges on its own
+///   (its log is the data: only retention purges, DESIGN §3);
+/// - the controller every `CONTROLLER_SNAPSHOT_ENTRIES` entries, and its log is purged
+///   behind the snapshot, keeping `CONTROLLER_LOG_KEEP` entries for lagging followers.
+pub fn raft_config(kind: GroupKind) -> Result<Arc<openraft::Config>, GroupError> {
+    let (snapshot_policy, max_in_snapshot_log_to_keep) = match kind {
+        GroupKind::Partition => (
+            SnapshotPolicy::LogsSinceLast(limits::PARTITION_SNAPSHOT_ENTRIES),
+            u64::MAX,
+        ),
+        GroupKind::Controller => (
+            SnapshotPolicy::LogsSinceLast(limits::CONTROLLER_SNAPSHOT_ENTRIES),
+            limits::CONTROLLER_LOG_KEEP,
+        ),
+    };
     let config = openraft::Config {
         cluster_name: "sluice".to_string(),
         heartbeat_interval: limits::RAFT_HEARTBEAT_MS,
         election_timeout_min: limits::RAFT_ELECTION_MS.0,
         election_timeout_max: limits::RAFT_ELECTION_MS.1,
-        snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: u64::MAX,
+        snapshot_policy,
+        max_in_snapshot_log_to_keep,
         ..openraft::Config::default()
     };
     config
@@ -128,9 +142,15 @@ pub async fn start_group<S: GroupState>(
     let sm = GroupStateMachine::open(state(Arc::clone(&log)), io, &dir, store.recent())
         .map_err(|e| raft_error(&e))?;
     let network = GroupNetwork::new(spec.group_id, peers);
-    let raft = GroupRaft::new(spec.node_id, raft_config()?, network, store, sm.clone())
-        .await
-        .map_err(|e| raft_error(&e))?;
+    let raft = GroupRaft::new(
+        spec.node_id,
+        raft_config(spec.kind)?,
+        network,
+        store,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| raft_error(&e))?;
     if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
         let members: BTreeMap<NodeId, BasicNode> = spec
             .members

@@ -1,6 +1,7 @@
 //! openraft's `RaftStateMachine` for every group. The state machine stores no record data:
 //! a group's state (a partition's high watermark and producer table, the controller's
-//! metadata) is small, applied from committed entries and snapshotted as JSON.
+//! metadata) is small, applied from committed entries and snapshotted in the group's own
+//! versioned bytes inside a binary envelope (docs/formats/snapshot.md).
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,6 @@ use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
 };
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_storage::io::Io;
 use sluice_storage::state_file::{StateKind, read_state, write_atomic};
@@ -25,27 +25,92 @@ const SNAPSHOT_FILE: &str = "snapshot";
 
 /// The state of one kind of group: what applying a command does to it.
 pub trait GroupState: Send + Sync + 'static {
-    /// The serialisable form the snapshot holds.
-    type Snapshot: Serialize + DeserializeOwned + Send;
-
     /// Applies one committed command at `log_id`; returns the writer's answer.
     fn apply(&mut self, log_id: LogId, command: &Command) -> CommandResponse;
 
     /// Called after a run of entries was applied: publish new state to waiters.
     fn applied(&mut self) {}
 
-    /// The state as a snapshot.
-    fn snapshot(&self) -> Self::Snapshot;
+    /// Appends the state as snapshot bytes, in the group's own versioned format.
+    fn snapshot(&self, out: &mut Vec<u8>);
 
-    /// Replaces the state with a snapshot's.
-    fn restore(&mut self, snapshot: Self::Snapshot) -> Result<(), String>;
+    /// Replaces the state with a snapshot's bytes.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
 }
 
-/// What a snapshot file holds.
-#[derive(Serialize, Deserialize)]
+/// Version of the snapshot file's envelope and of the snapshot's own envelope.
+const ENVELOPE_VERSION: u8 = 2;
+
+/// What a snapshot file holds: `version u8 = 2 | meta_len u32 | meta (JSON) | data`.
+/// Version 1 (earlier builds) was all JSON, the data an array of numbers.
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    fn encode(&self) -> Result<Vec<u8>, RaftStorageError> {
+        let meta = serde_json::to_vec(&self.meta).map_err(sm_error)?;
+        Ok(envelope(&meta, &self.data))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, RaftStorageError> {
+        if bytes.first() == Some(&b'{') {
+            #[derive(Deserialize)]
+            struct Legacy {
+                meta: SnapshotMeta<NodeId, BasicNode>,
+                data: Vec<u8>,
+            }
+            let legacy: Legacy = serde_json::from_slice(bytes).map_err(sm_error)?;
+            return Ok(Self {
+                meta: legacy.meta,
+                data: legacy.data,
+            });
+        }
+        let (meta, data) = open_envelope(bytes)?;
+        Ok(Self {
+            meta: serde_json::from_slice(meta).map_err(sm_error)?,
+            data: data.to_vec(),
+        })
+    }
+}
+
+/// `version u8 | head_len u32 | head | rest`.
+fn envelope(head: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut out = envelope_head(head, rest.len());
+    out.extend_from_slice(rest);
+    out
+}
+
+/// An [`envelope`] up to its head, with room for `rest_len` more bytes.
+fn envelope_head(head: &[u8], rest_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + head.len() + rest_len);
+    out.push(ENVELOPE_VERSION);
+    // Heads are small JSON (log ids and membership), far below 4 GiB.
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(head);
+    out
+}
+
+/// The head and rest of an [`envelope`]; a typed error for anything else.
+fn open_envelope(bytes: &[u8]) -> Result<(&[u8], &[u8]), RaftStorageError> {
+    let version = bytes.first().copied();
+    if version != Some(ENVELOPE_VERSION) {
+        return Err(sm_error(format!(
+            "snapshot envelope version {version:?} is not supported"
+        )));
+    }
+    let len = bytes
+        .get(1..5)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| sm_error("snapshot envelope truncated"))?;
+    let head_end = 5usize.saturating_add(len as usize);
+    let head = bytes
+        .get(5..head_end)
+        .ok_or_else(|| sm_error("snapshot envelope truncated"))?;
+    let rest = bytes.get(head_end..).unwrap_or_default();
+    Ok((head, rest))
 }
 
 /// The part of the state machine openraft needs beside the group state.
@@ -82,11 +147,12 @@ fn sm_error(e: impl ToString) -> RaftStorageError {
     StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
 }
 
+/// The head of a snapshot's data (what travels to followers); the group state's own bytes
+/// follow it in an [`envelope`].
 #[derive(Serialize, Deserialize)]
-struct SnapshotBody<T> {
+struct SnapshotHead {
     last_applied: Option<LogId>,
     membership: StoredMembership<NodeId, BasicNode>,
-    state: T,
 }
 
 impl<S: GroupState> GroupStateMachine<S> {
@@ -121,6 +187,12 @@ impl<S: GroupState> GroupStateMachine<S> {
             .map_err(|_| sm_error("state machine lock poisoned"))
     }
 
+    /// Runs `f` with the group state mutably (housekeeping that every replica does on its
+    /// own, such as expiring idle producers).
+    pub fn with_state_mut<T>(&self, f: impl FnOnce(&mut S) -> T) -> Option<T> {
+        self.inner.lock().ok().map(|mut a| f(&mut a.state))
+    }
+
     /// Runs `f` with the group state (for reads by the broker).
     pub fn with_state<T>(&self, f: impl FnOnce(&S) -> T) -> Option<T> {
         self.inner.lock().ok().map(|a| f(&a.state))
@@ -134,22 +206,43 @@ impl<S: GroupState> GroupStateMachine<S> {
             StateKind::Snapshot,
         )
         .map_err(sm_error)?;
-        body.map(|b| serde_json::from_slice(&b).map_err(sm_error))
-            .transpose()
+        body.map(|b| StoredSnapshot::decode(&b)).transpose()
     }
 
     fn restore(&self, data: &[u8]) -> Result<(), RaftStorageError> {
-        let body: SnapshotBody<S::Snapshot> = serde_json::from_slice(data).map_err(sm_error)?;
+        let (head, state): (SnapshotHead, std::borrow::Cow<'_, [u8]>) =
+            if data.first() == Some(&b'{') {
+                // An earlier build's snapshot: `{"last_applied":…,"membership":…,"state":…}`.
+                #[derive(Deserialize)]
+                struct Legacy {
+                    last_applied: Option<LogId>,
+                    membership: StoredMembership<NodeId, BasicNode>,
+                    state: serde_json::Value,
+                }
+                let legacy: Legacy = serde_json::from_slice(data).map_err(sm_error)?;
+                let state = serde_json::to_vec(&legacy.state).map_err(sm_error)?;
+                let head = SnapshotHead {
+                    last_applied: legacy.last_applied,
+                    membership: legacy.membership,
+                };
+                (head, state.into())
+            } else {
+                let (head, state) = open_envelope(data)?;
+                (
+                    serde_json::from_slice(head).map_err(sm_error)?,
+                    state.into(),
+                )
+            };
         let mut applied = self.lock()?;
-        applied.state.restore(body.state).map_err(sm_error)?;
-        applied.last_applied = body.last_applied;
-        applied.membership = body.membership;
+        applied.state.restore(&state).map_err(sm_error)?;
+        applied.last_applied = head.last_applied;
+        applied.membership = head.membership;
         applied.state.applied();
         Ok(())
     }
 
     fn save(&self, stored: &StoredSnapshot) -> Result<(), RaftStorageError> {
-        let body = serde_json::to_vec(stored).map_err(sm_error)?;
+        let body = stored.encode()?;
         write_atomic(
             self.io.as_ref(),
             &self.dir,
@@ -166,12 +259,13 @@ impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<S> {
         let (meta, data) = {
             let mut applied = self.lock()?;
             applied.snapshot_seq += 1;
-            let body = SnapshotBody {
+            let head = SnapshotHead {
                 last_applied: applied.last_applied,
                 membership: applied.membership.clone(),
-                state: applied.state.snapshot(),
             };
-            let data = serde_json::to_vec(&body).map_err(sm_error)?;
+            let head = serde_json::to_vec(&head).map_err(sm_error)?;
+            let mut data = envelope_head(&head, 0);
+            applied.state.snapshot(&mut data);
             let snapshot_id = format!(
                 "{}-{}",
                 applied.last_applied.map_or(0, |l| l.index),
@@ -184,15 +278,26 @@ impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<S> {
             };
             (meta, data)
         };
-        self.save(&StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        })?;
+        // The file write ends in fsyncs: on the blocking pool, not on an async worker.
+        let sm = self.clone();
+        let stored = blocking(move || {
+            let stored = StoredSnapshot { meta, data };
+            sm.save(&stored)?;
+            Ok(stored)
+        })
+        .await?;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
         })
     }
+}
+
+/// Runs snapshot file work (reads, fsyncs, a log reset) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+) -> Result<T, RaftStorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(sm_error)?
 }
 
 impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
@@ -245,24 +350,29 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
-        // The log may be reset under the snapshot: nothing held may outlive that.
-        self.recent.clear();
-        self.restore(&data)?;
-        {
-            let mut applied = self.lock()?;
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
-        }
-        self.save(&StoredSnapshot {
-            meta: meta.clone(),
-            data,
+        let meta = meta.clone();
+        let sm = self.clone();
+        // Restoring may reset the log, and saving fsyncs: both on the blocking pool.
+        blocking(move || {
+            // The log may be reset under the snapshot: nothing held may outlive that.
+            sm.recent.clear();
+            sm.restore(&data)?;
+            {
+                let mut applied = sm.lock()?;
+                applied.last_applied = meta.last_log_id;
+                applied.membership = meta.last_membership.clone();
+            }
+            sm.save(&StoredSnapshot { meta, data })
         })
+        .await
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        Ok(self.read_snapshot()?.map(|s| Snapshot {
+        let sm = self.clone();
+        let stored = blocking(move || sm.read_snapshot()).await?;
+        Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))

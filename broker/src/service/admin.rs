@@ -41,6 +41,15 @@ impl AdminService {
             .enumerate()
             .map(|(i, meta)| {
                 let local = self.node.partition(&topic.name, i as u32).ok();
+                let error = self
+                    .node
+                    .partition_offline(&topic.name, i as u32)
+                    .unwrap_or_default();
+                let status = if error.is_empty() {
+                    "online"
+                } else {
+                    "offline"
+                };
                 let (log_start_offset, high_watermark, size_bytes) = local
                     .as_ref()
                     .and_then(|p| p.offsets().ok())
@@ -52,6 +61,8 @@ impl AdminService {
                     log_start_offset,
                     high_watermark,
                     size_bytes,
+                    status: status.into(),
+                    error,
                 }
             })
             .collect();

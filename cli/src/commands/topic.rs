@@ -150,6 +150,7 @@ fn print_topic(
             "LOG-START",
             "HIGH-WATERMARK",
             "SIZE",
+            "STATUS",
         ]
         .map(String::from)
         .to_vec(),
@@ -162,6 +163,11 @@ fn print_topic(
             p.log_start_offset.to_string(),
             p.high_watermark.to_string(),
             p.size_bytes.to_string(),
+            if p.error.is_empty() {
+                p.status.clone()
+            } else {
+                format!("{}: {}", p.status, p.error)
+            },
         ]
     }));
     table(out, &rows)?;

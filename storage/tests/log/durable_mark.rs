@@ -142,3 +142,37 @@ fn a_mark_taken_before_a_truncation_never_lands_above_the_cut() {
         Log::open_with(dir, config(0), env).expect("the checkpoint is not above the cut");
     assert_eq!(log.next_offset(), 2);
 }
+
+#[test]
+fn a_bit_flip_in_a_sealed_segment_is_found_when_raft_reads_it() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/sealed");
+    let small = LogConfig {
+        segment_bytes: 4096,
+        ..config(0)
+    };
+    let (mut log, _) = Log::open_with(dir, small.clone(), env.clone()).expect("open");
+    append(&mut log, 0, 40, true);
+    assert!(log.segment_count() > 2);
+    log.checkpoint().expect("shutdown checkpoint");
+    drop(log);
+    // The first segment is sealed, below the checkpoint, with intact index files: the open
+    // trusts it without a scan.
+    let position = batch_position(&io, dir, 1) + 100;
+    io.corrupt(&segment(dir), position, 0x04).expect("flip");
+    let (log, _) = Log::open_with(dir, small, env).expect("opens on its index files");
+    let err = log
+        .read_raft(1, usize::MAX, u64::MAX)
+        .expect_err("the damaged batch is refused");
+    match err {
+        StorageError::Corruption {
+            segment: path,
+            reason,
+            ..
+        } => {
+            assert_eq!(path, segment(dir));
+            assert!(reason.contains("offset 1"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}

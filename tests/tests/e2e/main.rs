@@ -7,10 +7,12 @@ mod durability;
 mod error_size;
 mod idempotence;
 mod malformed_batches;
+mod offline;
 mod pipelined_producer;
 mod produce_consume;
 mod retention;
 mod streams;
+mod topic_identity;
 
 use std::collections::HashMap;
 use std::time::Duration;
