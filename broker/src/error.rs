@@ -128,7 +128,7 @@ impl From<sluice_storage::StorageError> for BrokerError {
                 log_end: next,
             },
             S::InvalidBatch(d) => Self::CorruptBatch(d.to_string()),
-            S::Failed { .. } | S::Corruption { .. } | S::Io { .. } => {
+            S::Failed { .. } | S::Corruption { .. } | S::Invariant { .. } | S::Io { .. } => {
                 Self::StorageFailed(e.to_string())
             }
             other => Self::Internal(other.to_string()),

@@ -102,6 +102,15 @@ pub enum StorageError {
         /// What the check found.
         reason: String,
     },
+    /// A check where data crosses into or out of storage failed: a bug or bad memory, not
+    /// bad input. The log refuses writes from here on, so nothing is built on it.
+    #[error("invariant violated in {dir}: {what}")]
+    Invariant {
+        /// The log directory.
+        dir: PathBuf,
+        /// Which check, with the values it saw.
+        what: String,
+    },
     /// A batch handed to `append` is not valid.
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] DecodeError),

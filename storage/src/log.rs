@@ -251,11 +251,32 @@ impl Log {
             self.roll()?;
         }
         let reserve = self.config.segment_bytes;
-        self.active_mut()
-            .append(batch, base_offset, raft, reserve)?;
+        let result = self.active_mut().append(batch, base_offset, raft, reserve);
+        self.fatal_on_error(result)?;
+        let next = self.next_offset();
+        self.check(next == header.next_offset(), || {
+            format!(
+                "after appending offsets {base_offset}..{} the log ends at {next}",
+                header.next_offset()
+            )
+        })?;
         Ok(AppendInfo {
             base_offset,
             next_offset: header.next_offset(),
+        })
+    }
+
+    /// Fails the log with [`StorageError::Invariant`] unless `holds`: a paired assertion
+    /// where data crosses the storage boundary, on in release builds (each is a comparison),
+    /// stopping writes rather than building on a broken log.
+    pub(crate) fn check(&mut self, holds: bool, what: impl FnOnce() -> String) -> Result<()> {
+        if holds {
+            return Ok(());
+        }
+        self.failed = true;
+        Err(StorageError::Invariant {
+            dir: self.dir.clone(),
+            what: what(),
         })
     }
 
@@ -487,7 +508,19 @@ impl Log {
             .assume(RecoveryCheckpoint::at(next_offset, 0));
         self.flushed_offset = next_offset;
         self.cleaner.cleaned_up_to = next_offset;
-        Ok(())
+        let (next, start, segments) = (
+            self.next_offset(),
+            self.log_start_offset(),
+            self.segments.len(),
+        );
+        self.check(
+            next == next_offset && start == next_offset && segments == 1,
+            || {
+                format!(
+                    "after a reset to {next_offset}: offsets {start}..{next} in {segments} segments"
+                )
+            },
+        )
     }
 
     /// Removes every record at or after `from_offset`, durably. Batches are cut whole: the
@@ -515,7 +548,11 @@ impl Log {
             .map(|s| s.position_for_offset(from_offset))
             .transpose()?
             .unwrap_or(0);
-        self.truncate_at(i, position)
+        self.truncate_at(i, position)?;
+        let next = self.next_offset();
+        self.check(next <= from_offset && next >= start, || {
+            format!("after cutting from offset {from_offset} the log ends at {next}")
+        })
     }
 
     /// Removes every batch whose Raft index is `from_index` or later, durably (Raft's
@@ -535,7 +572,11 @@ impl Log {
             .map(|s| s.position_for_raft_index(from_index))
             .transpose()?
             .unwrap_or(0);
-        self.truncate_at(i, position)
+        self.truncate_at(i, position)?;
+        let last = self.last_raft_position().map(|r| r.index);
+        self.check(last.is_none_or(|last| last < from_index), || {
+            format!("after cutting from Raft index {from_index} the log ends at {last:?}")
+        })
     }
 
     /// The first segment holding a batch with Raft index `index` or later. One entry's

@@ -196,6 +196,19 @@ impl BatchCollector {
             if !admit(&header) || (over_budget && !same_entry) {
                 return Ok(false);
             }
+            if self
+                .last_raft_index
+                .is_some_and(|last| header.raft.index < last)
+            {
+                return Err(StorageError::corruption(
+                    &segment.path,
+                    position,
+                    format!(
+                        "Raft index {} read after {:?}: the log goes backwards",
+                        header.raft.index, self.last_raft_index
+                    ),
+                ));
+            }
             let bytes = segment.read(position, len)?;
             if self.whole_entries {
                 // Raft reads feed replication and the state machine: a sealed segment is

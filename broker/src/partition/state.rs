@@ -43,6 +43,20 @@ impl PartitionState {
         self.producers.expire(expires_before)
     }
 
+    /// Takes the partition offline: its log and its state machine disagree on offsets, so
+    /// answering either would hand out wrong offsets.
+    fn offsets_disagree(&self, index: u64, stored: u64, counted: u64) {
+        let Ok(log) = self.log.read() else { return };
+        let error = sluice_storage::StorageError::Invariant {
+            dir: log.dir().to_path_buf(),
+            what: format!(
+                "the batch of Raft index {index} is stored at offset {stored}, applied at {counted}"
+            ),
+        };
+        tracing::error!(error = %error, "partition state disagrees with its log");
+        log.mark_corrupt(&error);
+    }
+
     /// Offsets below this are committed: the high watermark.
     pub fn high_watermark(&self) -> u64 {
         self.next_offset
@@ -50,7 +64,7 @@ impl PartitionState {
 }
 
 impl GroupState for PartitionState {
-    fn apply(&mut self, _log_id: LogId, command: &Command) -> CommandResponse {
+    fn apply(&mut self, log_id: LogId, command: &Command) -> CommandResponse {
         let Command::Produce(produce) = command else {
             return CommandResponse::None;
         };
@@ -63,6 +77,12 @@ impl GroupState for PartitionState {
                 continue;
             };
             let base = self.next_offset;
+            // Offsets are counted here and assigned by the log at append: a batch read back
+            // from a log (stamped with this entry's Raft index) must carry the offset counted
+            // here. The leader's own fresh entries are not stamped yet (index 0).
+            if header.raft.index == log_id.index && header.base_offset != base {
+                self.offsets_disagree(log_id.index, header.base_offset, base);
+            }
             self.producers.record(&header, base);
             self.next_offset += header.offset_count();
             base_offsets.push(base);
@@ -140,6 +160,43 @@ mod tests {
             Arc::new(RecentEntries::default()),
         )
         .expect("state machine")
+    }
+
+    #[test]
+    fn a_stored_batch_at_another_offset_than_applied_takes_the_partition_offline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = Log::open(dir.path(), LogConfig::default()).expect("log");
+        let flag = log.corruption_flag();
+        let (high_watermark, _) = watch::channel(0);
+        let mut state = PartitionState::new(Arc::new(RwLock::new(log)), high_watermark);
+        let stamped = |base_offset: u64, index: u64| {
+            let mut b = sluice_storage::BatchBuilder::new(sluice_storage::Compression::None);
+            b.push(sluice_storage::batch::NewRecord {
+                key: None,
+                value: Some(b"v"),
+                timestamp: 1,
+                headers: &[],
+            });
+            let bytes = b.build().expect("batch");
+            let mut header = [0u8; sluice_storage::limits::BATCH_HEADER_LEN];
+            header.copy_from_slice(&bytes[..sluice_storage::limits::BATCH_HEADER_LEN]);
+            let raft = RaftPosition {
+                term: 1,
+                leader: 1,
+                index,
+            };
+            sluice_storage::batch::stamp_assigned_fields(&mut header, base_offset, raft);
+            let mut out = header.to_vec();
+            out.extend_from_slice(&bytes[sluice_storage::limits::BATCH_HEADER_LEN..]);
+            Command::Produce(crate::raft::command::ProduceCommand {
+                batches: vec![out.into()],
+            })
+        };
+        state.apply(openraft::testing::log_id(1, 1, 1), &stamped(0, 1));
+        assert!(flag.get().is_none(), "where it was counted: fine");
+        state.apply(openraft::testing::log_id(1, 1, 2), &stamped(7, 2));
+        let why = flag.get().expect("offline");
+        assert!(why.contains("stored at offset 7, applied at 1"), "{why}");
     }
 
     #[tokio::test]

@@ -229,6 +229,18 @@ impl Segment {
             ..*batch.header()
         };
         self.ingest(&header, position);
+        // Paired with the stamping above: the header as it now reads back from the file
+        // (CRC included) is the one the indexes were just told about.
+        let back = self.header_at(position)?;
+        if back != header {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                format!(
+                    "the header read back after an append differs: wrote {header:?}, read {back:?}"
+                ),
+            ));
+        }
         Ok(position)
     }
 
