@@ -1,7 +1,7 @@
 //! `Log`: one partition's ordered sequence of segments, with a single writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::batch::{Batch, BatchHeader, RaftPosition};
 use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint, SharedCheckpoint};
@@ -11,8 +11,8 @@ use crate::error::{Result, StorageError};
 use crate::io::{FsIo, Io, IoFile};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{
-    Release, Segment, SegmentFile, SegmentParams, remove_index_files, segment_file_name,
-    write_index_files,
+    IndexFiles, Release, Segment, SegmentFile, SegmentParams, encode_index_files,
+    remove_index_files, segment_file_name,
 };
 
 /// The environment a log runs in: its file system and its clock.
@@ -60,6 +60,11 @@ pub struct Log {
     pub(crate) checkpoint: SharedCheckpoint,
     /// When a sync last carried a checkpoint write (clock milliseconds).
     pub(crate) checkpoint_due_from_ms: i64,
+    /// Segments sealed by a roll whose fsync and index files the next sync does, outside
+    /// the log's lock (oldest first); see [`PendingSeal`].
+    pub(crate) pending_seals: Vec<PendingSeal>,
+    /// A roll created a segment file whose directory entry the next sync makes durable.
+    pub(crate) dir_sync_pending: bool,
     pub(crate) cleaner: CleanerCheckpoint,
     pub(crate) flushed_offset: u64,
     /// Suffix truncations so far in this process: a compaction pass planned before one
@@ -379,8 +384,6 @@ impl Log {
             checkpoint: self.checkpoint.clone(),
             at: RecoveryCheckpoint::at(active.base_offset, active.written),
             generation: self.checkpoint.generation(),
-            io: Arc::clone(&self.io),
-            dir: self.dir.clone(),
         });
         Ok(PendingSync {
             file,
@@ -390,6 +393,10 @@ impl Log {
             segment_written: active.written,
             releases: self.releases_behind(),
             mark,
+            seals: self.pending_seals.clone(),
+            sync_dir: self.dir_sync_pending,
+            io: Arc::clone(&self.io),
+            dir: self.dir.clone(),
         })
     }
 
@@ -403,6 +410,11 @@ impl Log {
         }
         for release in &pending.releases {
             self.mark_released(release);
+        }
+        self.pending_seals
+            .retain(|s| !pending.seals.iter().any(|p| p.base_offset == s.base_offset));
+        if pending.sync_dir {
+            self.dir_sync_pending = false;
         }
         if pending.mark.is_some() {
             let interval = i64::try_from(self.config.checkpoint_interval_ms).unwrap_or(i64::MAX);
@@ -435,32 +447,57 @@ impl Log {
     }
 
     /// Seals the active segment and starts a new one at the next offset; a no-op while the
-    /// active segment holds no offsets (empty, or control batches only). The new segment is reserved first, so a full disk fails
-    /// with `NoSpace` before anything changes.
+    /// active segment holds no offsets (empty, or control batches only). The new segment is
+    /// reserved first, so a full disk fails with `NoSpace` before anything changes. The
+    /// sealed segment is durable, with its index files, once the next [`Log::sync`] (or
+    /// [`PendingSync::run`]) returns, before anything after it is.
     pub fn roll(&mut self) -> Result<()> {
         self.check_writable()?;
         if self.active().next_offset == self.active().base_offset {
             return Ok(());
         }
-        let next = Segment::create(
+        // Only in-memory work and metadata calls here, under the caller's lock: the fsyncs
+        // of a roll (the sealed file, its index files, the directory, the checkpoint) go to
+        // the next sync, which runs without the lock, before that sync's own fsync. Nothing
+        // after the roll is durable before the sealed segment is.
+        let next = Segment::create_unsynced(
             self.io.as_ref(),
             &self.dir,
             self.next_offset(),
             self.params(),
         )?;
-        let result = self.seal_active();
-        self.fatal_on_error(result)?;
-        let checkpoint = RecoveryCheckpoint::at(next.base_offset, 0);
+        let dir = self.dir.clone();
+        let active = self.active_mut();
+        let result = active
+            .seal_unsynced()
+            .map(|()| PendingSeal::of(&dir, active));
+        let seal = self.fatal_on_error(result)?;
+        self.pending_seals.push(seal);
+        self.dir_sync_pending = true;
         self.segments.push(next);
-        self.flushed_offset = self.next_offset();
-        self.advance_checkpoint(checkpoint)
+        // The next sync moves the checkpoint into the new segment.
+        self.checkpoint_due_from_ms = i64::MIN;
+        Ok(())
     }
 
-    fn seal_active(&mut self) -> Result<()> {
-        let (io, dir) = (Arc::clone(&self.io), self.dir.clone());
-        let active = self.active_mut();
-        active.seal()?;
-        write_index_files(io.as_ref(), &dir, active)
+    /// Does the pending seals' work now, under the lock: before retention, compaction, a
+    /// truncation or a reset changes the segments they name. A sync running meanwhile
+    /// finishes its part first; what it has done is not done again.
+    pub(crate) fn flush_pending_seals(&mut self) -> Result<()> {
+        if self.pending_seals.is_empty() && !self.dir_sync_pending {
+            return Ok(());
+        }
+        let seals = std::mem::take(&mut self.pending_seals);
+        let result = run_seals(self.io.as_ref(), &self.dir, &seals, self.dir_sync_pending);
+        self.fatal_on_error(result)?;
+        self.dir_sync_pending = false;
+        // Every sealed segment is durable now: the checkpoint leaves them, as a roll's used
+        // to, before compaction may shorten one or retention delete one under it.
+        let active = RecoveryCheckpoint::at(self.active().base_offset, 0);
+        if active > self.checkpoint.current() {
+            self.advance_checkpoint(active)?;
+        }
+        Ok(())
     }
 
     /// Gives the segment files up for deletion (their partition is being deleted): each is
@@ -480,6 +517,7 @@ impl Log {
     /// offsets never go back. A crash part-way is finished by the next open.
     pub fn reset_to(&mut self, next_offset: u64) -> Result<()> {
         self.check_writable()?;
+        self.flush_pending_seals()?;
         if next_offset < self.next_offset() {
             let (log_start, next) = (self.log_start_offset(), self.next_offset());
             return Err(StorageError::OffsetOutOfRange {
@@ -589,6 +627,7 @@ impl Log {
     }
 
     fn truncate_at(&mut self, index: usize, position: u64) -> Result<()> {
+        self.flush_pending_seals()?;
         self.truncations += 1;
         let Some(segment) = self.segments.get(index) else {
             return Ok(());
@@ -681,6 +720,12 @@ pub struct PendingSync {
     releases: Vec<Release>,
     /// The recovery checkpoint this sync moves up to what it syncs, when one is due.
     mark: Option<PendingMark>,
+    /// Segments rolls sealed since the last sync: made durable first.
+    seals: Vec<PendingSeal>,
+    /// Whether a roll created a file whose directory entry must be made durable.
+    sync_dir: bool,
+    io: Arc<dyn Io>,
+    dir: PathBuf,
 }
 
 /// A recovery checkpoint to write once a sync's fsync succeeded: what it synced.
@@ -689,15 +734,70 @@ struct PendingMark {
     checkpoint: SharedCheckpoint,
     at: RecoveryCheckpoint,
     generation: u64,
-    io: Arc<dyn Io>,
-    dir: PathBuf,
+}
+
+/// A segment a roll sealed in memory (trimmed, read-only to appends) whose file still needs
+/// its fsync and whose index files still need writing.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingSeal {
+    base_offset: u64,
+    file: Arc<dyn IoFile>,
+    path: PathBuf,
+    index: Arc<IndexFiles>,
+    /// Set once the work is done, by a sync or by the log itself (before retention,
+    /// compaction or a truncation touches the segment): done once, never after the segment
+    /// was replaced, so stale index files never land over a compacted segment's.
+    done: Arc<Mutex<bool>>,
+}
+
+impl PendingSeal {
+    /// The seal of `segment` (trimmed, sealed in memory) still to be made durable.
+    pub(crate) fn of(dir: &Path, segment: &Segment) -> Self {
+        let (file, path) = segment.sync_target();
+        Self {
+            base_offset: segment.base_offset,
+            file,
+            path,
+            index: Arc::new(encode_index_files(dir, segment)),
+            done: Arc::default(),
+        }
+    }
+
+    fn run(&self, io: &dyn Io) -> Result<()> {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+        self.index.write(io)?;
+        *done = true;
+        Ok(())
+    }
+}
+
+/// Makes sealed segments durable, oldest first, then (if a roll created a file) the
+/// directory: what a roll used to do under the lock.
+fn run_seals(io: &dyn Io, dir: &Path, seals: &[PendingSeal], sync_dir: bool) -> Result<()> {
+    for seal in seals {
+        seal.run(io)?;
+    }
+    if sync_dir {
+        io.sync_dir(dir)
+            .map_err(|e| StorageError::io("fsync dir", dir, e))?;
+    }
+    Ok(())
 }
 
 impl PendingSync {
-    /// Runs the `fdatasync`, then moves the recovery checkpoint up to what it synced (when
-    /// one is due), then drops from memory the pages that left the cached tail; pass the
-    /// result to [`Log::finish_sync`].
+    /// Makes the segments sealed since the last sync durable (their data, length and index
+    /// files, and the directory entry of any new segment), runs the `fdatasync` of the
+    /// active segment, then moves the recovery checkpoint up to what it synced (when one is
+    /// due), then drops from memory the pages that left the cached tail; pass the result to
+    /// [`Log::finish_sync`].
     pub fn run(&self) -> Result<()> {
+        run_seals(self.io.as_ref(), &self.dir, &self.seals, self.sync_dir)?;
         self.file
             .sync_data()
             .map_err(|e| StorageError::io("fsync", &self.path, e))?;
@@ -705,7 +805,7 @@ impl PendingSync {
             // Only after the fsync: the checkpoint never claims bytes the disk may not hold.
             let result =
                 mark.checkpoint
-                    .advance(mark.io.as_ref(), &mark.dir, mark.at, mark.generation);
+                    .advance(self.io.as_ref(), &self.dir, mark.at, mark.generation);
             match result {
                 // Without room the old checkpoint stays: still true, only lower.
                 Ok(_) | Err(StorageError::NoSpace { .. }) => {}

@@ -115,6 +115,8 @@ fn finish_open(
         segments,
         checkpoint: SharedCheckpoint::new(checkpoint),
         checkpoint_due_from_ms: 0,
+        pending_seals: Vec::new(),
+        dir_sync_pending: false,
         cleaner,
         flushed_offset: 0,
         truncations: 0,

@@ -85,6 +85,9 @@ impl Log {
     }
 
     fn delete_oldest_segments(&mut self, count: usize) -> Result<RetentionReport> {
+        if count > 0 {
+            self.flush_pending_seals()?;
+        }
         let mut report = RetentionReport::default();
         for _ in 0..count {
             let segment = self.segments.remove(0);

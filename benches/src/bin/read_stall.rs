@@ -99,8 +99,15 @@ fn run(segment_bytes: u64, compact: bool, seconds: f64, mb_per_s: f64) -> Run {
                 let below = log.read().map(|l| l.flushed_offset()).unwrap_or(0);
                 let plan = log.read().expect("lock").plan_compaction(below);
                 let Ok(Some(plan)) = plan else { continue };
-                let Ok(prepared) = plan.prepare() else { continue };
-                if log.write().expect("lock").install_compaction(prepared).is_ok() {
+                let Ok(prepared) = plan.prepare() else {
+                    continue;
+                };
+                if log
+                    .write()
+                    .expect("lock")
+                    .install_compaction(prepared)
+                    .is_ok()
+                {
                     passes += 1;
                 }
             }

@@ -12,15 +12,16 @@ mod key_map;
 
 use std::sync::Arc;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, RaftPosition};
 use crate::checkpoint::CleanerCheckpoint;
 use crate::error::{Result, StorageError};
 use crate::io::{IoFile, OpenMode};
 use crate::limits::CLEANER_KEY_MAP_BYTES_MAX;
 use crate::log::Log;
+use crate::log::PendingSeal;
 use crate::segment::{
-    Continuity, Segment, SegmentFile, header_below, read_below, remove_index_files,
-    segment_file_name, write_index_files,
+    Continuity, Segment, SegmentFile, SegmentParams, header_below, read_below, remove_index_files,
+    segment_file_name,
 };
 
 use compact::{CleanRule, Dropped, rewrite_batch};
@@ -109,7 +110,13 @@ impl Log {
         {
             return Ok(None);
         }
-        let segments: Vec<SealedView> = sealed.iter().map(SealedView::of).collect();
+        let segments: Vec<SealedView> = sealed
+            .iter()
+            .enumerate()
+            .map(|(i, segment)| {
+                SealedView::of(segment, i.checked_sub(1).and_then(|p| sealed.get(p)))
+            })
+            .collect();
         let first_dirty = segments
             .iter()
             .position(|s| s.base_offset >= self.cleaner.cleaned_up_to)
@@ -124,6 +131,7 @@ impl Log {
                 .now_ms()
                 .saturating_sub(self.config.delete_retention_ms),
             truncations: self.truncations,
+            params: self.params(),
         }))
     }
 
@@ -133,28 +141,39 @@ impl Log {
     /// record may have been dropped for a newer one that the truncation took away.
     pub fn install_compaction(&mut self, prepared: PreparedCompaction) -> Result<CompactionReport> {
         self.check_writable()?;
+        // A just-rolled segment's own fsync and index files come before its rewrite's.
+        self.flush_pending_seals()?;
         let truncated = self.truncations != prepared.truncations;
         let mut report = prepared.report;
-        for rewritten in &prepared.rewritten {
+        let mut installs = Vec::new();
+        for rewritten in prepared.rewritten {
             let slot = self.segments.iter().position(|s| rewritten.view.is(s));
-            let cleaned = self.dir.join(segment_file_name(
-                rewritten.view.base_offset,
-                SegmentFile::Cleaned,
-            ));
             match slot {
-                Some(i) if !truncated => {
-                    let result = self.swap_in(i);
-                    self.fatal_on_error(result)?;
-                    report.segments_rewritten += 1;
-                    report.records_removed += rewritten.dropped.records;
-                    report.tombstones_removed += rewritten.dropped.tombstones;
-                }
+                Some(i) if !truncated => installs.push((i, rewritten)),
                 _ => {
+                    let cleaned = self.dir.join(segment_file_name(
+                        rewritten.view.base_offset,
+                        SegmentFile::Cleaned,
+                    ));
                     self.io
                         .remove_file(&cleaned)
                         .map_err(|e| StorageError::io("remove", &cleaned, e))?;
                 }
             }
+        }
+        let result = self.swap_in(&installs);
+        self.fatal_on_error(result)?;
+        for (i, rewritten) in installs {
+            let mut fresh = rewritten.fresh;
+            if let Some(slot) = self.segments.get_mut(i) {
+                fresh.created_ms = slot.created_ms;
+                // The rewrite's index files are written by the next sync, outside the lock.
+                self.pending_seals.push(PendingSeal::of(&self.dir, &fresh));
+                *slot = fresh;
+            }
+            report.segments_rewritten += 1;
+            report.records_removed += rewritten.dropped.records;
+            report.tombstones_removed += rewritten.dropped.tombstones;
         }
         if truncated {
             report.cleaned_up_to = self.cleaner.cleaned_up_to;
@@ -170,66 +189,44 @@ impl Log {
         Ok(report)
     }
 
-    /// Replaces segment `i` with its synced `.log.cleaned` copy, crash-safely.
-    fn swap_in(&mut self, i: usize) -> Result<()> {
-        let (io, dir) = (Arc::clone(&self.io), self.dir.clone());
-        let base = self.segments.get(i).map_or(0, |s| s.base_offset);
-        let cleaned = dir.join(segment_file_name(base, SegmentFile::Cleaned));
-        let swap = dir.join(segment_file_name(base, SegmentFile::Swap));
-        let log = dir.join(segment_file_name(base, SegmentFile::Log));
-        io.rename(&cleaned, &swap)
-            .map_err(|e| StorageError::io("rename", &cleaned, e))?;
-        io.sync_dir(&dir)
-            .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
-        remove_index_files(io.as_ref(), &dir, base)?;
-        // The old file goes first, and is freed in the background once no reader holds it
-        // (unlinking it by renaming over it would free it wherever its last handle drops).
-        // A crash between the two renames leaves the `.swap`, which the next open installs.
-        if let Some(old) = self.segments.get(i) {
-            io.remove_file_in_background(&log, Some(old.file_handle()))
-                .map_err(|e| StorageError::io("remove", &log, e))?;
-        }
-        io.rename(&swap, &log)
-            .map_err(|e| StorageError::io("rename", &swap, e))?;
-        io.sync_dir(&dir)
-            .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
-        self.reload_segment(i)
-    }
-
-    /// Re-reads segment `i` from disk after a swap, verifying every batch again.
-    fn reload_segment(&mut self, i: usize) -> Result<()> {
-        let params = self.params();
-        let (previous_next, previous_raft) =
-            match i.checked_sub(1).and_then(|p| self.segments.get(p)) {
-                Some(p) => (p.next_offset, p.last_raft.map(|r| r.index)),
-                None => (self.log_start_offset(), None),
-            };
-        let Some(old) = self.segments.get(i) else {
+    /// Replaces the segments at `installs` with their synced `.log.cleaned` copies,
+    /// crash-safely and with one directory fsync per step for the whole pass: every rewrite
+    /// becomes a `.swap` (committed: the next open installs it), then each old file goes
+    /// and its `.swap` takes its name.
+    fn swap_in(&mut self, installs: &[(usize, Rewritten)]) -> Result<()> {
+        if installs.is_empty() {
             return Ok(());
-        };
-        let mut fresh =
-            Segment::open_unscanned(self.io.as_ref(), &self.dir, old.base_offset, params)?;
-        let mut continuity = Continuity {
-            next_offset: previous_next,
-            last_raft_index: previous_raft,
-        };
-        let end = fresh.scan(fresh.file_len()?, &mut continuity)?;
-        if end.invalid.is_some()
-            || fresh.next_offset != old.next_offset
-            || fresh.last_raft != old.last_raft
-        {
-            let reason = end
-                .invalid
-                .unwrap_or_else(|| "compacted segment changed its offset or Raft range".into());
-            return Err(StorageError::corruption(&fresh.path, end.valid_end, reason));
         }
-        fresh.sealed = true;
-        fresh.created_ms = old.created_ms;
-        write_index_files(self.io.as_ref(), &self.dir, &fresh)?;
-        if let Some(slot) = self.segments.get_mut(i) {
-            *slot = fresh;
+        let (io, dir) = (Arc::clone(&self.io), self.dir.clone());
+        let name = |base, kind| dir.join(segment_file_name(base, kind));
+        for (_, rewritten) in installs {
+            let base = rewritten.view.base_offset;
+            let (cleaned, swap) = (
+                name(base, SegmentFile::Cleaned),
+                name(base, SegmentFile::Swap),
+            );
+            io.rename(&cleaned, &swap)
+                .map_err(|e| StorageError::io("rename", &cleaned, e))?;
         }
-        Ok(())
+        io.sync_dir(&dir)
+            .map_err(|e| StorageError::io("fsync dir", &dir, e))?;
+        for (i, rewritten) in installs {
+            let base = rewritten.view.base_offset;
+            let (swap, log) = (name(base, SegmentFile::Swap), name(base, SegmentFile::Log));
+            remove_index_files(io.as_ref(), &dir, base)?;
+            // The old file goes first, and is freed in the background once no reader holds
+            // it (unlinking it by renaming over it would free it wherever its last handle
+            // drops). A crash between the two renames leaves the `.swap`, which the next
+            // open installs.
+            if let Some(old) = self.segments.get(*i) {
+                io.remove_file_in_background(&log, Some(old.file_handle()))
+                    .map_err(|e| StorageError::io("remove", &log, e))?;
+            }
+            io.rename(&swap, &log)
+                .map_err(|e| StorageError::io("rename", &swap, e))?;
+        }
+        io.sync_dir(&dir)
+            .map_err(|e| StorageError::io("fsync dir", &dir, e))
     }
 }
 
@@ -253,16 +250,21 @@ struct SealedView {
     file: Arc<dyn IoFile>,
     written: u64,
     next_offset: u64,
+    last_raft: Option<RaftPosition>,
+    /// The Raft index the segment before it ends at: a rewrite must not start below it.
+    previous_raft_index: Option<u64>,
 }
 
 impl SealedView {
-    fn of(segment: &Segment) -> Self {
+    fn of(segment: &Segment, previous: Option<&Segment>) -> Self {
         Self {
             base_offset: segment.base_offset,
             path: segment.path.clone(),
             file: segment.file_handle(),
             written: segment.written,
             next_offset: segment.next_offset,
+            last_raft: segment.last_raft,
+            previous_raft_index: previous.and_then(|p| p.last_raft).map(|r| r.index),
         }
     }
 
@@ -285,13 +287,16 @@ pub struct CompactionPlan {
     first_dirty: usize,
     tombstone_cutoff_ms: i64,
     truncations: u64,
+    params: SegmentParams,
 }
 
-/// One segment's synced `.log.cleaned` rewrite, waiting to be swapped in.
+/// One segment's synced `.log.cleaned` rewrite, waiting to be swapped in, already scanned
+/// into the segment it becomes (so the install does no reading under the log's lock).
 #[derive(Debug)]
 struct Rewritten {
     view: SealedView,
     dropped: Dropped,
+    fresh: Segment,
 }
 
 /// The rewrites of a pass, for [`Log::install_compaction`].
@@ -330,10 +335,20 @@ impl CompactionPlan {
                     report.bytes_before += view.written;
                     report.bytes_after += bytes_after;
                     if dropped.records > 0 {
-                        rewritten.push(Rewritten {
-                            view: view.clone(),
-                            dropped,
-                        });
+                        match self.load_rewrite(view, &path) {
+                            Ok(fresh) => rewritten.push(Rewritten {
+                                view: view.clone(),
+                                dropped,
+                                fresh,
+                            }),
+                            Err(e) => {
+                                for done in rewritten.iter().map(|r| r.view.base_offset) {
+                                    let _ = self.io.remove_file(&cleaned_path(done));
+                                }
+                                let _ = self.io.remove_file(&path);
+                                return Err(e);
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -352,6 +367,37 @@ impl CompactionPlan {
             cleaned_up_to,
             truncations: self.truncations,
         })
+    }
+
+    /// Opens and scans the rewrite of `view` at `cleaned` as the segment it becomes,
+    /// verifying every batch and that it keeps the segment's offset and Raft range.
+    fn load_rewrite(&self, view: &SealedView, cleaned: &std::path::Path) -> Result<Segment> {
+        let path = self
+            .dir
+            .join(segment_file_name(view.base_offset, SegmentFile::Log));
+        let mut fresh = Segment::open_as(
+            self.io.as_ref(),
+            cleaned,
+            path,
+            view.base_offset,
+            self.params,
+        )?;
+        let mut continuity = Continuity {
+            next_offset: view.base_offset,
+            last_raft_index: view.previous_raft_index,
+        };
+        let end = fresh.scan(fresh.file_len()?, &mut continuity)?;
+        if end.invalid.is_some()
+            || fresh.next_offset != view.next_offset
+            || fresh.last_raft != view.last_raft
+        {
+            let reason = end
+                .invalid
+                .unwrap_or_else(|| "compacted segment changed its offset or Raft range".into());
+            return Err(StorageError::corruption(cleaned, end.valid_end, reason));
+        }
+        fresh.sealed = true;
+        Ok(fresh)
     }
 
     /// The key map over the dirty sealed segments, and the number of leading segments it

@@ -4,7 +4,7 @@
 //! timestamp), so opening a sealed segment needs no scan. Both files are derived data:
 //! a missing, damaged or inconsistent one is rebuilt from the log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::BufMut;
 
@@ -33,6 +33,27 @@ fn write_file(io: &dyn Io, path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes both index files of a sealed segment.
 pub(crate) fn write_index_files(io: &dyn Io, dir: &Path, segment: &Segment) -> Result<()> {
+    encode_index_files(dir, segment).write(io)
+}
+
+/// A sealed segment's index files, encoded: written (and fsynced) later, without the log.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexFiles {
+    files: [(PathBuf, Vec<u8>); 2],
+}
+
+impl IndexFiles {
+    /// Writes and fsyncs both files.
+    pub(crate) fn write(&self, io: &dyn Io) -> Result<()> {
+        for (path, bytes) in &self.files {
+            write_file(io, path, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes both index files of a sealed segment.
+pub(crate) fn encode_index_files(dir: &Path, segment: &Segment) -> IndexFiles {
     let mut body = Vec::new();
     body.put_u64_le(segment.base_offset);
     body.put_u64_le(segment.written);
@@ -47,22 +68,25 @@ pub(crate) fn write_index_files(io: &dyn Io, dir: &Path, segment: &Segment) -> R
     body.put_u64_le(segment.batch_count);
     body.put_u32_le(segment.index.entries().len() as u32);
     segment.index.encode_entries(&mut body);
-    let path = dir.join(segment_file_name(
+    let offset_path = dir.join(segment_file_name(
         segment.base_offset,
         SegmentFile::OffsetIndex,
     ));
-    write_file(io, &path, &encode_frame(MAGIC, VERSION, KIND_OFFSET, &body))?;
+    let offset = encode_frame(MAGIC, VERSION, KIND_OFFSET, &body);
 
     let mut body = Vec::new();
     body.put_u64_le(segment.base_offset);
     body.put_u64_le(segment.written);
     body.put_u32_le(segment.time_index.len() as u32);
     segment.time_index.encode_entries(&mut body);
-    let path = dir.join(segment_file_name(
+    let time_path = dir.join(segment_file_name(
         segment.base_offset,
         SegmentFile::TimeIndex,
     ));
-    write_file(io, &path, &encode_frame(MAGIC, VERSION, KIND_TIME, &body))
+    let time = encode_frame(MAGIC, VERSION, KIND_TIME, &body);
+    IndexFiles {
+        files: [(offset_path, offset), (time_path, time)],
+    }
 }
 
 fn read_file(io: &dyn Io, path: &Path) -> Option<bytes::Bytes> {

@@ -121,6 +121,20 @@ impl Segment {
         base_offset: u64,
         params: SegmentParams,
     ) -> Result<Self> {
+        let segment = Self::create_unsynced(io, dir, base_offset, params)?;
+        io.sync_dir(dir)
+            .map_err(|e| StorageError::io("fsync dir", dir, e))?;
+        Ok(segment)
+    }
+
+    /// [`Segment::create`] without the directory fsync: the caller syncs the directory
+    /// before anything in the segment is reported durable.
+    pub(crate) fn create_unsynced(
+        io: &dyn Io,
+        dir: &Path,
+        base_offset: u64,
+        params: SegmentParams,
+    ) -> Result<Self> {
         let path = dir.join(segment_file_name(base_offset, SegmentFile::Log));
         let file = io
             .open(&path, OpenMode::CreateNew)
@@ -130,10 +144,25 @@ impl Segment {
             let _ = io.remove_file(&path);
             return Err(StorageError::io("fallocate", &path, e));
         }
-        io.sync_dir(dir)
-            .map_err(|e| StorageError::io("fsync dir", dir, e))?;
         let mut segment = Self::empty(base_offset, path, file, params);
         segment.reserved = first_step;
+        Ok(segment)
+    }
+
+    /// Opens the file at `open_path` as the segment that will be named `path` (a compacted
+    /// rewrite, before it is renamed into place), with nothing known about it yet.
+    pub(crate) fn open_as(
+        io: &dyn Io,
+        open_path: &Path,
+        path: PathBuf,
+        base_offset: u64,
+        params: SegmentParams,
+    ) -> Result<Self> {
+        let file = io
+            .open(open_path, OpenMode::Existing)
+            .map_err(|e| StorageError::io("open", open_path, e))?;
+        let mut segment = Self::empty(base_offset, path, file, params);
+        segment.reserved = segment.file_len()?;
         Ok(segment)
     }
 
@@ -351,10 +380,16 @@ impl Segment {
 
     /// Cuts the reserved tail, makes the segment durable and read-only.
     pub(crate) fn seal(&mut self) -> Result<()> {
+        self.seal_unsynced()?;
+        self.sync()
+    }
+
+    /// [`Segment::seal`] without the fsync: the caller syncs the file (its new length and
+    /// its last batches) before anything after it is reported durable.
+    pub(crate) fn seal_unsynced(&mut self) -> Result<()> {
         self.file
             .set_len(self.written)
             .map_err(|e| StorageError::io("truncate", &self.path, e))?;
-        self.sync()?;
         self.reserved = self.written;
         self.sealed = true;
         Ok(())
@@ -481,7 +516,9 @@ impl Segment {
     }
 }
 
-pub(crate) use index_file::{load_index_files, remove_index_files, write_index_files};
+pub(crate) use index_file::{
+    IndexFiles, encode_index_files, load_index_files, remove_index_files, write_index_files,
+};
 
 /// `len` bytes at `position` of the segment file at `path`, whose valid batches end at
 /// `written`: a slice of the mapping on real files. Also used by the cleaner, which reads
