@@ -413,7 +413,7 @@ impl Node {
             {
                 tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot hand segments to the deleter");
             }
-            if let Err(e) = std::fs::remove_dir_all(&partition.group.dir) {
+            if let Err(e) = partition_dir::remove_partition_dir(&partition.group.dir) {
                 tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot remove partition data");
             }
             topics.insert(key.0);

@@ -71,19 +71,27 @@ pub enum Prepared {
 /// Makes `dir` the directory of `identity` (blocking file I/O): a leftover of another
 /// incarnation is removed first, and the identity is written durably before the log opens.
 pub fn prepare(dir: &Path, identity: &PartitionIdentity) -> io::Result<Prepared> {
-    let found = read_state(&FsIo, dir, IDENTITY_FILE, StateKind::PartitionIdentity);
+    let found = read_state(&FsIo, dir, IDENTITY_FILE, StateKind::PartitionIdentity)
+        .map_err(io::Error::other)?;
     let outcome = match found {
-        Ok(Some(body)) => match PartitionIdentity::decode(&body) {
+        Some(body) => match PartitionIdentity::decode(&body) {
             Some(found) if &found == identity => return Ok(Prepared::Reopened),
-            found => Prepared::ReplacedStale(found),
+            // Only an identity that reads back whole and names another incarnation lets the
+            // directory go; anything unreadable fails the open (the partition goes offline)
+            // rather than risk deleting live data.
+            Some(found) => Prepared::ReplacedStale(Some(found)),
+            None => {
+                return Err(io::Error::other(format!(
+                    "{} does not name a partition",
+                    dir.join(IDENTITY_FILE).display()
+                )));
+            }
         },
-        // A damaged identity names no incarnation: the directory cannot be proven ours.
-        Err(_) => Prepared::ReplacedStale(None),
-        Ok(None) if has_entries(dir)? => Prepared::Adopted,
-        Ok(None) => Prepared::Created,
+        None if has_entries(dir)? => Prepared::Adopted,
+        None => Prepared::Created,
     };
     if matches!(outcome, Prepared::ReplacedStale(_)) {
-        remove_dir(dir)?;
+        remove_partition_dir(dir)?;
     }
     std::fs::create_dir_all(dir)?;
     write_atomic(
@@ -112,6 +120,20 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes a partition directory: first renamed out of its `<topic>/<number>` name (one
+/// atomic step), so a removal a crash interrupts leaves a directory that is never adopted
+/// as a partition, only swept.
+pub fn remove_partition_dir(dir: &Path) -> io::Result<()> {
+    let mut doomed = dir.as_os_str().to_os_string();
+    doomed.push(".deleting");
+    let doomed = PathBuf::from(doomed);
+    match std::fs::rename(dir, &doomed) {
+        Ok(()) => remove_dir(&doomed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes, under `data_dir`, every partition directory (`<topic>/<number>`) that `wanted`
 /// does not list, and then the topic directories left empty. Only names of that shape are
 /// touched: anything else in the data directory stays. `keep` names directories that are not
@@ -123,26 +145,36 @@ pub fn sweep(
     keep: &[&str],
 ) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for entry in std::fs::read_dir(data_dir)? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(data_dir)?.flatten() {
         let topic = entry.file_name().to_string_lossy().into_owned();
-        if keep.contains(&topic.as_str()) || !entry.file_type()?.is_dir() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if keep.contains(&topic.as_str()) || !is_dir {
             continue;
         }
-        let mut left = 0usize;
-        for partition in std::fs::read_dir(entry.path())? {
-            let partition = partition?;
-            let index = partition.file_name().to_string_lossy().parse::<u32>().ok();
-            let ours = index.is_some() && partition.file_type()?.is_dir();
-            if ours && !index.is_some_and(|i| wanted.contains(&(topic.clone(), i))) {
-                remove_dir(&partition.path())?;
+        let Ok(partitions) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
+        let mut swept_here = false;
+        for partition in partitions.flatten() {
+            let name = partition.file_name().to_string_lossy().into_owned();
+            let index = name.parse::<u32>().ok();
+            // A removal a crash interrupted (see `remove_partition_dir`).
+            let interrupted = name
+                .strip_suffix(".deleting")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+            let ours =
+                (index.is_some() || interrupted) && partition.file_type().is_ok_and(|t| t.is_dir());
+            let wanted = index.is_some_and(|i| wanted.contains(&(topic.clone(), i)));
+            // Errors are per entry: one directory that cannot go does not keep the others.
+            if ours && !wanted && remove_dir(&partition.path()).is_ok() {
                 removed.push(partition.path());
-            } else {
-                left += 1;
+                swept_here = true;
             }
         }
-        if left == 0 {
-            std::fs::remove_dir(entry.path())?;
+        // The topic's own directory goes once this sweep emptied it (never a directory
+        // that had nothing of ours in it).
+        if swept_here {
+            let _ = std::fs::remove_dir(entry.path());
         }
     }
     Ok(removed)
@@ -186,6 +218,20 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_identity_fails_the_open_and_deletes_nothing() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = partition_dir(temp.path(), "orders", 3);
+        prepare(&dir, &identity(7)).expect("new");
+        std::fs::write(dir.join("00000000000000000000.log"), b"records").expect("write");
+        let mut bytes = std::fs::read(dir.join(IDENTITY_FILE)).expect("identity");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(dir.join(IDENTITY_FILE), bytes).expect("damage");
+        assert!(prepare(&dir, &identity(9)).is_err());
+        assert!(dir.join("00000000000000000000.log").exists());
+    }
+
+    #[test]
     fn a_directory_without_identity_is_adopted() {
         let temp = tempfile::tempdir().expect("tempdir");
         let dir = partition_dir(temp.path(), "orders", 3);
@@ -207,9 +253,15 @@ mod tests {
         std::fs::create_dir_all(temp.path().join("__cluster/controller")).expect("mkdir");
         std::fs::write(temp.path().join("notes.txt"), b"not a dir").expect("write");
         std::fs::create_dir_all(temp.path().join("backups/old")).expect("mkdir");
+        std::fs::create_dir_all(temp.path().join("lost+found")).expect("mkdir");
+        std::fs::create_dir_all(temp.path().join("live/4.deleting")).expect("mkdir");
         let wanted = BTreeSet::from([("live".to_string(), 0), ("live".to_string(), 1)]);
         let removed = sweep(temp.path(), &wanted, &["__cluster"]).expect("sweep");
-        assert_eq!(removed.len(), 2);
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(
+            temp.path().join("lost+found").exists(),
+            "an empty directory not ours stays"
+        );
         assert!(!temp.path().join("gone").exists());
         assert!(!partition_dir(temp.path(), "live", 2).exists());
         assert!(partition_dir(temp.path(), "live", 1).exists());

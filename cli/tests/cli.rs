@@ -105,6 +105,18 @@ fn topic_lifecycle() {
 
     let described = ok_stdout(&sluice(b, &["topic", "describe", "events"]));
     assert!(described.contains("HIGH-WATERMARK"), "{described}");
+    assert!(
+        described.contains("STATUS") && described.contains("online"),
+        "{described}"
+    );
+    let described = json(&sluice(
+        b,
+        &["--format", "json", "topic", "describe", "events"],
+    ));
+    assert_eq!(
+        described["partitions"][0]["status"], "online",
+        "{described}"
+    );
 
     ok_stdout(&sluice(b, &["topic", "delete", "events"]));
     let listed = json(&sluice(b, &["--format", "json", "topic", "list"]));

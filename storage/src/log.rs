@@ -65,6 +65,10 @@ pub struct Log {
     pub(crate) pending_seals: Vec<PendingSeal>,
     /// A roll created a segment file whose directory entry the next sync makes durable.
     pub(crate) dir_sync_pending: bool,
+    /// Rolls so far in this process: a sync that began before a roll (one from
+    /// `make_room`, by another task, while the sync ran unlocked) leaves that roll's
+    /// directory fsync and checkpoint to the next sync.
+    pub(crate) rolls: u64,
     pub(crate) cleaner: CleanerCheckpoint,
     pub(crate) flushed_offset: u64,
     /// Suffix truncations so far in this process: a compaction pass planned before one
@@ -395,6 +399,7 @@ impl Log {
             mark,
             seals: self.pending_seals.clone(),
             sync_dir: self.dir_sync_pending,
+            rolls: self.rolls,
             io: Arc::clone(&self.io),
             dir: self.dir.clone(),
         })
@@ -411,12 +416,12 @@ impl Log {
         for release in &pending.releases {
             self.mark_released(release);
         }
-        self.pending_seals
-            .retain(|s| !pending.seals.iter().any(|p| p.base_offset == s.base_offset));
-        if pending.sync_dir {
+        self.pending_seals.retain(|s| !s.is_done());
+        let rolled_since = self.rolls != pending.rolls;
+        if pending.sync_dir && !rolled_since {
             self.dir_sync_pending = false;
         }
-        if pending.mark.is_some() {
+        if pending.mark.is_some() && !rolled_since {
             let interval = i64::try_from(self.config.checkpoint_interval_ms).unwrap_or(i64::MAX);
             self.checkpoint_due_from_ms = self.clock.now_ms().saturating_add(interval);
         }
@@ -474,6 +479,7 @@ impl Log {
         let seal = self.fatal_on_error(result)?;
         self.pending_seals.push(seal);
         self.dir_sync_pending = true;
+        self.rolls += 1;
         self.segments.push(next);
         // The next sync moves the checkpoint into the new segment.
         self.checkpoint_due_from_ms = i64::MIN;
@@ -484,13 +490,17 @@ impl Log {
     /// truncation or a reset changes the segments they name. A sync running meanwhile
     /// finishes its part first; what it has done is not done again.
     pub(crate) fn flush_pending_seals(&mut self) -> Result<()> {
-        if self.pending_seals.is_empty() && !self.dir_sync_pending {
-            return Ok(());
+        if !self.pending_seals.is_empty() || self.dir_sync_pending {
+            let result = run_seals(
+                self.io.as_ref(),
+                &self.dir,
+                &self.pending_seals,
+                self.dir_sync_pending,
+            );
+            self.fatal_on_error(result)?;
+            self.pending_seals.retain(|s| !s.is_done());
+            self.dir_sync_pending = false;
         }
-        let seals = std::mem::take(&mut self.pending_seals);
-        let result = run_seals(self.io.as_ref(), &self.dir, &seals, self.dir_sync_pending);
-        self.fatal_on_error(result)?;
-        self.dir_sync_pending = false;
         // Every sealed segment is durable now: the checkpoint leaves them, as a roll's used
         // to, before compaction may shorten one or retention delete one under it.
         let active = RecoveryCheckpoint::at(self.active().base_offset, 0);
@@ -724,6 +734,8 @@ pub struct PendingSync {
     seals: Vec<PendingSeal>,
     /// Whether a roll created a file whose directory entry must be made durable.
     sync_dir: bool,
+    /// The log's roll count when the sync began.
+    rolls: u64,
     io: Arc<dyn Io>,
     dir: PathBuf,
 }
@@ -740,7 +752,6 @@ struct PendingMark {
 /// its fsync and whose index files still need writing.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingSeal {
-    base_offset: u64,
     file: Arc<dyn IoFile>,
     path: PathBuf,
     index: Arc<IndexFiles>,
@@ -755,7 +766,6 @@ impl PendingSeal {
     pub(crate) fn of(dir: &Path, segment: &Segment) -> Self {
         let (file, path) = segment.sync_target();
         Self {
-            base_offset: segment.base_offset,
             file,
             path,
             index: Arc::new(encode_index_files(dir, segment)),
@@ -763,6 +773,14 @@ impl PendingSeal {
         }
     }
 
+    /// Whether the seal's work is done (by a sync or by the log).
+    fn is_done(&self) -> bool {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fsyncs the sealed file, then writes its index files. The index files are derived
+    /// data (a missing or damaged one is rebuilt at open), so failing to write them, on a
+    /// full disk say, does not fail the seal: only the fsync can.
     fn run(&self, io: &dyn Io) -> Result<()> {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         if *done {
@@ -771,7 +789,7 @@ impl PendingSeal {
         self.file
             .sync_data()
             .map_err(|e| StorageError::io("fsync", &self.path, e))?;
-        self.index.write(io)?;
+        let _ = self.index.write(io);
         *done = true;
         Ok(())
     }

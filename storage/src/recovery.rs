@@ -116,7 +116,10 @@ fn finish_open(
         checkpoint: SharedCheckpoint::new(checkpoint),
         checkpoint_due_from_ms: 0,
         pending_seals: Vec::new(),
-        dir_sync_pending: false,
+        // Recovery may have found segment files whose directory entries a crash left
+        // unsynced: the first sync makes sure.
+        dir_sync_pending: true,
+        rolls: 0,
         cleaner,
         flushed_offset: 0,
         truncations: 0,

@@ -153,7 +153,21 @@ fn decode_legacy(bytes: &[u8]) -> Result<(u64, ProducerTable), SnapshotError> {
     }
     let legacy: Legacy =
         serde_json::from_slice(bytes).map_err(|e| SnapshotError::Legacy(e.to_string()))?;
-    Ok((legacy.next_offset, legacy.producers))
+    // Earlier builds kept no timestamp: count each producer as active now, so the first
+    // expiry pass after an upgrade does not forget them all, and keep the window's size.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut producers = ProducerTable::default();
+    for (id, entry) in legacy.producers.iter() {
+        let mut entry = entry.clone();
+        entry.last_timestamp = entry.last_timestamp.max(now);
+        while entry.recent.len() > RECENT_BATCHES {
+            entry.recent.pop_front();
+        }
+        producers.insert(id, entry);
+    }
+    Ok((legacy.next_offset, producers))
 }
 
 #[cfg(test)]
@@ -223,6 +237,18 @@ mod tests {
             producers: &t,
         })
         .expect("json");
-        assert_eq!(decode(&json), Ok((9, t)));
+        let (next, restored) = decode(&json).expect("legacy");
+        assert_eq!(next, 9);
+        assert_eq!(restored.len(), t.len());
+        for ((id, got), (want_id, want)) in restored.iter().zip(t.iter()) {
+            assert_eq!(
+                (id, got.epoch, &got.recent),
+                (want_id, want.epoch, &want.recent)
+            );
+            assert!(
+                got.last_timestamp > 1_700_000_000_000,
+                "counted as active now"
+            );
+        }
     }
 }

@@ -146,10 +146,14 @@ impl Log {
         let truncated = self.truncations != prepared.truncations;
         let mut report = prepared.report;
         let mut installs = Vec::new();
+        // The checkpoint's own segment is never shortened under it (it has left every
+        // sealed segment after the flush above, unless a full disk kept it back).
+        let checkpoint = self.checkpoint.current();
         for rewritten in prepared.rewritten {
             let slot = self.segments.iter().position(|s| rewritten.view.is(s));
+            let under_checkpoint = checkpoint.segment_base == rewritten.view.base_offset;
             match slot {
-                Some(i) if !truncated => installs.push((i, rewritten)),
+                Some(i) if !truncated && !under_checkpoint => installs.push((i, rewritten)),
                 _ => {
                     let cleaned = self.dir.join(segment_file_name(
                         rewritten.view.base_offset,
@@ -179,12 +183,12 @@ impl Log {
             report.cleaned_up_to = self.cleaner.cleaned_up_to;
             return Ok(report);
         }
-        let checkpoint = CleanerCheckpoint {
+        let cleaner = CleanerCheckpoint {
             cleaned_up_to: prepared.cleaned_up_to,
         };
-        let result = checkpoint.write(self.io.as_ref(), &self.dir);
+        let result = cleaner.write(self.io.as_ref(), &self.dir);
         self.fatal_on_error(result)?;
-        self.cleaner = checkpoint;
+        self.cleaner = cleaner;
         report.cleaned_up_to = prepared.cleaned_up_to;
         Ok(report)
     }

@@ -176,3 +176,61 @@ fn a_bit_flip_in_a_sealed_segment_is_found_when_raft_reads_it() {
         other => panic!("expected corruption, got {other}"),
     }
 }
+
+#[test]
+fn a_roll_during_an_unlocked_sync_still_moves_the_checkpoint_into_the_new_segment() {
+    let (io, clock, env) = sim_env();
+    let dir = Path::new("/rolled");
+    let small = LogConfig {
+        segment_bytes: 4096,
+        ..config(1000)
+    };
+    let (mut log, _) = Log::open_with(dir, small.clone(), env.clone()).expect("open");
+    append(&mut log, 0, 2, false);
+    // A sync that carries a mark (the open's own one was a second ago) begins; another
+    // task's `make_room` rolls meanwhile.
+    clock.advance(1000);
+    let pending = log.begin_sync().expect("begin");
+    log.make_room(4096).expect("room in a new segment");
+    let result = pending.run();
+    log.finish_sync(&pending, result).expect("finish");
+    // The next sync is the first after the roll: it must move the checkpoint into the new
+    // segment, although the clock has not moved past the interval.
+    append(&mut log, 2, 3, false);
+    log.sync().expect("sync");
+    drop(log);
+    io.power_loss(PowerLoss::DropUnsynced);
+    let new_segment = dir.join("00000000000000000002.log");
+    let bytes = io.file_bytes(&new_segment).expect("new segment");
+    let second = BatchHeader::decode(&bytes)
+        .expect("first batch")
+        .batch_len()
+        + 100;
+    io.corrupt(&new_segment, second, 0x08).expect("flip");
+    let err = Log::open_with(dir, small, env).expect_err("synced data below the mark is refused");
+    assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
+}
+
+#[test]
+fn a_full_disk_when_a_seal_writes_its_index_files_does_not_fail_the_sync() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/full");
+    let small = LogConfig {
+        segment_bytes: 4096,
+        ..config(0)
+    };
+    let (mut log, _) = Log::open_with(dir, small.clone(), env.clone()).expect("open");
+    append(&mut log, 0, 2, false);
+    log.make_room(4096).expect("room in a new segment");
+    append(&mut log, 2, 2, false);
+    // No room for anything new: the sealed segment's index files cannot be written.
+    io.set_space_limit(Some(io.used_bytes()));
+    log.sync()
+        .expect("index files are derived data: the sync still succeeds");
+    assert!(!log.is_failed());
+    drop(log);
+    io.set_space_limit(None);
+    io.power_loss(PowerLoss::DropUnsynced);
+    let (log, _) = Log::open_with(dir, small, env).expect("reopens, rebuilding the index");
+    assert_eq!(log.next_offset(), 4, "every synced batch is there");
+}
