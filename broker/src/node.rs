@@ -19,7 +19,9 @@ use crate::partition::state::PartitionState;
 use crate::partition::{Partition, PartitionParts};
 use crate::partition_dir::{self, PartitionIdentity, Prepared};
 use crate::raft::entry_codec::GroupKind;
-use crate::raft::group::{Group, GroupError, GroupRegistry, GroupSpec, start_group};
+use crate::raft::group::{
+    Group, GroupError, GroupRegistry, GroupSpec, SnapshotSchedule, start_group,
+};
 use crate::raft::network::PeerChannels;
 use crate::raft::state_machine::GroupStateMachine;
 use crate::raft::{Command, CommandResponse, GroupId, NodeId};
@@ -101,6 +103,7 @@ impl Node {
             },
             io: Arc::new(FsIo),
             members: BTreeMap::from([(config.node_id, address.clone())]),
+            snapshots: SnapshotSchedule::for_kind(GroupKind::Controller),
         };
         let (controller, _sm, report): (Group, GroupStateMachine<ControllerState>, _) =
             start_group(
@@ -477,6 +480,7 @@ impl Node {
             log_config: config.log.clone(),
             io: Arc::new(FsIo),
             members,
+            snapshots: SnapshotSchedule::for_kind(GroupKind::Partition),
         };
         let (group, sm, report) = start_group(
             spec,
@@ -569,7 +573,7 @@ mod tests {
     use crate::controller::{ControllerCommand, ControllerState, Metadata};
     use crate::error::BrokerError;
     use crate::raft::entry_codec::GroupKind;
-    use crate::raft::group::start_single_on;
+    use crate::raft::group::{SnapshotSchedule, start_single_on, start_single_with};
 
     fn create(name: &str) -> ControllerCommand {
         ControllerCommand::CreateTopic {
@@ -579,6 +583,81 @@ mod tests {
             configs: BTreeMap::new(),
             nodes: vec![1],
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_controller_snapshots_purges_behind_the_snapshot_and_restarts_from_it() {
+        let sim = SimIo::new();
+        let dir = Path::new("/disk/__cluster/controller");
+        // Tiny segments and a snapshot every 16 entries, so purges free whole segments.
+        let log_config = LogConfig {
+            segment_bytes: 1024,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let schedule = SnapshotSchedule {
+            every_entries: 16,
+            keep_behind: Some(8),
+        };
+        let (published, metadata) = watch::channel(Arc::new(Metadata::default()));
+        let (controller, _sm) = start_single_with(
+            GroupKind::Controller,
+            dir,
+            log_config.clone(),
+            Arc::new(sim.clone()),
+            schedule,
+            |_| ControllerState::new(published),
+        )
+        .await;
+        for _ in 0..200 {
+            propose_to(&controller, ControllerCommand::AllocateProducerId)
+                .await
+                .expect("a producer id");
+        }
+        controller
+            .raft
+            .wait(Some(std::time::Duration::from_secs(10)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= 150) && m.purged.is_some(),
+                "a snapshot and a purge behind it",
+            )
+            .await
+            .expect("the controller snapshots on its own");
+        let first = controller
+            .log
+            .read()
+            .ok()
+            .and_then(|l| l.first_raft_index());
+        assert!(
+            first.is_some_and(|f| f > 100),
+            "purged: log starts at {first:?}"
+        );
+        let next_id = metadata.borrow().next_producer_id;
+        let _ = controller.raft.shutdown().await;
+        drop(controller);
+
+        let (published, metadata) = watch::channel(Arc::new(Metadata::default()));
+        let (controller, _sm) = start_single_with(
+            GroupKind::Controller,
+            dir,
+            log_config,
+            Arc::new(sim.clone()),
+            schedule,
+            |_| ControllerState::new(published),
+        )
+        .await;
+        let applied = controller
+            .raft
+            .wait(Some(std::time::Duration::from_secs(10)))
+            .applied_index_at_least(Some(201), "restart caught up")
+            .await;
+        assert!(applied.is_ok(), "{applied:?}");
+        assert_eq!(
+            metadata.borrow().next_producer_id,
+            next_id,
+            "the snapshot and the entries after it restore the state"
+        );
+        let _ = controller.raft.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,30 +49,45 @@ pub enum GroupError {
     },
 }
 
-/// Raft timing for many groups on few cores (STACK.md), and when a group snapshots:
-/// - a partition every `PARTITION_SNAPSHOT_ENTRIES` entries (and by bytes from housekeeping),
-///   so a restart re-applies only what follows its last snapshot; it never purges on its own
-///   (its log is the data: only retention purges, DESIGN §3);
-/// - the controller every `CONTROLLER_SNAPSHOT_ENTRIES` entries, and its log is purged
-///   behind the snapshot, keeping `CONTROLLER_LOG_KEEP` entries for lagging followers.
-pub fn raft_config(kind: GroupKind) -> Result<Arc<openraft::Config>, GroupError> {
-    let (snapshot_policy, max_in_snapshot_log_to_keep) = match kind {
-        GroupKind::Partition => (
-            SnapshotPolicy::LogsSinceLast(limits::PARTITION_SNAPSHOT_ENTRIES),
-            u64::MAX,
-        ),
-        GroupKind::Controller => (
-            SnapshotPolicy::LogsSinceLast(limits::CONTROLLER_SNAPSHOT_ENTRIES),
-            limits::CONTROLLER_LOG_KEEP,
-        ),
-    };
+/// When a group snapshots, and how much log it keeps behind a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSchedule {
+    /// A snapshot every this many applied entries.
+    pub every_entries: u64,
+    /// Entries kept behind a snapshot; `None`: openraft never purges (only retention does).
+    pub keep_behind: Option<u64>,
+}
+
+impl SnapshotSchedule {
+    /// The schedule of a kind of group:
+    /// - a partition every `PARTITION_SNAPSHOT_ENTRIES` entries (and by bytes from
+    ///   housekeeping), so a restart re-applies only what follows its last snapshot; it
+    ///   never purges on its own (its log is the data: only retention purges, DESIGN §3);
+    /// - the controller every `CONTROLLER_SNAPSHOT_ENTRIES` entries, its log purged behind
+    ///   the snapshot but for `CONTROLLER_LOG_KEEP` entries, for followers a little behind.
+    pub fn for_kind(kind: GroupKind) -> Self {
+        match kind {
+            GroupKind::Partition => Self {
+                every_entries: limits::PARTITION_SNAPSHOT_ENTRIES,
+                keep_behind: None,
+            },
+            GroupKind::Controller => Self {
+                every_entries: limits::CONTROLLER_SNAPSHOT_ENTRIES,
+                keep_behind: Some(limits::CONTROLLER_LOG_KEEP),
+            },
+        }
+    }
+}
+
+/// Raft timing for many groups on few cores (STACK.md), and the group's snapshot schedule.
+pub fn raft_config(snapshots: SnapshotSchedule) -> Result<Arc<openraft::Config>, GroupError> {
     let config = openraft::Config {
         cluster_name: "sluice".to_string(),
         heartbeat_interval: limits::RAFT_HEARTBEAT_MS,
         election_timeout_min: limits::RAFT_ELECTION_MS.0,
         election_timeout_max: limits::RAFT_ELECTION_MS.1,
-        snapshot_policy,
-        max_in_snapshot_log_to_keep,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshots.every_entries),
+        max_in_snapshot_log_to_keep: snapshots.keep_behind.unwrap_or(u64::MAX),
         ..openraft::Config::default()
     };
     config
@@ -102,6 +117,8 @@ pub struct GroupSpec<'a> {
     pub io: Arc<dyn Io>,
     /// Replicas of the group, with their addresses, for a first start.
     pub members: BTreeMap<NodeId, String>,
+    /// When it snapshots ([`SnapshotSchedule::for_kind`] but in tests).
+    pub snapshots: SnapshotSchedule,
 }
 
 /// Opens the log (recovering it), builds the log store and state machine, and starts Raft;
@@ -144,7 +161,7 @@ pub async fn start_group<S: GroupState>(
     let network = GroupNetwork::new(spec.group_id, peers);
     let raft = GroupRaft::new(
         spec.node_id,
-        raft_config(spec.kind)?,
+        raft_config(spec.snapshots)?,
         network,
         store,
         sm.clone(),
@@ -186,6 +203,20 @@ pub async fn start_single_on<S: GroupState>(
     io: Arc<dyn Io>,
     state: impl FnOnce(SharedLog) -> S,
 ) -> (Group, GroupStateMachine<S>) {
+    let snapshots = SnapshotSchedule::for_kind(kind);
+    start_single_with(kind, dir, log_config, io, snapshots, state).await
+}
+
+/// [`start_single_on`] with a snapshot schedule of the test's own.
+#[cfg(test)]
+pub async fn start_single_with<S: GroupState>(
+    kind: GroupKind,
+    dir: &Path,
+    log_config: LogConfig,
+    io: Arc<dyn Io>,
+    snapshots: SnapshotSchedule,
+    state: impl FnOnce(SharedLog) -> S,
+) -> (Group, GroupStateMachine<S>) {
     let spec = GroupSpec {
         node_id: 1,
         node_address: "127.0.0.1:1".into(),
@@ -195,6 +226,7 @@ pub async fn start_single_on<S: GroupState>(
         log_config,
         io,
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+        snapshots,
     };
     let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::default()))
         .await

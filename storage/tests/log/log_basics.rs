@@ -840,3 +840,27 @@ fn writeback_hints_skip_what_a_sync_already_wrote() {
         "the first hint starts at the page the last sync ended in: {hints:?}, synced {synced}"
     );
 }
+
+#[test]
+fn bytes_after_a_raft_index_count_what_a_restart_would_re_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = Log::open(dir.path(), small_config()).expect("open");
+    let mut sizes = Vec::new();
+    for i in 0..60u64 {
+        let batch = value_batch(i, 100);
+        sizes.push(batch.len() as u64);
+        log.append(&batch, next_raft(&log)).expect("append");
+    }
+    assert!(log.segment_count() > 2, "crosses segments");
+    let total: u64 = sizes.iter().sum();
+    assert_eq!(log.bytes_after_raft_index(None).expect("all"), total);
+    assert_eq!(log.bytes_after_raft_index(Some(60)).expect("none"), 0);
+    for k in [1u64, 7, 25, 59] {
+        let after: u64 = sizes.iter().skip(k as usize).sum();
+        assert_eq!(
+            log.bytes_after_raft_index(Some(k)).expect("some"),
+            after,
+            "after {k}"
+        );
+    }
+}
