@@ -161,6 +161,8 @@ fn a_bit_flip_in_a_sealed_segment_is_found_when_raft_reads_it() {
     let position = batch_position(&io, dir, 1) + 100;
     io.corrupt(&segment(dir), position, 0x04).expect("flip");
     let (log, _) = Log::open_with(dir, small, env).expect("opens on its index files");
+    let flag = log.corruption_flag();
+    assert!(flag.get().is_none());
     let err = log
         .read_raft(1, usize::MAX, u64::MAX)
         .expect_err("the damaged batch is refused");
@@ -175,6 +177,9 @@ fn a_bit_flip_in_a_sealed_segment_is_found_when_raft_reads_it() {
         }
         other => panic!("expected corruption, got {other}"),
     }
+    // The owner (the broker) sees it without the log's lock and takes the partition offline.
+    let why = flag.get().expect("the log is marked corrupt");
+    assert!(why.contains("records CRC mismatch"), "{why}");
 }
 
 #[test]
