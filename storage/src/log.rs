@@ -65,6 +65,8 @@ pub struct Log {
     pub(crate) pending_seals: Vec<PendingSeal>,
     /// A roll created a segment file whose directory entry the next sync makes durable.
     pub(crate) dir_sync_pending: bool,
+    /// The cleaner checkpoint changed and the next sync writes it (outside the lock).
+    pub(crate) cleaner_write_pending: bool,
     /// Rolls so far in this process: a sync that began before a roll (one from
     /// `make_room`, by another task, while the sync ran unlocked) leaves that roll's
     /// directory fsync and checkpoint to the next sync.
@@ -399,6 +401,7 @@ impl Log {
             mark,
             seals: self.pending_seals.clone(),
             sync_dir: self.dir_sync_pending,
+            cleaner: self.cleaner_write_pending.then_some(self.cleaner),
             rolls: self.rolls,
             io: Arc::clone(&self.io),
             dir: self.dir.clone(),
@@ -417,6 +420,9 @@ impl Log {
             self.mark_released(release);
         }
         self.pending_seals.retain(|s| !s.is_done());
+        if pending.cleaner == Some(self.cleaner) {
+            self.cleaner_write_pending = false;
+        }
         let rolled_since = self.rolls != pending.rolls;
         if pending.sync_dir && !rolled_since {
             self.dir_sync_pending = false;
@@ -734,6 +740,8 @@ pub struct PendingSync {
     seals: Vec<PendingSeal>,
     /// Whether a roll created a file whose directory entry must be made durable.
     sync_dir: bool,
+    /// A cleaner checkpoint to write after the fsyncs.
+    cleaner: Option<CleanerCheckpoint>,
     /// The log's roll count when the sync began.
     rolls: u64,
     io: Arc<dyn Io>,
@@ -829,6 +837,11 @@ impl PendingSync {
                 Ok(_) | Err(StorageError::NoSpace { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(cleaner) = self.cleaner {
+            // Where the next compaction pass starts: a failed write keeps an older value,
+            // which costs a pass, never data.
+            let _ = cleaner.write(self.io.as_ref(), &self.dir);
         }
         for release in &self.releases {
             release.run();

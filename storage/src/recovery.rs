@@ -120,6 +120,7 @@ fn finish_open(
         // unsynced: the first sync makes sure.
         dir_sync_pending: true,
         rolls: 0,
+        cleaner_write_pending: false,
         cleaner,
         flushed_offset: 0,
         truncations: 0,

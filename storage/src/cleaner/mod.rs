@@ -183,20 +183,20 @@ impl Log {
             report.cleaned_up_to = self.cleaner.cleaned_up_to;
             return Ok(report);
         }
-        let cleaner = CleanerCheckpoint {
+        // Written by the next sync, outside the lock: it only says where the next pass
+        // starts, so a crash that keeps an older one costs a pass, never data.
+        self.cleaner = CleanerCheckpoint {
             cleaned_up_to: prepared.cleaned_up_to,
         };
-        let result = cleaner.write(self.io.as_ref(), &self.dir);
-        self.fatal_on_error(result)?;
-        self.cleaner = cleaner;
+        self.cleaner_write_pending = true;
         report.cleaned_up_to = prepared.cleaned_up_to;
         Ok(report)
     }
 
     /// Replaces the segments at `installs` with their synced `.log.cleaned` copies,
-    /// crash-safely and with one directory fsync per step for the whole pass: every rewrite
-    /// becomes a `.swap` (committed: the next open installs it), then each old file goes
-    /// and its `.swap` takes its name.
+    /// crash-safely with one directory fsync for the whole pass: every rewrite becomes a
+    /// `.swap` (committed once that fsync returns: the next open installs it), then each old
+    /// file goes and its `.swap` takes its name.
     fn swap_in(&mut self, installs: &[(usize, Rewritten)]) -> Result<()> {
         if installs.is_empty() {
             return Ok(());
@@ -229,8 +229,11 @@ impl Log {
             io.rename(&swap, &log)
                 .map_err(|e| StorageError::io("rename", &swap, e))?;
         }
-        io.sync_dir(&dir)
-            .map_err(|e| StorageError::io("fsync dir", &dir, e))
+        // The renames above need no fsync here: until the directory is synced a crash leaves
+        // the `.swap`s, which the next open installs. The next sync syncs it, outside the
+        // lock, before anything after it is reported durable.
+        self.dir_sync_pending = true;
+        Ok(())
     }
 }
 
