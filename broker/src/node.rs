@@ -163,17 +163,7 @@ impl Node {
     /// metadata (the controller has applied its whole log).
     async fn sweep_leftovers(&self) {
         let metadata = self.metadata();
-        let wanted = metadata
-            .topics
-            .values()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.replicas.contains(&self.node_id()))
-                    .map(|(i, _)| (t.name.clone(), i as u32))
-            })
-            .collect();
+        let wanted = self.placed_here(&metadata).map(|(key, _, _)| key).collect();
         let data_dir = self.config.data_dir.clone();
         let swept = tokio::task::spawn_blocking(move || {
             partition_dir::sweep(&data_dir, &wanted, &[CLUSTER_DIR])
@@ -188,6 +178,21 @@ impl Node {
             Ok(Err(e)) => tracing::warn!(error = %e, "sweeping leftover directories failed"),
             Err(e) => tracing::warn!(error = %e, "sweeping leftover directories failed"),
         }
+    }
+
+    /// The partitions `metadata` places on this node, with their group ids and topics.
+    fn placed_here<'m>(
+        &self,
+        metadata: &'m Metadata,
+    ) -> impl Iterator<Item = (PartitionKey, GroupId, &'m TopicMeta)> + 'm {
+        let node_id = self.node_id();
+        metadata.topics.values().flat_map(move |t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(move |(_, p)| p.replicas.contains(&node_id))
+                .map(move |(i, p)| ((t.name.clone(), i as u32), p.group_id, t))
+        })
     }
 
     /// The current metadata.
@@ -346,16 +351,9 @@ impl Node {
     pub async fn reconcile(&self) {
         let _guard = self.reconciling.lock().await;
         let metadata = self.metadata();
-        let wanted: BTreeMap<PartitionKey, (GroupId, &TopicMeta)> = metadata
-            .topics
-            .values()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.replicas.contains(&self.node_id()))
-                    .map(move |(i, p)| ((t.name.clone(), i as u32), (p.group_id, t)))
-            })
+        let wanted: BTreeMap<PartitionKey, (GroupId, &TopicMeta)> = self
+            .placed_here(&metadata)
+            .map(|(key, group_id, topic)| (key, (group_id, topic)))
             .collect();
         self.close_unwanted(&wanted).await;
         for (key, (group_id, topic)) in &wanted {

@@ -137,13 +137,7 @@ impl SharedCheckpoint {
         dir: &Path,
         checkpoint: RecoveryCheckpoint,
     ) -> Result<()> {
-        let mut file = self.lock();
-        file.lowered += 1;
-        if file.written > checkpoint {
-            checkpoint.write(io, dir)?;
-            file.written = checkpoint;
-        }
-        Ok(())
+        self.overwrite(io, dir, checkpoint, |written| written > checkpoint)
     }
 
     /// Writes `checkpoint` whatever the file holds (a reset marker), and drops every mark
@@ -154,10 +148,24 @@ impl SharedCheckpoint {
         dir: &Path,
         checkpoint: RecoveryCheckpoint,
     ) -> Result<()> {
+        self.overwrite(io, dir, checkpoint, |_| true)
+    }
+
+    /// Drops every mark computed before, then writes `checkpoint` if `needed` says so of
+    /// what the file holds.
+    fn overwrite(
+        &self,
+        io: &dyn Io,
+        dir: &Path,
+        checkpoint: RecoveryCheckpoint,
+        needed: impl FnOnce(RecoveryCheckpoint) -> bool,
+    ) -> Result<()> {
         let mut file = self.lock();
         file.lowered += 1;
-        checkpoint.write(io, dir)?;
-        file.written = checkpoint;
+        if needed(file.written) {
+            checkpoint.write(io, dir)?;
+            file.written = checkpoint;
+        }
         Ok(())
     }
 

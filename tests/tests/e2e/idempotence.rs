@@ -23,6 +23,16 @@ fn batch(producer_id: u64, sequence: u32, records: u32) -> Bytes {
     b.build().expect("batch")
 }
 
+async fn new_producer_id(
+    raw: &mut sluice_protocol::v1::producer_client::ProducerClient<tonic::transport::Channel>,
+) -> u64 {
+    raw.init_producer_id(InitProducerIdRequest {})
+        .await
+        .expect("producer id")
+        .into_inner()
+        .producer_id
+}
+
 fn request(batch: Bytes) -> ProduceRequest {
     ProduceRequest {
         topic: "idem".into(),
@@ -40,12 +50,7 @@ fn retried_batches_keep_their_offsets_gaps_are_refused_and_state_survives_restar
     let (producer_id, last) = rt.block_on(async {
         client_with_topic(&broker.address, "idem", 1, &[]).await;
         let mut raw = raw_producer(&broker.address).await;
-        let producer_id = raw
-            .init_producer_id(InitProducerIdRequest {})
-            .await
-            .expect("producer id")
-            .into_inner()
-            .producer_id;
+        let producer_id = new_producer_id(&mut raw).await;
         let first = raw
             .produce(request(batch(producer_id, 0, 3)))
             .await
@@ -144,12 +149,7 @@ fn idempotence_survives_compaction_and_a_restart() {
     let (producer_id, first_offset, end) = rt.block_on(async {
         let client = client_with_topic(&broker.address, "idem", 1, &configs).await;
         let mut raw = raw_producer(&broker.address).await;
-        let producer_id = raw
-            .init_producer_id(InitProducerIdRequest {})
-            .await
-            .expect("producer id")
-            .into_inner()
-            .producer_id;
+        let producer_id = new_producer_id(&mut raw).await;
         // Three records of one key: compaction keeps only the last, so the stored batch
         // ends with one record but still spans three offsets (and sequences).
         let first = raw
