@@ -5,6 +5,7 @@
 pub mod cleanup;
 pub mod latency_floor;
 pub mod raw_file;
+pub mod raw_producer;
 pub mod report;
 pub mod samples;
 pub mod workload;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice_benches::cleanup::remove_dir_gently;
 use sluice_benches::latency_floor::{Floor, storage_latency_floor};
+use sluice_benches::raw_producer;
 use sluice_benches::samples::Samples;
 use sluice_benches::workload::{RECORD_BYTES, batch_64k};
 use sluice_client::{
@@ -291,21 +292,6 @@ fn write_trace(path: &std::ffi::OsStr, epoch: Instant, traced: &mut [(u64, u64)]
     }
 }
 
-/// A raw producer client with the same HTTP/2 windows the SDK uses.
-async fn raw_client(
-    address: &str,
-) -> sluice_protocol::v1::producer_client::ProducerClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("address")
-        .initial_stream_window_size(sluice_protocol::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(sluice_protocol::HTTP2_CONNECTION_WINDOW_BYTES)
-        .connect()
-        .await
-        .expect("connect");
-    sluice_protocol::v1::producer_client::ProducerClient::new(channel)
-        .max_encoding_message_size(sluice_protocol::MESSAGE_BYTES_MAX)
-}
-
 /// Broker capacity without the SDK's per-record work: `in_flight` raw produce requests of a
 /// pre-built batch of 1 KiB records per partition, for `seconds`. Returns records/s and the
 /// sorted request latencies (µs).
@@ -316,7 +302,6 @@ async fn run_raw(
     seconds: f64,
     in_flight: usize,
 ) -> RunResult {
-    use sluice_protocol::v1::{Acks, ProduceRequest};
     let batch = sluice_benches::workload::batch_bytes_of(1 << 20);
     let records = sluice_storage::BatchHeader::decode(&batch)
         .map(|h| h.record_count)
@@ -333,18 +318,12 @@ async fn run_raw(
                 batch.clone(),
                 topic.to_string(),
             );
-            let mut client = raw_client(address).await;
+            let mut client = sluice_benches::raw_producer::connect(address).await;
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    let request = ProduceRequest {
-                        topic: topic.clone(),
-                        partition,
-                        batch: batch.clone(),
-                        acks: Acks::All as i32,
-                        request_id: 0,
-                    };
+                    let request = raw_producer::request(&topic, partition, batch.clone());
                     if client.produce(request).await.is_err() {
                         break;
                     }
@@ -373,20 +352,13 @@ async fn run_raw(
 /// One raw produce of a one-record batch at a time: the broker's round trip with nothing
 /// queued (group commit of one, fsync, Raft commit and apply), for `count` requests.
 async fn run_serial(address: &str, topic: &str, count: usize) -> RunResult {
-    use sluice_protocol::v1::{Acks, ProduceRequest};
     let batch = sluice_benches::workload::batch_bytes_of(1);
-    let mut client = raw_client(address).await;
+    let mut client = sluice_benches::raw_producer::connect(address).await;
     let mut produce_us = Vec::with_capacity(count);
     let start = Instant::now();
     for _ in 0..count {
         let t0 = Instant::now();
-        let request = ProduceRequest {
-            topic: topic.to_string(),
-            partition: 0,
-            batch: batch.clone(),
-            acks: Acks::All as i32,
-            request_id: 0,
-        };
+        let request = raw_producer::request(topic, 0, batch.clone());
         if client.produce(request).await.is_err() {
             break;
         }

@@ -10,10 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use sluice_benches::raw_producer;
 use sluice_client::Client;
-use sluice_protocol::MESSAGE_BYTES_MAX;
-use sluice_protocol::v1::producer_client::ProducerClient;
-use sluice_protocol::v1::{Acks, ProduceRequest};
 use sluice_tests::TestBroker;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -64,21 +62,11 @@ async fn fill(address: &str, topic: &str, partitions: u32, bytes_each: u64) -> u
     let batches = bytes_each.div_ceil(batch.len() as u64);
     let mut tasks = Vec::new();
     for partition in 0..partitions {
-        let client = ProducerClient::connect(format!("http://{address}"))
-            .await
-            .expect("connect")
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let mut client = raw_producer::connect(address).await;
         let (batch, topic) = (batch.clone(), topic.to_string());
         tasks.push(tokio::spawn(async move {
-            let mut client = client;
             for _ in 0..batches {
-                let request = ProduceRequest {
-                    topic: topic.clone(),
-                    partition,
-                    batch: batch.clone(),
-                    acks: Acks::All as i32,
-                    request_id: 0,
-                };
+                let request = raw_producer::request(&topic, partition, batch.clone());
                 client.produce(request).await.expect("produce");
             }
         }));
