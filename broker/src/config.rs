@@ -1,8 +1,10 @@
 //! Broker configuration: command-line flags, `SLUICE_*` environment variables, and an
 //! optional TOML file, in that order of precedence, over built-in defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -31,9 +33,24 @@ pub struct Args {
     /// Prometheus metrics address, served at /metrics [default: 127.0.0.1:9644].
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// This broker's node id [default: 1].
+    /// This broker's node id (≥ 1), recorded in the data dir on first start [default: 1].
     #[arg(long, env = "SLUICE_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Address of the internal (Raft) service; required in a cluster.
+    #[arg(long, env = "SLUICE_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// The client address other nodes and clients are told [default: the listen address].
+    #[arg(long, env = "SLUICE_ADVERTISED_ADDR")]
+    pub advertised_addr: Option<String>,
+    /// Founding nodes of a new cluster, `ID=HOST:RAFTPORT,...`, the same on every one of them.
+    #[arg(long, env = "SLUICE_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// The raft address of a node of an existing cluster to join.
+    #[arg(long, env = "SLUICE_JOIN")]
+    pub join: Option<String>,
+    /// File holding the cluster secret every internal call proves; required in a cluster.
+    #[arg(long, env = "SLUICE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Bytes of produce requests in flight per partition before producers are throttled
     /// [default: 32 MiB].
     #[arg(long, env = "SLUICE_PARTITION_INFLIGHT_BYTES")]
@@ -59,6 +76,11 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     node_id: Option<u64>,
+    raft_listen: Option<SocketAddr>,
+    advertised_addr: Option<String>,
+    initial_cluster: Option<String>,
+    join: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
     partition_inflight_bytes: Option<u64>,
     broker_inflight_bytes: Option<u64>,
     housekeeping_interval_secs: Option<u64>,
@@ -76,6 +98,10 @@ pub struct BrokerConfig {
     pub metrics_listen: SocketAddr,
     /// This node's id.
     pub node_id: u64,
+    /// The client address clients are told; `None`: the bound listen address.
+    pub advertised_addr: Option<String>,
+    /// How this node takes part in a cluster; `None`: a single node (groups of one).
+    pub cluster: Option<ClusterConfig>,
     /// Produce bytes in flight per partition.
     pub partition_inflight_bytes: u64,
     /// Produce bytes in flight per broker.
@@ -84,6 +110,87 @@ pub struct BrokerConfig {
     pub housekeeping_interval: Duration,
     /// Defaults for every topic's log.
     pub default_log: LogConfig,
+}
+
+/// How a node forms or finds its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A founding node: every founder has the same list of node ids and raft addresses.
+    Initial(BTreeMap<u64, String>),
+    /// A new node joining through the raft address of a member.
+    Join(String),
+}
+
+/// A cluster member's settings.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// Where the internal service listens.
+    pub raft_listen: SocketAddr,
+    /// Founding or joining.
+    pub bootstrap: Bootstrap,
+    /// The shared secret every internal call proves.
+    pub secret: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret itself.
+        f.debug_struct("ClusterConfig")
+            .field("raft_listen", &self.raft_listen)
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest cluster secret accepted, in bytes.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+
+/// Parses `1=host:port,2=host:port`: ids ≥ 1, each once, addresses non-empty.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut nodes = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, address) = item.split_once('=').ok_or_else(|| {
+            ConfigError::Cluster(format!(
+                "--initial-cluster entry {item:?} is not ID=HOST:PORT"
+            ))
+        })?;
+        let id: u64 = id.trim().parse().map_err(|_| {
+            ConfigError::Cluster(format!(
+                "--initial-cluster entry {item:?}: the id is not a number"
+            ))
+        })?;
+        let address = address.trim();
+        if id == 0 || address.is_empty() || !address.contains(':') {
+            return Err(ConfigError::Cluster(format!(
+                "--initial-cluster entry {item:?}: ids start at 1 and addresses are HOST:PORT"
+            )));
+        }
+        if nodes.insert(id, address.to_string()).is_some() {
+            return Err(ConfigError::Cluster(format!(
+                "--initial-cluster names node {id} twice"
+            )));
+        }
+    }
+    if nodes.is_empty() {
+        return Err(ConfigError::Cluster("--initial-cluster is empty".into()));
+    }
+    Ok(nodes)
+}
+
+fn read_secret(path: &Path) -> Result<Arc<[u8]>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // A trailing newline from an editor or `echo` is not part of the secret.
+    let secret = bytes.trim_ascii_end();
+    if secret.len() < CLUSTER_SECRET_BYTES_MIN {
+        return Err(ConfigError::Cluster(format!(
+            "the cluster secret in {} must be at least {CLUSTER_SECRET_BYTES_MIN} bytes",
+            path.display()
+        )));
+    }
+    Ok(Arc::from(secret))
 }
 
 /// The config could not be assembled.
@@ -108,6 +215,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid config: {0}")]
     Invalid(&'static str),
+    /// The cluster flags do not fit together.
+    #[error("invalid cluster config: {0}")]
+    Cluster(String),
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -128,6 +238,14 @@ impl BrokerConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        let cluster = resolve_cluster(
+            node_id,
+            args.raft_listen.or(file.raft_listen),
+            args.initial_cluster.or(file.initial_cluster),
+            args.join.or(file.join),
+            args.cluster_secret_file.or(file.cluster_secret_file),
+        )?;
         let config = Self {
             data_dir: args
                 .data_dir
@@ -141,7 +259,9 @@ impl BrokerConfig {
                 .metrics_listen
                 .or(file.metrics_listen)
                 .unwrap_or(limits::METRICS_LISTEN_DEFAULT),
-            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
+            advertised_addr: args.advertised_addr.or(file.advertised_addr),
+            cluster,
             partition_inflight_bytes: args
                 .partition_inflight_bytes
                 .or(file.partition_inflight_bytes)
@@ -172,6 +292,9 @@ impl BrokerConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::Invalid("node ids start at 1"));
+        }
         let min = limits::INFLIGHT_BYTES_MIN;
         if self.partition_inflight_bytes < min || self.broker_inflight_bytes < min {
             return Err(ConfigError::Invalid(
@@ -185,6 +308,55 @@ impl BrokerConfig {
         }
         Ok(())
     }
+}
+
+/// The cluster settings, if any cluster flag is given: `--initial-cluster` or `--join`
+/// (not both) needs `--raft-listen` and `--cluster-secret-file`.
+fn resolve_cluster(
+    node_id: u64,
+    raft_listen: Option<SocketAddr>,
+    initial_cluster: Option<String>,
+    join: Option<String>,
+    secret_file: Option<PathBuf>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let bootstrap = match (initial_cluster, join) {
+        (None, None) => {
+            if raft_listen.is_some() || secret_file.is_some() {
+                return Err(ConfigError::Cluster(
+                    "--raft-listen and --cluster-secret-file need --initial-cluster or --join"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Cluster(
+                "give --initial-cluster (a new cluster) or --join (an existing one), not both"
+                    .into(),
+            ));
+        }
+        (Some(list), None) => {
+            let nodes = parse_initial_cluster(&list)?;
+            if !nodes.contains_key(&node_id) {
+                return Err(ConfigError::Cluster(format!(
+                    "--initial-cluster does not name this node (--node-id {node_id})"
+                )));
+            }
+            Bootstrap::Initial(nodes)
+        }
+        (None, Some(address)) => Bootstrap::Join(address),
+    };
+    let raft_listen = raft_listen.ok_or_else(|| {
+        ConfigError::Cluster("a cluster node needs --raft-listen HOST:PORT".into())
+    })?;
+    let secret_file = secret_file.ok_or_else(|| {
+        ConfigError::Cluster("a cluster node needs --cluster-secret-file FILE".into())
+    })?;
+    Ok(Some(ClusterConfig {
+        raft_listen,
+        bootstrap,
+        secret: read_secret(&secret_file)?,
+    }))
 }
 
 #[cfg(test)]

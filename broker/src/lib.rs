@@ -2,6 +2,7 @@
 //! is Raft group 0, and everything is served over gRPC (`sluice-protocol`).
 
 pub mod blocking;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod error;

@@ -86,3 +86,16 @@ pub const CONTROLLER_LOG_KEEP: u64 = 1024;
 /// The controller's segment size: small, so purging behind a snapshot frees whole segments
 /// (an entry is about 150 bytes; 4 MiB holds ~25,000).
 pub const CONTROLLER_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How long a starting cluster node waits for the controller to have a leader (and, not
+/// being a founding voter, to be registered): founders may start a while apart.
+pub const CLUSTER_JOIN_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a metadata change waits for a controller leader to take it.
+pub const CONTROLLER_PROPOSE_WAIT: Duration = Duration::from_secs(15);
+
+/// Attempts at reporting a partition leadership to the controller.
+pub const LEADER_REPORT_ATTEMPTS: u32 = 20;
+
+/// Raft entries a follower may lag its partition's leader and still count as in sync.
+pub const IN_SYNC_LAG_ENTRIES: u64 = 256;

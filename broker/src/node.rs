@@ -2,21 +2,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use sluice_storage::io::FsIo;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::cluster::identity::{ClusterId, IdentityError, NodeIdentity};
+use crate::cluster::internal_auth::ClusterAuth;
+use crate::cluster::{forward, membership};
 use crate::config::BrokerConfig;
 use crate::controller::{
-    CONTROLLER_GROUP, ControllerCommand, ControllerResponse, ControllerState, Metadata,
-    TopicConfig, TopicMeta,
+    CONTROLLER_GROUP, ControllerCommand, ControllerResponse, ControllerState, LeaderReport,
+    Metadata, TopicConfig, TopicMeta,
 };
 use crate::error::{BrokerError, quote};
 use crate::flow::produce_budget::ByteBudget;
 use crate::partition::state::PartitionState;
-use crate::partition::{Partition, PartitionParts};
+use crate::partition::{ClusterLink, Partition, PartitionParts};
 use crate::partition_dir::{self, PartitionIdentity, Prepared};
 use crate::raft::entry_codec::GroupKind;
 use crate::raft::group::{
@@ -37,7 +40,7 @@ type PartitionKey = (String, u32);
 pub struct Node {
     /// Effective configuration.
     pub config: BrokerConfig,
-    /// The client address other nodes and clients reach this node at.
+    /// The advertised client address: what clients are told to dial for this node.
     pub address: String,
     /// This node's Raft groups, for the internal service.
     pub groups: Arc<GroupRegistry>,
@@ -51,6 +54,11 @@ pub struct Node {
     reconciling: tokio::sync::Mutex<()>,
     /// Produce bytes in flight across the broker.
     pub broker_budget: ByteBudget,
+    /// This node's internal (Raft) address; empty on a single node.
+    pub raft_address: String,
+    auth: Option<ClusterAuth>,
+    identity: std::sync::Mutex<NodeIdentity>,
+    leader_reports: mpsc::UnboundedSender<LeaderReport>,
 }
 
 impl Node {
@@ -78,21 +86,85 @@ pub enum NodeError {
     /// The controller elected no leader in time.
     #[error("the controller group elected no leader within {0:?}")]
     NoController(Duration),
+    /// The data dir belongs to another node or cluster.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// No seed registered this node.
+    #[error("cannot register with the cluster: {0}")]
+    Register(String),
+    /// Joining the cluster failed.
+    #[error("cannot join the cluster: {0}")]
+    Joining(BrokerError),
+}
+
+/// What the server builds before the node: the internal service needs the group registry
+/// (and a cluster's peers vote) while the node is still starting.
+pub struct Wiring {
+    /// This node's groups, served by the internal service.
+    pub groups: Arc<GroupRegistry>,
+    /// Channels to peers.
+    pub peers: Arc<PeerChannels>,
+    /// The cluster secret and id (a cluster node only).
+    pub auth: Option<ClusterAuth>,
+    /// The data dir's identity.
+    pub identity: NodeIdentity,
+    /// This node's raft address (a cluster node only).
+    pub raft_address: Option<String>,
+}
+
+impl Wiring {
+    /// Checks the data dir's identity and builds what the internal service needs.
+    pub fn new(config: &BrokerConfig, raft_address: Option<String>) -> Result<Self, NodeError> {
+        let cluster_dir = config.data_dir.join(CLUSTER_DIR);
+        let identity = NodeIdentity::open_or_create(&cluster_dir, config.node_id)?;
+        let auth = config
+            .cluster
+            .as_ref()
+            .map(|c| ClusterAuth::new(Arc::clone(&c.secret), identity.cluster_id));
+        Ok(Self {
+            groups: Arc::new(GroupRegistry::default()),
+            peers: Arc::new(PeerChannels::new(auth.clone())),
+            auth,
+            identity,
+            raft_address,
+        })
+    }
 }
 
 impl Node {
-    /// Opens the data dir, recovers the controller and every hosted partition, and starts
-    /// the background reconciler and housekeeping.
-    pub async fn start(config: BrokerConfig, address: String) -> Result<Arc<Self>, NodeError> {
+    /// Opens the data dir, recovers the controller and every hosted partition, joins the
+    /// cluster (registering this node), and starts the background reconciler and
+    /// housekeeping.
+    pub async fn start(
+        config: BrokerConfig,
+        address: String,
+        wiring: Wiring,
+    ) -> Result<Arc<Self>, NodeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| NodeError::DataDir(config.data_dir.clone(), e))?;
-        let peers = Arc::new(PeerChannels::default());
-        let groups = Arc::new(GroupRegistry::default());
+        let Wiring {
+            groups,
+            peers,
+            auth,
+            identity,
+            raft_address,
+        } = wiring;
+        let raft_address = raft_address.unwrap_or_default();
+        if let Some(auth) = &auth {
+            refuse_other_cluster(&peers, &membership::seeds(&config), auth).await?;
+        }
         let (published, metadata) = watch::channel(Arc::new(Metadata::default()));
         let controller_dir = config.data_dir.join(CLUSTER_DIR).join("controller");
+        // A cluster's controller membership holds raft addresses (what peers dial).
+        let own_raft = if auth.is_some() {
+            raft_address.clone()
+        } else {
+            address.clone()
+        };
+        let (members, elect) = membership::controller_bootstrap(&config, &own_raft);
         let spec = GroupSpec {
             node_id: config.node_id,
-            node_address: address.clone(),
+            node_address: own_raft,
             group_id: CONTROLLER_GROUP,
             kind: GroupKind::Controller,
             dir: &controller_dir,
@@ -102,7 +174,8 @@ impl Node {
                 ..Default::default()
             },
             io: Arc::new(FsIo),
-            members: BTreeMap::from([(config.node_id, address.clone())]),
+            members: members.clone(),
+            elect,
             snapshots: SnapshotSchedule::for_kind(GroupKind::Controller),
         };
         let (controller, _sm, report): (Group, GroupStateMachine<ControllerState>, _) =
@@ -117,36 +190,75 @@ impl Node {
             crate::metrics::recovered();
         }
         groups.insert(CONTROLLER_GROUP, controller.raft.clone());
-        let wait = Duration::from_secs(30);
+        let registration = ControllerCommand::RegisterNode {
+            id: config.node_id,
+            address: address.clone(),
+            raft_address: raft_address.clone(),
+        };
+        let voter = members.contains_key(&config.node_id)
+            || controller
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == config.node_id);
+        if !voter {
+            // Not a voter (yet): the controller's leader adds this node once it is
+            // registered, and only then does this node hear of a leader.
+            membership::register_via_seeds(
+                &peers,
+                &membership::seeds(&config),
+                &registration,
+                limits::CLUSTER_JOIN_WAIT,
+            )
+            .await
+            .map_err(NodeError::Register)?;
+        }
+        let wait = limits::CLUSTER_JOIN_WAIT;
         controller
             .raft
             .wait(Some(wait))
-            .current_leader(config.node_id, "controller leader")
+            .metrics(|m| m.current_leader.is_some(), "a controller leader")
             .await
             .map_err(|_| NodeError::NoController(wait))?;
         let broker_budget = ByteBudget::new(config.broker_inflight_bytes);
+        let (leader_reports, reports) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
             config,
             address,
+            raft_address,
             groups,
             peers,
+            auth,
+            identity: std::sync::Mutex::new(identity),
             controller,
             metadata,
             partitions: RwLock::new(BTreeMap::new()),
             offline: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             broker_budget,
+            leader_reports,
         });
         // Wait for the controller to re-apply its log, so restarts see every topic.
         // Read in its own statement: a watch borrow held across an await blocks the sender.
         let last_log_index = node.controller.raft.metrics().borrow().last_log_index;
-        let caught_up = node
+        let mut caught_up = node
             .controller
             .raft
             .wait(Some(wait))
             .applied_index_at_least(last_log_index, "controller caught up")
             .await
             .is_ok();
+        // Registering goes through the leader; seeing it applied here means this node's
+        // metadata is at least as new as that commit.
+        node.propose(registration)
+            .await
+            .map_err(NodeError::Joining)?;
+        caught_up &= node.wait_registered().await;
+        node.adopt_cluster_id().await?;
+        tokio::spawn(report_leaders(Arc::downgrade(&node), reports));
         node.reconcile().await;
         if caught_up {
             node.sweep_leftovers().await;
@@ -155,7 +267,116 @@ impl Node {
         tokio::spawn(Arc::clone(&node).reconcile_forever());
         tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
         tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
+        if node.auth.is_some() {
+            tokio::spawn(membership::run(Arc::downgrade(&node)));
+        }
         Ok(node)
+    }
+
+    /// Waits (bounded) until this node's registration shows in its own metadata.
+    async fn wait_registered(&self) -> bool {
+        wait_until(|| {
+            self.metadata()
+                .nodes
+                .get(&self.node_id())
+                .is_some_and(|n| n.address == self.address && n.raft_address == self.raft_address)
+        })
+        .await
+    }
+
+    /// Names the cluster if the controller has no id yet, then records the controller's id
+    /// in the data dir, refusing to serve another cluster's data.
+    async fn adopt_cluster_id(&self) -> Result<(), NodeError> {
+        if self.metadata().cluster_id.is_none() {
+            let proposed = self
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cluster_id
+                .unwrap_or_else(ClusterId::generate);
+            self.propose(ControllerCommand::InitCluster {
+                cluster_id: proposed.to_string(),
+            })
+            .await
+            .map_err(NodeError::Joining)?;
+            wait_until(|| self.metadata().cluster_id.is_some()).await;
+        }
+        let Some(current) = self
+            .metadata()
+            .cluster_id
+            .as_deref()
+            .and_then(ClusterId::parse)
+        else {
+            return Err(NodeError::Joining(BrokerError::Unavailable(
+                "the controller did not name the cluster in time".into(),
+            )));
+        };
+        let dir = self.config.data_dir.join(CLUSTER_DIR);
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .adopt_cluster(&dir, current)?;
+        if let Some(auth) = &self.auth {
+            auth.set_cluster_id(current);
+        }
+        Ok(())
+    }
+
+    /// The cluster's id, once known.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster_id
+    }
+
+    /// The controller group's Raft handle.
+    pub fn controller_raft(&self) -> &crate::raft::GroupRaft {
+        &self.controller.raft
+    }
+
+    /// Channels to peer nodes.
+    pub fn peers(&self) -> &PeerChannels {
+        &self.peers
+    }
+
+    /// The registered nodes that answer a ping now (this node always counts).
+    pub async fn alive_nodes(&self) -> BTreeSet<NodeId> {
+        let metadata = self.metadata();
+        let pings = metadata
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != self.node_id())
+            .map(|(id, n)| async move {
+                forward::ping(&self.peers, &n.raft_address)
+                    .await
+                    .is_some_and(|p| p.node_id == *id)
+                    .then_some(*id)
+            });
+        let mut alive: BTreeSet<NodeId> = futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        alive.insert(self.node_id());
+        alive
+    }
+
+    /// The controller's voters.
+    pub fn controller_voters(&self) -> BTreeSet<NodeId> {
+        self.controller
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Whether this node runs as part of a cluster (it has a raft listener).
+    pub fn in_cluster(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// Removes directories of topics and partitions the metadata does not place here:
@@ -210,12 +431,71 @@ impl Node {
         self.controller.raft.metrics().borrow().current_leader
     }
 
-    /// Proposes a metadata change and waits for it to be applied.
+    /// Proposes a metadata change and waits for it to be applied; a node that does not
+    /// lead the controller hands it to the leader.
     pub async fn propose(
         &self,
         command: ControllerCommand,
     ) -> Result<ControllerResponse, BrokerError> {
-        propose_to(&self.controller, command).await
+        self.propose_forwarded(command, 0).await
+    }
+
+    /// [`Node::propose`] for a command that already passed through `hops` nodes.
+    pub async fn propose_forwarded(
+        &self,
+        command: ControllerCommand,
+        hops: u32,
+    ) -> Result<ControllerResponse, BrokerError> {
+        let deadline = tokio::time::Instant::now() + limits::CONTROLLER_PROPOSE_WAIT;
+        let mut last = BrokerError::Unavailable("the controller has no leader".into());
+        loop {
+            let leader = self.controller_leader();
+            if leader == Some(self.node_id()) {
+                match propose_to(&self.controller, command.clone()).await {
+                    // Lost the leadership meanwhile: find the new leader.
+                    Err(e @ BrokerError::NotLeader { .. }) => last = e,
+                    other => return other,
+                }
+            } else if let Some(leader) = leader
+                && self.in_cluster()
+            {
+                if hops >= forward::FORWARD_HOPS_MAX {
+                    return Err(BrokerError::Unavailable(
+                        "the controller leader moved while the change was forwarded".into(),
+                    ));
+                }
+                let address = self.controller_member_address(leader);
+                match address {
+                    Some(address) => {
+                        match forward::forward(&self.peers, &address, &command, hops + 1).await {
+                            Ok(answer) => return Ok(answer),
+                            Err(e) => last = e,
+                        }
+                    }
+                    None => {
+                        last = BrokerError::Unavailable(format!(
+                            "no address for controller leader {leader}"
+                        ))
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The raft address of controller member `id`.
+    fn controller_member_address(&self, id: NodeId) -> Option<String> {
+        self.controller
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
     }
 
     /// The effective config of a topic.
@@ -255,6 +535,20 @@ impl Node {
         if let Some(why) = self.offline_reason(&key) {
             return Err(BrokerError::StorageFailed(format!(
                 "{}/{index} is offline: {why}",
+                quote(topic)
+            )));
+        }
+        let placed = &meta.partitions[index as usize];
+        if !placed.replicas.contains(&self.node_id()) {
+            // Another broker's partition: point the client at its leader.
+            if let Some(leader) = placed.leader {
+                return Err(BrokerError::NotLeader {
+                    what: format!("{}/{index}", quote(topic)),
+                    leader_hint: metadata.node_address(leader).map(str::to_string),
+                });
+            }
+            return Err(BrokerError::Unavailable(format!(
+                "{}/{index} has no known leader yet",
                 quote(topic)
             )));
         }
@@ -310,15 +604,22 @@ impl Node {
             .collect()
     }
 
-    /// Waits until every partition of `topic` is open here and has a serving leader.
+    /// Waits until every partition of `topic` has a serving leader that the controller
+    /// knows of, and the ones hosted here are open.
     pub async fn wait_topic_ready(&self, topic: &str) -> Result<(), BrokerError> {
+        let node_id = self.node_id();
         let ready = || {
-            let count = self
-                .metadata()
-                .topics
-                .get(topic)
-                .map_or(0, |t| t.partitions.len());
-            (0..count as u32).all(|i| self.partition(topic, i).is_ok_and(|p| p.leader().is_some()))
+            let metadata = self.metadata();
+            let Some(meta) = metadata.topics.get(topic) else {
+                return false;
+            };
+            meta.partitions.iter().enumerate().all(|(i, p)| {
+                p.leader.is_some()
+                    && (!p.replicas.contains(&node_id)
+                        || self
+                            .partition(topic, i as u32)
+                            .is_ok_and(|p| p.leader().is_some()))
+            })
         };
         if wait_until(ready).await {
             return Ok(());
@@ -449,25 +750,12 @@ impl Node {
         if let Prepared::ReplacedStale(stale) = &prepared {
             tracing::warn!(topic = %key.0, partition = key.1, ?stale, "removed a deleted incarnation's leftover directory");
         }
-        let members: BTreeMap<NodeId, String> = topic
+        let replicas = topic
             .partitions
             .get(key.1 as usize)
-            .map(|p| {
-                p.replicas
-                    .iter()
-                    .map(|r| {
-                        (
-                            *r,
-                            if *r == self.node_id() {
-                                self.address.clone()
-                            } else {
-                                String::new()
-                            },
-                        )
-                    })
-                    .collect()
-            })
+            .map(|p| p.replicas.clone())
             .unwrap_or_default();
+        let members = self.group_members(&replicas)?;
         let (high_watermark_tx, high_watermark) = watch::channel(0);
         let spec = GroupSpec {
             node_id: self.node_id(),
@@ -478,6 +766,7 @@ impl Node {
             log_config: config.log.clone(),
             io: Arc::new(FsIo),
             members,
+            elect: replicas.first() == Some(&self.node_id()),
             snapshots: SnapshotSchedule::for_kind(GroupKind::Partition),
         };
         let (group, sm, report) = start_group(
@@ -501,12 +790,37 @@ impl Node {
             config,
             node_id: self.node_id(),
             budget_bytes: self.config.partition_inflight_bytes,
+            cluster: Some(ClusterLink {
+                metadata: self.metadata.clone(),
+                leader_reports: self.leader_reports.clone(),
+            }),
         });
         self.partitions
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone(), Arc::new(partition));
         Ok(())
+    }
+
+    /// A partition group's voters with their raft addresses (this node's own address on a
+    /// single node, whose groups of one never call out).
+    fn group_members(&self, replicas: &[NodeId]) -> Result<BTreeMap<NodeId, String>, BrokerError> {
+        if !self.in_cluster() {
+            return Ok(replicas
+                .iter()
+                .map(|r| (*r, self.address.clone()))
+                .collect());
+        }
+        let metadata = self.metadata();
+        replicas
+            .iter()
+            .map(|r| match metadata.nodes.get(r) {
+                Some(n) if !n.raft_address.is_empty() => Ok((*r, n.raft_address.clone())),
+                _ => Err(BrokerError::Unavailable(format!(
+                    "replica node {r} has not registered its address"
+                ))),
+            })
+            .collect()
     }
 
     /// Stops every group and checkpoints every log.
@@ -519,6 +833,57 @@ impl Node {
             && let Err(e) = log.checkpoint()
         {
             tracing::warn!(error = %e, "controller checkpoint at shutdown failed");
+        }
+    }
+}
+
+/// Refuses to start when a seed says this node's data belongs to another cluster.
+async fn refuse_other_cluster(
+    peers: &PeerChannels,
+    seeds: &[String],
+    auth: &ClusterAuth,
+) -> Result<(), NodeError> {
+    if auth.cluster_id().is_none() {
+        return Ok(());
+    }
+    for seed in seeds {
+        if let Some(why) = forward::refused_as_other_cluster(peers, seed).await {
+            return Err(NodeError::Joining(BrokerError::InvalidConfig(format!(
+                "{seed} refuses this node: {why}; this data dir belongs to another cluster"
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// Proposes the leaderships this node's partitions report, several per controller entry.
+async fn report_leaders(node: Weak<Node>, mut reports: mpsc::UnboundedReceiver<LeaderReport>) {
+    while let Some(first) = reports.recv().await {
+        let mut leaders = vec![first];
+        while let Ok(more) = reports.try_recv() {
+            leaders.push(more);
+        }
+        let Some(node) = node.upgrade() else { return };
+        for attempt in 0..limits::LEADER_REPORT_ATTEMPTS {
+            let metadata = node.metadata();
+            leaders.retain(|r| {
+                metadata
+                    .partition_of_group(r.group_id)
+                    .is_some_and(|(_, _, p)| p.leader_term < r.term || p.leader != Some(r.leader))
+            });
+            if leaders.is_empty() {
+                break;
+            }
+            let command = ControllerCommand::ReportLeaders {
+                leaders: leaders.clone(),
+            };
+            match node.propose(command).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "reporting partition leaders failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
         }
     }
 }

@@ -17,9 +17,10 @@ use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::BrokerConfig;
-use crate::node::Node;
-use crate::raft::service::RaftService;
+use crate::cluster::internal_auth::{ClusterAuth, RequireSecret};
+use crate::config::{Bootstrap, BrokerConfig};
+use crate::node::{Node, Wiring};
+use crate::raft::service::{NodeSlot, RaftService};
 use crate::service::admin::AdminService;
 use crate::service::consumer::ConsumerService;
 use crate::service::deadline::stamp_arrival;
@@ -34,16 +35,61 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?.to_string();
+    let bound = listener.local_addr()?.to_string();
+    let address = config
+        .advertised_addr
+        .clone()
+        .unwrap_or_else(|| bound.clone());
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(config.metrics_listen)
         .install()
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_listen))?;
     crate::metrics::describe();
     let data_dir = config.data_dir.clone();
-    let node = Node::start(config, address.clone())
+    let raft_listener = match &config.cluster {
+        Some(cluster) => Some(
+            TcpListener::bind(cluster.raft_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cluster.raft_listen))?,
+        ),
+        None => None,
+    };
+    let raft_address = match (&config.cluster, &raft_listener) {
+        (Some(cluster), Some(listener)) => Some(match &cluster.bootstrap {
+            // What the founders dial this node at.
+            Bootstrap::Initial(initial) => initial
+                .get(&config.node_id)
+                .cloned()
+                .unwrap_or(listener.local_addr()?.to_string()),
+            Bootstrap::Join(_) => listener.local_addr()?.to_string(),
+        }),
+        _ => None,
+    };
+    let wiring = Wiring::new(&config, raft_address.clone())
+        .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
+    let slot: NodeSlot = Arc::default();
+    let stop_internal = Arc::new(Notify::new());
+    let internal = match raft_listener {
+        Some(listener) => {
+            let service = RaftService::new(
+                Arc::clone(&wiring.groups),
+                Arc::clone(&slot),
+                config.node_id,
+                wiring.auth.clone(),
+            );
+            let auth = wiring.auth.clone().context("a cluster node has a secret")?;
+            let serving = serve_internal(service, auth, listener, Arc::clone(&stop_internal));
+            if let Some(raft_address) = &raft_address {
+                tracing::info!(%raft_address, "internal service listening");
+            }
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
+    let node = Node::start(config, address.clone(), wiring)
         .await
         .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
+    let _ = slot.set(Arc::downgrade(&node));
     let stop = Arc::new(Notify::new());
     let server = serve(Arc::clone(&node), listener, Arc::clone(&stop));
     // Tests and scripts wait for this line: the broker accepts requests from here on.
@@ -61,8 +107,35 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         }
     }
     node.shutdown().await;
+    stop_internal.notify_one();
+    if let Some(internal) = internal {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, internal).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the internal service on its own listener; every call must prove the cluster
+/// secret before its body is read.
+async fn serve_internal(
+    service: RaftService,
+    auth: ClusterAuth,
+    listener: TcpListener,
+    stop: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let raft = RaftServer::new(service)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let raft = InterceptedService::new(raft, RequireSecret(auth));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
+        .await
+        .context("internal gRPC server failed")
 }
 
 async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> anyhow::Result<()> {
@@ -76,9 +149,6 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let admin = AdminServer::new(AdminService::new(Arc::clone(&node)));
-    let raft = RaftServer::new(RaftService::new(Arc::clone(&node.groups)))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
     // Accepted sockets get TCP_NODELAY: a response written in several frames must not wait
     // for the client's delayed ACK (Nagle), which showed as 40 ms outliers.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -89,7 +159,6 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
         .add_service(producer)
         .add_service(consumer)
         .add_service(admin)
-        .add_service(raft)
         .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await
         .context("gRPC server failed")

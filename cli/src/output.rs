@@ -70,6 +70,8 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
             "size_bytes": p.size_bytes,
             "status": p.status,
             "error": p.error,
+            "leader_address": p.leader_address,
+            "in_sync_replicas": p.in_sync_replicas,
         })).collect::<Vec<_>>(),
     })
 }
@@ -78,10 +80,16 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
 pub fn cluster_json(cluster: &ClusterDescription) -> Value {
     json!({
         "controller": cluster.controller,
+        "controller_leader": cluster.controller,
+        "cluster_id": cluster.cluster_id,
         "version": cluster.version,
         "nodes": cluster.nodes.iter().map(|n| json!({
+            "id": n.node_id,
             "node_id": n.node_id,
             "address": n.address,
+            "raft_address": n.raft_address,
+            "alive": n.alive,
+            "controller_voter": n.controller_voter,
         })).collect::<Vec<_>>(),
         "topics": cluster.topics.len(),
     })

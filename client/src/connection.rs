@@ -18,6 +18,9 @@ use crate::consumer::{Consumer, ConsumerConfig};
 use crate::error::ClientError;
 use crate::producer::{Producer, ProducerConfig};
 
+/// How long one broker gets to answer a metadata request before the next is asked.
+const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A handle on a Sluice cluster. Cheap to clone; share one per process.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -36,6 +39,8 @@ struct Inner {
 pub(crate) struct Metadata {
     pub(crate) partitions: HashMap<String, u32>,
     pub(crate) leaders: HashMap<(String, u32), String>,
+    /// Every node's client address, to ask for metadata when the bootstrap broker is down.
+    pub(crate) nodes: Vec<String>,
 }
 
 fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
@@ -80,8 +85,12 @@ impl Client {
                             metadata: RwLock::new(Metadata::default()),
                         }),
                     };
-                    client.refresh_metadata().await?;
-                    return Ok(client);
+                    // A broker that connects but cannot answer: try the next one.
+                    match client.refresh_metadata().await {
+                        Ok(()) => return Ok(client),
+                        Err(e) if e.is_retriable() => last_error = e.to_string(),
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => last_error = e.to_string(),
             }
@@ -101,12 +110,16 @@ impl Client {
             .iter()
             .map(|n| (n.node_id, n.address.clone()))
             .collect();
+        metadata.nodes = cluster.nodes.iter().map(|n| n.address.clone()).collect();
         for topic in &cluster.topics {
             metadata
                 .partitions
                 .insert(topic.name.clone(), topic.partitions.len() as u32);
             for p in &topic.partitions {
-                if let Some(address) = addresses.get(&p.leader) {
+                let address = Some(&p.leader_address)
+                    .filter(|a| !a.is_empty())
+                    .or_else(|| addresses.get(&p.leader));
+                if let Some(address) = address {
                     metadata
                         .leaders
                         .insert((topic.name.clone(), p.partition), address.clone());
@@ -121,12 +134,41 @@ impl Client {
         Ok(())
     }
 
+    /// The cluster as the bootstrap broker describes it, or, if it cannot answer, the
+    /// first other known node that can.
     pub(crate) async fn describe_cluster(&self) -> Result<ClusterDescription, ClientError> {
-        Ok(self
-            .admin_client()
-            .describe_cluster(DescribeClusterRequest {})
-            .await?
-            .into_inner())
+        // Bounded here: a paused broker accepts connections but never answers.
+        let first = tokio::time::timeout(
+            METADATA_TIMEOUT,
+            self.admin_client()
+                .describe_cluster(DescribeClusterRequest {}),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::unavailable(format!(
+                "no metadata from the bootstrap broker within {METADATA_TIMEOUT:?}"
+            )))
+        });
+        let error = match first {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => ClientError::from(status),
+        };
+        if !error.is_retriable() {
+            return Err(error);
+        }
+        let others = self.metadata().nodes;
+        for address in others {
+            let channel = self.channel_to(&address);
+            let answer = tokio::time::timeout(
+                METADATA_TIMEOUT,
+                AdminClient::new(channel).describe_cluster(DescribeClusterRequest {}),
+            )
+            .await;
+            if let Ok(Ok(response)) = answer {
+                return Ok(response.into_inner());
+            }
+        }
+        Err(error)
     }
 
     /// Partitions of `topic`, refreshing metadata once if it is not known.
@@ -177,23 +219,28 @@ impl Client {
         let Some(address) = address else {
             return self.inner.bootstrap.clone();
         };
+        self.channel_to(&address)
+    }
+
+    /// A (lazily connected, shared) channel to the broker at `address`.
+    fn channel_to(&self, address: &str) -> Channel {
         if let Some(channel) = self
             .inner
             .channels
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&address)
+            .get(address)
         {
             return channel.clone();
         }
-        match endpoint(&address) {
+        match endpoint(address) {
             Ok(e) => {
                 let channel = e.connect_lazy();
                 self.inner
                     .channels
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(address, channel.clone());
+                    .insert(address.to_string(), channel.clone());
                 channel
             }
             Err(_) => self.inner.bootstrap.clone(),

@@ -28,6 +28,8 @@ pub enum StateKind {
     Snapshot = 4,
     /// Which partition, and which incarnation of it, a broker's partition directory holds.
     PartitionIdentity = 5,
+    /// Which node, of which cluster, a data directory belongs to.
+    NodeIdentity = 6,
 }
 
 /// Durably replaces `dir/name` with a framed `body`.

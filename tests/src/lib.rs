@@ -1,6 +1,8 @@
 //! Helpers for system tests: start the real `sluiced` on 127.0.0.1 with an ephemeral port
 //! and a temp data dir, restart it, `kill -9` it, and read its anonymous memory.
 
+pub mod logcheck;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -120,6 +122,25 @@ impl TestBroker {
         self.address = address;
     }
 
+    /// The value of flag `--raft-listen`, if given.
+    pub fn raft_address(&self) -> Option<String> {
+        let at = self.extra_args.iter().position(|a| a == "--raft-listen")?;
+        self.extra_args.get(at + 1).cloned()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the broker process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Whether the process is running (not killed or stopped by this handle).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Anonymous resident memory (heap, stacks) in KiB: mapped segment pages excluded.
     pub fn rss_anon_kib(&self) -> u64 {
         let status =
@@ -149,12 +170,24 @@ impl Drop for TestBroker {
 }
 
 fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
-    let log = std::fs::File::create(data_dir.with_extension("log")).ok();
+    let (child, ready) = launch(data_dir, extra_args);
+    await_ready(child, &ready, data_dir)
+}
+
+/// A started `sluiced` and the channel its ready line (the client address) arrives on.
+fn launch(data_dir: &Path, extra_args: &[String]) -> (Child, mpsc::Receiver<String>) {
+    // Appended to, so a restarted node's log keeps what the previous run said.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.with_extension("log"))
+        .ok();
     let mut command = Command::new(sluiced_binary());
+    command.arg("--data-dir").arg(data_dir);
+    if !extra_args.iter().any(|a| a == "--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     command
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0"])
         .args(extra_args)
         .env(
             "SLUICE_LOG",
@@ -177,14 +210,137 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
             }
         }
     });
-    match rx.recv_timeout(START_TIMEOUT) {
+    (child, rx)
+}
+
+/// Waits (bounded) for a launched broker's ready line.
+fn await_ready(
+    mut child: Child,
+    ready: &mpsc::Receiver<String>,
+    data_dir: &Path,
+) -> (Child, String) {
+    match ready.recv_timeout(START_TIMEOUT) {
         Ok(address) => (child, address),
         Err(_) => {
             let _ = child.kill();
+            let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
             panic!(
-                "sluiced did not become ready within {START_TIMEOUT:?} (log: {})",
+                "sluiced did not become ready within {START_TIMEOUT:?} (log: {}):\n{tail}",
                 data_dir.with_extension("log").display()
             );
         }
+    }
+}
+
+/// A free loopback port (bound and released: a cluster's raft addresses must be known
+/// before its nodes start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A cluster of real `sluiced` processes on loopback, each with its own data dir, client
+/// and raft ports fixed for its lifetime (a restarted node keeps its addresses).
+pub struct TestCluster {
+    /// The nodes, node id `i + 1` at index `i`.
+    pub nodes: Vec<TestBroker>,
+    /// The cluster secret file every node reads.
+    pub secret_file: PathBuf,
+    /// `--initial-cluster` as given to the founders.
+    pub initial_cluster: String,
+    temp: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `size` founding nodes at once and waits until every one is ready.
+    pub fn start(size: usize) -> Self {
+        Self::start_with(size, &[])
+    }
+
+    /// [`TestCluster::start`] with extra flags for every node.
+    pub fn start_with(size: usize, args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let secret_file = temp.path().join("cluster.secret");
+        std::fs::write(&secret_file, "test-cluster-secret-0123456789\n").expect("secret file");
+        let raft_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let initial_cluster = raft_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let launched: Vec<(PathBuf, Vec<String>, Child, mpsc::Receiver<String>)> = raft_ports
+            .iter()
+            .enumerate()
+            .map(|(i, raft_port)| {
+                let data_dir = temp.path().join(format!("node{}", i + 1));
+                let mut node_args: Vec<String> = [
+                    "--node-id".to_string(),
+                    (i + 1).to_string(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                    "--raft-listen".into(),
+                    format!("127.0.0.1:{raft_port}"),
+                    "--initial-cluster".into(),
+                    initial_cluster.clone(),
+                    "--cluster-secret-file".into(),
+                    secret_file.display().to_string(),
+                ]
+                .to_vec();
+                node_args.extend(args.iter().map(|a| a.to_string()));
+                let (child, ready) = launch(&data_dir, &node_args);
+                (data_dir, node_args, child, ready)
+            })
+            .collect();
+        let nodes = launched
+            .into_iter()
+            .map(|(data_dir, extra_args, child, ready)| {
+                let (child, address) = await_ready(child, &ready, &data_dir);
+                TestBroker {
+                    child: Some(child),
+                    address,
+                    data_dir,
+                    extra_args,
+                    _temp: None,
+                }
+            })
+            .collect();
+        Self {
+            nodes,
+            secret_file,
+            initial_cluster,
+            temp,
+        }
+    }
+
+    /// Every node's client address.
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    /// Starts a new node that joins through node 1's raft address; returns its index.
+    pub fn join(&mut self) -> usize {
+        let id = self.nodes.len() + 1;
+        let data_dir = self.temp.path().join(format!("node{id}"));
+        let join = self.nodes[0].raft_address().expect("node 1 raft address");
+        let args: Vec<String> = [
+            "--node-id".to_string(),
+            id.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--raft-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--join".into(),
+            join,
+            "--cluster-secret-file".into(),
+            self.secret_file.display().to_string(),
+        ]
+        .to_vec();
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes.push(TestBroker::start_in(&data_dir, &arg_refs));
+        self.nodes.len() - 1
     }
 }

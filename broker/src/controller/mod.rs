@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 pub use topic_config::{PRODUCER_ID_EXPIRATION_MS_DEFAULT, TopicConfig, TopicConfigError};
 
+use crate::cluster::placement::Load;
 use crate::raft::state_machine::GroupState;
 use crate::raft::{Command, CommandResponse, GroupId, LogId, NodeId};
 
@@ -58,6 +59,36 @@ pub enum ControllerCommand {
     },
     /// Hands out the next idempotent producer id.
     AllocateProducerId,
+    /// Registers a node, or updates its addresses.
+    RegisterNode {
+        /// Its id.
+        id: NodeId,
+        /// Its advertised client address.
+        address: String,
+        /// Its internal (Raft) address.
+        raft_address: String,
+    },
+    /// Names the cluster; only the first one applied counts.
+    InitCluster {
+        /// 32 hex digits.
+        cluster_id: String,
+    },
+    /// Partitions' replicas lead their groups (each applied unless a later term is known).
+    ReportLeaders {
+        /// The leaderships.
+        leaders: Vec<LeaderReport>,
+    },
+}
+
+/// A node leads a partition's group in a term, and serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderReport {
+    /// The partition's group.
+    pub group_id: GroupId,
+    /// The leading node.
+    pub leader: NodeId,
+    /// Its Raft term.
+    pub term: u64,
 }
 
 /// The controller's answer to a command.
@@ -81,8 +112,23 @@ pub enum ControllerResponse {
 pub struct PartitionMeta {
     /// The partition's Raft group id, unique for the cluster's lifetime.
     pub group_id: GroupId,
-    /// Nodes holding a replica.
+    /// Nodes holding a replica; the first is the preferred leader.
     pub replicas: Vec<NodeId>,
+    /// The leader last reported by the group, if any.
+    #[serde(default)]
+    pub leader: Option<NodeId>,
+    /// The Raft term of that report.
+    #[serde(default)]
+    pub leader_term: u64,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Its advertised client address.
+    pub address: String,
+    /// Its internal (Raft) address.
+    pub raft_address: String,
 }
 
 /// A topic as the controller knows it.
@@ -107,6 +153,12 @@ pub struct Metadata {
     pub next_group_id: GroupId,
     /// Next producer id to hand out.
     pub next_producer_id: u64,
+    /// Registered nodes by id.
+    #[serde(default)]
+    pub nodes: BTreeMap<NodeId, NodeMeta>,
+    /// The cluster's id (32 hex digits), once named.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl Metadata {
@@ -146,19 +198,57 @@ impl Metadata {
             );
         }
         let rf = topic.replication_factor as usize;
-        while topic.partitions.len() < count as usize {
-            let p = topic.partitions.len();
-            let replicas = (0..rf.min(nodes.len()))
-                .filter_map(|r| nodes.get((p + r) % nodes.len()).copied())
-                .collect();
-            topic.partitions.push(PartitionMeta {
+        let mut added = Vec::new();
+        let mut load = Load::of(
+            self.topics
+                .values()
+                .flat_map(|t| t.partitions.iter().map(|p| p.replicas.as_slice())),
+        );
+        let have = self.topics.get(name).map_or(0, |t| t.partitions.len());
+        for p in have..count as usize {
+            added.push(PartitionMeta {
                 group_id: next_group,
-                replicas,
+                replicas: load.place(nodes, rf.min(nodes.len()), p),
+                leader: None,
+                leader_term: 0,
             });
             next_group += 1;
         }
+        if let Some(topic) = self.topics.get_mut(name) {
+            topic.partitions.extend(added);
+        }
         self.next_group_id = next_group;
         ControllerResponse::Ok
+    }
+
+    fn report_leader(&mut self, group_id: GroupId, leader: NodeId, term: u64) {
+        let partition = self
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+            .find(|p| p.group_id == group_id);
+        if let Some(p) = partition
+            && term >= p.leader_term
+            && p.replicas.contains(&leader)
+        {
+            p.leader = Some(leader);
+            p.leader_term = term;
+        }
+    }
+
+    /// The client address of node `id`, if registered.
+    pub fn node_address(&self, id: NodeId) -> Option<&str> {
+        self.nodes.get(&id).map(|n| n.address.as_str())
+    }
+
+    /// The partition with group id `group_id`, with its topic name and number.
+    pub fn partition_of_group(&self, group_id: GroupId) -> Option<(&str, u32, &PartitionMeta)> {
+        self.topics.values().find_map(|t| {
+            t.partitions
+                .iter()
+                .position(|p| p.group_id == group_id)
+                .map(|i| (t.name.as_str(), i as u32, &t.partitions[i]))
+        })
     }
 
     fn apply(&mut self, command: &ControllerCommand) -> ControllerResponse {
@@ -195,6 +285,32 @@ impl Metadata {
                 let id = self.next_producer_id;
                 self.next_producer_id += 1;
                 ControllerResponse::ProducerId(id)
+            }
+            ControllerCommand::RegisterNode {
+                id,
+                address,
+                raft_address,
+            } => {
+                self.nodes.insert(
+                    *id,
+                    NodeMeta {
+                        address: address.clone(),
+                        raft_address: raft_address.clone(),
+                    },
+                );
+                ControllerResponse::Ok
+            }
+            ControllerCommand::InitCluster { cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                }
+                ControllerResponse::Ok
+            }
+            ControllerCommand::ReportLeaders { leaders } => {
+                for r in leaders {
+                    self.report_leader(r.group_id, r.leader, r.term);
+                }
+                ControllerResponse::Ok
             }
         }
     }

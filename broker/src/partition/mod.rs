@@ -7,5 +7,5 @@ pub mod snapshot;
 pub mod state;
 pub mod writer;
 
-pub use replica::{Partition, PartitionParts, ReadResult};
+pub use replica::{ClusterLink, Partition, PartitionParts, ReadResult};
 pub use writer::Produced;

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::serving::{ServingTerm, serving_leader, track};
 use super::state::PartitionState;
 use super::writer::{PendingProduce, Produced, run_writer};
-use crate::controller::TopicConfig;
+use crate::controller::{LeaderReport, Metadata, TopicConfig};
 use crate::error::BrokerError;
 use crate::flow::produce_budget::ByteBudget;
 use crate::limits::PRODUCE_QUEUE_DEPTH;
@@ -60,6 +60,8 @@ pub struct Partition {
     corruption: Arc<OnceLock<String>>,
     /// Whether the offline metric was counted for it.
     offline_counted: AtomicBool,
+    /// The controller's metadata, for leaders' client addresses.
+    metadata: Option<watch::Receiver<Arc<Metadata>>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -90,6 +92,17 @@ pub struct PartitionParts {
     pub node_id: NodeId,
     /// Produce bytes in flight allowed for this partition.
     pub budget_bytes: u64,
+    /// The cluster's metadata and where leaderships are reported (`None` in unit tests).
+    pub cluster: Option<ClusterLink>,
+}
+
+/// What a partition knows of the cluster around it.
+#[derive(Clone)]
+pub struct ClusterLink {
+    /// The controller's metadata: leaders' client addresses.
+    pub metadata: watch::Receiver<Arc<Metadata>>,
+    /// Leaderships this node takes are reported here, for the controller.
+    pub leader_reports: mpsc::UnboundedSender<LeaderReport>,
 }
 
 impl Partition {
@@ -109,10 +122,15 @@ impl Partition {
             .map(|log| log.corruption_flag())
             .unwrap_or_default();
         let serving = ServingTerm::default();
+        let report = parts
+            .cluster
+            .as_ref()
+            .map(|c| (parts.group.id, c.leader_reports.clone()));
         let serving_tracker = tokio::spawn(track(
             parts.group.raft.clone(),
             parts.node_id,
             serving.clone(),
+            report,
         ));
         Self {
             topic: parts.topic,
@@ -129,6 +147,7 @@ impl Partition {
             sm: parts.sm,
             corruption,
             offline_counted: AtomicBool::new(false),
+            metadata: parts.cluster.map(|c| c.metadata),
         }
     }
 
@@ -184,6 +203,31 @@ impl Partition {
         serving_leader(&self.group.raft, self.node_id, &self.serving)
     }
 
+    /// Replicas whose log is within `IN_SYNC_LAG_ENTRIES` of this leader's (empty when
+    /// this node does not lead: only the leader knows).
+    pub fn in_sync_replicas(&self) -> Vec<NodeId> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let metrics = self.group.raft.metrics().borrow().clone();
+        let last = metrics.last_log_index.unwrap_or(0);
+        let mut in_sync: Vec<NodeId> = metrics
+            .replication
+            .unwrap_or_default()
+            .iter()
+            .filter(|(_, m)| {
+                m.as_ref()
+                    .is_some_and(|m| m.index + crate::limits::IN_SYNC_LAG_ENTRIES >= last)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !in_sync.contains(&self.node_id) {
+            in_sync.push(self.node_id);
+        }
+        in_sync.sort_unstable();
+        in_sync
+    }
+
     /// Whether this node leads the group now.
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.node_id)
@@ -201,14 +245,9 @@ impl Partition {
             )));
         };
         let leader_hint = self
-            .group
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone());
+            .metadata
+            .as_ref()
+            .and_then(|m| m.borrow().node_address(leader).map(str::to_string));
         Err(BrokerError::NotLeader {
             what: format!("{}/{}", self.topic, self.index),
             leader_hint,

@@ -11,7 +11,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::raft::{GroupRaft, NodeId};
+use tokio::sync::mpsc;
+
+use crate::controller::LeaderReport;
+use crate::raft::{GroupId, GroupRaft, NodeId};
 
 /// Pause before a failed read barrier is tried again in the same leadership.
 const BARRIER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -42,9 +45,18 @@ pub fn serving_leader(raft: &GroupRaft, node_id: NodeId, serving: &ServingTerm) 
     }
 }
 
+/// Where a serving leadership is reported: the group and the node's report queue.
+pub type Reporter = (GroupId, mpsc::UnboundedSender<LeaderReport>);
+
 /// Follows the group's leadership and marks each term this node leads as serving once
-/// everything committed before it is applied. Runs until the group shuts down.
-pub async fn track(raft: GroupRaft, node_id: NodeId, serving: ServingTerm) {
+/// everything committed before it is applied, then reports it to `report` (for the
+/// controller's metadata). Runs until the group shuts down.
+pub async fn track(
+    raft: GroupRaft,
+    node_id: NodeId,
+    serving: ServingTerm,
+    report: Option<Reporter>,
+) {
     // Server metrics change with votes and leaders only, not with every append.
     let mut metrics = raft.server_metrics();
     loop {
@@ -53,6 +65,7 @@ pub async fn track(raft: GroupRaft, node_id: NodeId, serving: ServingTerm) {
             let m = metrics.borrow_and_update();
             (m.current_leader, m.vote.leader_id().term)
         };
+        let was_serving = serving.serves(term);
         if leader == Some(node_id) && !serves_or_set(&raft, &serving, term).await {
             // Lost leadership, or no quorum confirmed it: try again unless the metrics
             // say first that something changed.
@@ -62,6 +75,16 @@ pub async fn track(raft: GroupRaft, node_id: NodeId, serving: ServingTerm) {
                 () = tokio::time::sleep(BARRIER_RETRY) => {}
             }
             continue;
+        }
+        if leader == Some(node_id)
+            && !was_serving
+            && let Some((group_id, reports)) = &report
+        {
+            let _ = reports.send(LeaderReport {
+                group_id: *group_id,
+                leader: node_id,
+                term,
+            });
         }
         if metrics.changed().await.is_err() {
             return;

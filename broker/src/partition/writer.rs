@@ -210,9 +210,11 @@ pub fn write_error(
     e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
 ) -> BrokerError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => BrokerError::NotLeader {
-            what: "this partition".into(),
-            leader_hint: f.leader_node.map(|n| n.addr),
+        // The membership holds raft addresses, not what clients dial: callers refresh
+        // their metadata instead.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => BrokerError::NotLeader {
+            what: "this group".into(),
+            leader_hint: None,
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             BrokerError::Internal(c.to_string())
@@ -280,6 +282,7 @@ mod tests {
             },
             node_id: 1,
             budget_bytes: 64 << 20,
+            cluster: None,
         })
     }
 

@@ -115,8 +115,11 @@ pub struct GroupSpec<'a> {
     pub log_config: LogConfig,
     /// The file system under the log and the group's state files ([`sluice_storage::io::FsIo`] but in tests).
     pub io: Arc<dyn Io>,
-    /// Replicas of the group, with their addresses, for a first start.
+    /// Voters of the group with their raft addresses, for a first start; empty: this node
+    /// waits to be added by the group's leader instead.
     pub members: BTreeMap<NodeId, String>,
+    /// Whether to stand for election at once after a first start (the preferred leader).
+    pub elect: bool,
     /// When it snapshots ([`SnapshotSchedule::for_kind`] but in tests).
     pub snapshots: SnapshotSchedule,
 }
@@ -168,7 +171,8 @@ pub async fn start_group<S: GroupState>(
     )
     .await
     .map_err(|e| raft_error(&e))?;
-    if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
+    let fresh = !raft.is_initialized().await.map_err(|e| raft_error(&e))?;
+    if fresh && !spec.members.is_empty() {
         let members: BTreeMap<NodeId, BasicNode> = spec
             .members
             .iter()
@@ -177,8 +181,9 @@ pub async fn start_group<S: GroupState>(
         raft.initialize(members).await.map_err(|e| raft_error(&e))?;
     }
     let single = spec.members.len() == 1 && spec.members.contains_key(&spec.node_id);
-    if single {
-        // A group of one has no one to wait for.
+    if single || (fresh && spec.elect) {
+        // A group of one has no one to wait for; a new group's preferred leader need not
+        // wait out an election timeout (which spreads leaders as placement intended).
         let _ = raft.trigger().elect().await;
     }
     Ok((
@@ -226,9 +231,10 @@ pub async fn start_single_with<S: GroupState>(
         log_config,
         io,
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+        elect: true,
         snapshots,
     };
-    let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::default()))
+    let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::new(None)))
         .await
         .expect("group");
     group

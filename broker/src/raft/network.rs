@@ -16,18 +16,33 @@ use sluice_protocol::internal::v1::raft_client::RaftClient;
 use sluice_protocol::{
     HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::wire;
 use super::{GroupId, NodeId, TypeConfig};
+use crate::cluster::internal_auth::{ClusterAuth, ProveSecret};
 
-/// Channels to peer brokers by address, shared by all groups of this node.
+/// A client of a peer's internal service, proving the cluster secret on every call.
+pub type InternalClient = RaftClient<InterceptedService<Channel, ProveSecret>>;
+
+/// Channels to peer brokers by raft address, shared by all groups of this node.
 #[derive(Debug, Default)]
 pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
+    auth: Option<ClusterAuth>,
 }
 
 impl PeerChannels {
+    /// Channels whose calls prove `auth` (a cluster) or nothing (a single node's groups of
+    /// one never call out).
+    pub fn new(auth: Option<ClusterAuth>) -> Self {
+        Self {
+            channels: Mutex::default(),
+            auth,
+        }
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(address) {
@@ -37,9 +52,21 @@ impl PeerChannels {
             .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
             .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(2))
             .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// A client of the internal service at `address` (one shared connection per peer).
+    pub fn client(&self, address: &str) -> Result<InternalClient, tonic::transport::Error> {
+        let channel = self.channel(address)?;
+        Ok(
+            RaftClient::with_interceptor(channel, ProveSecret(self.auth.clone()))
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        )
     }
 }
 
@@ -61,22 +88,14 @@ impl GroupNetwork {
 #[derive(Debug)]
 pub struct PeerConnection {
     group_id: GroupId,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<InternalClient, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Self::Network {
-        let client = self
-            .peers
-            .channel(&node.addr)
-            .map(|c| {
-                RaftClient::new(c)
-                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(MESSAGE_BYTES_MAX)
-            })
-            .map_err(|e| e.to_string());
+        let client = self.peers.client(&node.addr).map_err(|e| e.to_string());
         PeerConnection {
             group_id: self.group_id,
             client,
@@ -96,7 +115,7 @@ fn unreachable<E: std::error::Error + 'static>(e: E) -> Unreachable {
 struct Message(String);
 
 impl PeerConnection {
-    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+    fn client(&self) -> Result<InternalClient, Unreachable> {
         self.client
             .clone()
             .map_err(|e| Unreachable::new(&Message(e)))

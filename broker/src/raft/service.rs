@@ -1,23 +1,45 @@
-//! The internal Raft gRPC service: routes each message to its group's Raft instance.
+//! The internal Raft gRPC service: routes each message to its group's Raft instance, takes
+//! controller commands forwarded by other nodes, and answers pings. It is served on the
+//! raft listener only, behind the cluster-secret check (`cluster::internal_auth`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use sluice_protocol::internal::v1 as pb;
 use sluice_protocol::internal::v1::raft_server::Raft as RaftRpc;
 use tonic::{Request, Response, Status};
 
 use super::group::GroupRegistry;
-use super::{GroupRaft, wire};
+use super::{GroupRaft, NodeId, wire};
+use crate::cluster::forward::FORWARD_HOPS_MAX;
+use crate::cluster::internal_auth::ClusterAuth;
+use crate::controller::ControllerCommand;
+use crate::node::Node;
+
+/// The node, once started: forwarded commands need it, Raft traffic does not.
+pub type NodeSlot = Arc<OnceLock<Weak<Node>>>;
 
 /// Serves `sluice.internal.v1.Raft` for every group this node runs.
 pub struct RaftService {
     groups: Arc<GroupRegistry>,
+    node: NodeSlot,
+    node_id: NodeId,
+    auth: Option<ClusterAuth>,
 }
 
 impl RaftService {
-    /// A service over this node's groups.
-    pub fn new(groups: Arc<GroupRegistry>) -> Self {
-        Self { groups }
+    /// A service over this node's groups; `node` is filled once the node has started.
+    pub fn new(
+        groups: Arc<GroupRegistry>,
+        node: NodeSlot,
+        node_id: NodeId,
+        auth: Option<ClusterAuth>,
+    ) -> Self {
+        Self {
+            groups,
+            node,
+            node_id,
+            auth,
+        }
     }
 
     fn group(&self, id: u64) -> Result<GroupRaft, Status> {
@@ -69,5 +91,46 @@ impl RaftRpc for RaftService {
         let rpc = wire::snapshot_request_from_pb(message).map_err(invalid)?;
         let response = raft.install_snapshot(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(wire::snapshot_vote_to_pb(&response.vote)))
+    }
+
+    async fn forward_controller_command(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let message = request.into_inner();
+        if message.hops > FORWARD_HOPS_MAX {
+            return Err(Status::failed_precondition("forwarded too many times"));
+        }
+        let command: ControllerCommand = serde_json::from_slice(&message.command)
+            .map_err(|e| Status::invalid_argument(format!("not a controller command: {e}")))?;
+        let node = self
+            .node
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Status::unavailable("this node is still starting"))?;
+        let answer = node
+            .propose_forwarded(command, message.hops)
+            .await
+            .map_err(|e| e.to_status())?;
+        let response = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ForwardResponse {
+            response: response.into(),
+        }))
+    }
+
+    async fn ping(
+        &self,
+        _request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        let cluster_id = self
+            .auth
+            .as_ref()
+            .and_then(ClusterAuth::cluster_id)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pb::PingResponse {
+            node_id: self.node_id,
+            cluster_id,
+        }))
     }
 }

@@ -35,12 +35,23 @@ impl AdminService {
             .topic_config(topic)
             .map(|c| c.describe().into_iter().collect())
             .unwrap_or_default();
+        let metadata = self.node.metadata();
         let partitions = topic
             .partitions
             .iter()
             .enumerate()
             .map(|(i, meta)| {
                 let local = self.node.partition(&topic.name, i as u32).ok();
+                // This node's own view where it hosts a replica, else the controller's.
+                let leader = local
+                    .as_ref()
+                    .and_then(|p| p.leader())
+                    .or(meta.leader)
+                    .unwrap_or_default();
+                let in_sync_replicas = local
+                    .as_ref()
+                    .map(|p| p.in_sync_replicas())
+                    .unwrap_or_default();
                 let error = self
                     .node
                     .partition_offline(&topic.name, i as u32)
@@ -56,7 +67,9 @@ impl AdminService {
                     .unwrap_or_default();
                 PartitionDescription {
                     partition: i as u32,
-                    leader: local.and_then(|p| p.leader()).unwrap_or_default(),
+                    leader,
+                    leader_address: metadata.node_address(leader).unwrap_or_default().into(),
+                    in_sync_replicas,
                     replicas: meta.replicas.clone(),
                     log_start_offset,
                     high_watermark,
@@ -90,6 +103,18 @@ impl AdminService {
             .get(name)
             .cloned()
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+    }
+
+    /// The nodes new replicas may go to: those alive now, at least `replication_factor`.
+    async fn placement_nodes(&self, replication_factor: u32) -> Result<Vec<u64>, BrokerError> {
+        let alive: Vec<u64> = self.node.alive_nodes().await.into_iter().collect();
+        if replication_factor as usize > alive.len() {
+            return Err(BrokerError::InvalidConfig(format!(
+                "replication factor {replication_factor} exceeds the {} live node(s) in the cluster",
+                alive.len()
+            )));
+        }
+        Ok(alive)
     }
 
     async fn propose(&self, command: ControllerCommand) -> Result<(), BrokerError> {
@@ -143,14 +168,7 @@ impl Admin for AdminService {
         validate_topic_name(&r.name)?;
         validate_partition_count(r.partitions)?;
         let replication_factor = r.replication_factor.max(1);
-        let nodes = vec![self.node.node_id()];
-        if replication_factor as usize > nodes.len() {
-            return Err(BrokerError::InvalidConfig(format!(
-                "replication factor {replication_factor} exceeds the {} node(s) in the cluster",
-                nodes.len()
-            ))
-            .into());
-        }
+        let nodes = self.placement_nodes(replication_factor).await?;
         let configs: BTreeMap<String, String> = r.configs.into_iter().collect();
         TopicConfig::resolve(&self.node.config.default_log, &configs)
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
@@ -244,7 +262,7 @@ impl Admin for AdminService {
             ))
             .into());
         }
-        let nodes = vec![self.node.node_id()];
+        let nodes = self.placement_nodes(topic.replication_factor).await?;
         self.propose(ControllerCommand::AddPartitions {
             name: r.name.clone(),
             count: r.count,
@@ -260,16 +278,32 @@ impl Admin for AdminService {
         &self,
         _request: Request<DescribeClusterRequest>,
     ) -> Result<Response<ClusterDescription>, Status> {
-        let nodes = vec![NodeDescription {
-            node_id: self.node.node_id(),
-            address: self.node.address.clone(),
-        }];
+        let alive = self.node.alive_nodes().await;
+        let voters = self.node.controller_voters();
+        let nodes = self
+            .node
+            .metadata()
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeDescription {
+                node_id: *id,
+                address: n.address.clone(),
+                raft_address: n.raft_address.clone(),
+                alive: alive.contains(id),
+                controller_voter: voters.contains(id),
+            })
+            .collect();
         let topics = self.describe_all();
         Ok(Response::new(ClusterDescription {
             nodes,
             controller: self.node.controller_leader().unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             topics,
+            cluster_id: self
+                .node
+                .cluster_id()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
         }))
     }
 }

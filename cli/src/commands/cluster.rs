@@ -21,17 +21,32 @@ pub async fn run(
         ClusterCommand::Info => match format {
             Format::Json => json_line(out, &cluster_json(&cluster))?,
             Format::Text => {
+                writeln!(out, "CLUSTER     {}", cluster.cluster_id)?;
                 writeln!(out, "VERSION     {}", cluster.version)?;
                 writeln!(out, "CONTROLLER  {}", cluster.controller)?;
                 writeln!(out, "TOPICS      {}", cluster.topics.len())?;
                 writeln!(out, "\nNODES")?;
-                let mut rows = vec![vec!["ID".to_string(), "ADDRESS".to_string()]];
-                rows.extend(
-                    cluster
-                        .nodes
-                        .iter()
-                        .map(|n| vec![n.node_id.to_string(), n.address.clone()]),
-                );
+                let mut rows = vec![
+                    ["ID", "ADDRESS", "RAFT ADDRESS", "ALIVE", "CONTROLLER"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                rows.extend(cluster.nodes.iter().map(|n| {
+                    let role = if n.node_id == cluster.controller {
+                        "leader"
+                    } else if n.controller_voter {
+                        "voter"
+                    } else {
+                        "-"
+                    };
+                    vec![
+                        n.node_id.to_string(),
+                        n.address.clone(),
+                        n.raft_address.clone(),
+                        n.alive.to_string(),
+                        role.to_string(),
+                    ]
+                }));
                 table(out, &rows)?;
             }
         },

@@ -344,10 +344,9 @@ impl PartitionSender {
             tracing::debug!(topic = %self.topic, partition = self.partition,
                 attempt = self.attempts, error = %error, "retrying produce");
             tokio::time::sleep(self.backoff(self.attempts, &error)).await;
-            if matches!(
-                error.reason(),
-                Some(Reason::NotLeader | Reason::UnknownPartition)
-            ) {
+            // A leader change shows as NOT_LEADER from a live broker, or as UNAVAILABLE
+            // from one that stopped: either way, ask again who leads.
+            if !matches!(error.reason(), Some(Reason::Throttled)) {
                 let _ = self.client.refresh_metadata().await;
             }
             return self.resend_all().await;

@@ -2,6 +2,7 @@
 
 mod backpressure;
 mod bad_input;
+mod cluster;
 mod compaction;
 mod durability;
 mod error_size;

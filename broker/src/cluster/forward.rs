@@ -1,0 +1,69 @@
+//! Calls to another node's internal service: controller commands handed to the
+//! controller's leader (so any node accepts metadata changes), and liveness pings.
+
+use std::time::Duration;
+
+use sluice_protocol::internal::v1::{ForwardRequest, PingRequest, PingResponse};
+
+use crate::controller::{ControllerCommand, ControllerResponse};
+use crate::error::BrokerError;
+use crate::raft::network::PeerChannels;
+
+/// How many nodes a controller command may pass through before it must be applied.
+pub const FORWARD_HOPS_MAX: u32 = 2;
+
+/// How long a ping may take before the node counts as not alive.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Hands `command` to the node at raft address `address`, which applies it or passes it to
+/// the controller's leader.
+pub async fn forward(
+    peers: &PeerChannels,
+    address: &str,
+    command: &ControllerCommand,
+    hops: u32,
+) -> Result<ControllerResponse, BrokerError> {
+    let unavailable =
+        |why: String| BrokerError::Unavailable(format!("controller via {address}: {why}"));
+    let encoded = serde_json::to_vec(command).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    let mut client = peers
+        .client(address)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(ForwardRequest {
+        command: encoded.into(),
+        hops,
+    });
+    request.set_timeout(Duration::from_secs(15));
+    let response = client
+        .forward_controller_command(request)
+        .await
+        .map_err(|s| unavailable(s.message().to_string()))?;
+    serde_json::from_slice(&response.get_ref().response)
+        .map_err(|e| BrokerError::Internal(format!("controller answer from {address}: {e}")))
+}
+
+/// Pings the node at raft address `address`; `None` if it did not answer in time.
+pub async fn ping(peers: &PeerChannels, address: &str) -> Option<PingResponse> {
+    let mut client = peers.client(address).ok()?;
+    let mut request = tonic::Request::new(PingRequest {});
+    request.set_timeout(PING_TIMEOUT);
+    tokio::time::timeout(PING_TIMEOUT, client.ping(request))
+        .await
+        .ok()?
+        .ok()
+        .map(tonic::Response::into_inner)
+}
+
+/// Whether a ping was refused because the caller belongs to another cluster: the refusal
+/// message, if so.
+pub async fn refused_as_other_cluster(peers: &PeerChannels, address: &str) -> Option<String> {
+    let mut client = peers.client(address).ok()?;
+    let mut request = tonic::Request::new(PingRequest {});
+    request.set_timeout(PING_TIMEOUT);
+    match tokio::time::timeout(PING_TIMEOUT, client.ping(request)).await {
+        Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+            Some(status.message().to_string())
+        }
+        _ => None,
+    }
+}

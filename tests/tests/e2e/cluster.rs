@@ -1,0 +1,576 @@
+//! A cluster of three real `sluiced` processes on loopback: forming with the cluster flags,
+//! RF=3 replication served through any node, the internal port's secret, and failover under
+//! idempotent `acks=all` load (kill -9, SIGSTOP, rolling restarts) checked by logcheck.
+//! `SLUICE_LONG=1` runs more rounds of each fault.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_client::{Client, ProducerConfig, ProducerRecord};
+use sluice_protocol::internal::v1 as pb;
+use sluice_protocol::internal::v1::raft_client::RaftClient;
+use sluice_protocol::{LEADER_HINT_KEY, StatusInfo};
+use sluice_tests::logcheck::{self, Attempt, History, Outcome, Read};
+use sluice_tests::{TestBroker, TestCluster};
+use tonic::metadata::BinaryMetadataValue;
+
+use crate::{raw_producer, read_all, runtime};
+
+/// Fault rounds per test: a few in CI, more with `SLUICE_LONG=1`.
+fn rounds(ci: usize, long: usize) -> usize {
+    if std::env::var_os("SLUICE_LONG").is_some() {
+        long
+    } else {
+        ci
+    }
+}
+
+async fn connect(cluster: &TestCluster, node: usize) -> Client {
+    Client::connect([cluster.nodes[node].address.as_str()])
+        .await
+        .expect("connect")
+}
+
+/// Any live node's client (the test's clients bootstrap from every node).
+async fn connect_any(cluster: &TestCluster) -> Client {
+    Client::connect(cluster.addresses()).await.expect("connect")
+}
+
+/// A partition's leader id as the cluster reports it, waiting (bounded) for one that is
+/// not `except`.
+async fn leader_of(client: &Client, topic: &str, partition: u32, except: Option<u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(t) = client.admin().describe_topic(topic).await
+            && let Some(p) = t.partitions.get(partition as usize)
+            && p.leader != 0
+            && Some(p.leader) != except
+        {
+            return p.leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/{partition} elected no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The segment bytes of one replica of a partition, zeros reserved past the end trimmed.
+fn replica_log(node: &TestBroker, topic: &str, partition: u32) -> Vec<u8> {
+    let dir = node.data_dir().join(topic).join(partition.to_string());
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    segments.sort();
+    let mut bytes = Vec::new();
+    for segment in segments {
+        let mut data = std::fs::read(&segment).unwrap_or_default();
+        while data.last() == Some(&0) {
+            data.pop();
+        }
+        bytes.extend_from_slice(&data);
+    }
+    bytes
+}
+
+#[test]
+fn three_nodes_form_one_cluster_and_replicate_through_any_node() {
+    let cluster = TestCluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut cluster_ids = HashSet::new();
+        for node in 0..3 {
+            let described = connect(&cluster, node)
+                .await
+                .admin()
+                .describe_cluster()
+                .await
+                .expect("describe cluster");
+            assert_eq!(described.nodes.len(), 3, "node {node}: {described:?}");
+            assert!(
+                described
+                    .nodes
+                    .iter()
+                    .all(|n| n.alive && !n.raft_address.is_empty())
+            );
+            assert_eq!(
+                described
+                    .nodes
+                    .iter()
+                    .filter(|n| n.controller_voter)
+                    .count(),
+                3
+            );
+            assert_ne!(described.controller, 0);
+            cluster_ids.insert(described.cluster_id);
+        }
+        assert_eq!(cluster_ids.len(), 1, "one cluster, one id: {cluster_ids:?}");
+        assert!(cluster_ids.iter().all(|id| id.len() == 32));
+
+        let admin = connect(&cluster, 2).await;
+        let created = admin
+            .admin()
+            .create_topic("events", 3, 3, Default::default())
+            .await
+            .expect("create RF=3 through node 3");
+        let leaders: HashSet<u64> = created.partitions.iter().map(|p| p.leader).collect();
+        for p in &created.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            assert_ne!(p.leader, 0);
+        }
+        let over_replication = admin
+            .admin()
+            .create_topic("too-many", 1, 4, Default::default())
+            .await;
+        assert!(over_replication.is_err(), "RF 4 on 3 nodes");
+        assert!(leaders.len() >= 2, "leaders spread: {created:?}");
+
+        let producer_client = connect(&cluster, 1).await;
+        let producer = producer_client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        let mut history = History::default();
+        let mut sends = Vec::new();
+        for i in 0..3000u64 {
+            let value = format!("v{i}");
+            let partition = (i % 3) as u32;
+            let delivery = producer
+                .enqueue(
+                    ProducerRecord::new("events")
+                        .partition(partition)
+                        .value(value.clone()),
+                )
+                .await
+                .expect("enqueue");
+            sends.push((partition, i, value, delivery));
+        }
+        for (partition, sequence, value, delivery) in sends {
+            let outcome = match delivery.wait().await {
+                Ok(sent) => Outcome::Acked(sent.offset),
+                Err(_) => Outcome::Unknown,
+            };
+            history.attempts.push(Attempt {
+                partition,
+                producer: 0,
+                sequence,
+                value,
+                outcome,
+            });
+        }
+        let reader = connect(&cluster, 0).await;
+        let records = read_all(&reader, "events", 3, 3000, Duration::from_secs(60)).await;
+        history.reads.extend(records.iter().map(to_read));
+        let report = logcheck::check(&history);
+        assert!(report.is_clean(), "{report}");
+        assert!(
+            history
+                .attempts
+                .iter()
+                .all(|a| matches!(a.outcome, Outcome::Acked(_))),
+            "every produce on a healthy cluster is acknowledged"
+        );
+
+        // A node that does not lead a partition points at the one that does.
+        let described = reader
+            .admin()
+            .describe_topic("events")
+            .await
+            .expect("describe");
+        let p0 = &described.partitions[0];
+        assert!(!p0.leader_address.is_empty());
+        let follower = (1..=3u64).find(|n| *n != p0.leader).expect("a follower");
+        let mut raw = raw_producer(&cluster.nodes[follower as usize - 1].address).await;
+        let refused = raw
+            .produce(sluice_protocol::v1::ProduceRequest {
+                topic: "events".into(),
+                partition: 0,
+                batch: Default::default(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a follower refuses produce");
+        let info = StatusInfo::of(&refused);
+        assert_eq!(
+            info.reason,
+            Some(sluice_protocol::Reason::NotLeader),
+            "{refused:?}"
+        );
+        let hint = refused
+            .metadata()
+            .get(LEADER_HINT_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        assert_eq!(hint.as_deref(), Some(p0.leader_address.as_str()));
+    });
+
+    // Every replica holds the same bytes once the followers have caught up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for partition in 0..3 {
+        loop {
+            let logs: Vec<Vec<u8>> = cluster
+                .nodes
+                .iter()
+                .map(|n| replica_log(n, "events", partition))
+                .collect();
+            if !logs[0].is_empty() && logs.iter().all(|l| *l == logs[0]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas of events/{partition} differ: {:?} bytes",
+                logs.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn to_read(r: &sluice_client::ConsumerRecord) -> Read {
+    Read {
+        partition: r.partition,
+        offset: r.offset,
+        value: String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+    }
+}
+
+/// The controller's current vote (term) on `raft_address`, asked with the secret: a vote
+/// request for term 0 changes nothing and its answer carries the voter's vote.
+async fn controller_term(raft_address: &str, secret: &[u8]) -> u64 {
+    let mut client = RaftClient::connect(format!("http://{raft_address}"))
+        .await
+        .expect("raft port");
+    let mut request = tonic::Request::new(pb::VoteRequest {
+        group_id: 0,
+        vote: Some(pb::Vote {
+            term: 0,
+            node_id: 99,
+            committed: false,
+        }),
+        last_log_id: None,
+    });
+    request.metadata_mut().insert_bin(
+        "sluice-cluster-secret-bin",
+        BinaryMetadataValue::from_bytes(secret),
+    );
+    let answer = client.vote(request).await.expect("an authenticated vote");
+    answer.into_inner().vote.map_or(0, |v| v.term)
+}
+
+fn forged_vote(term: u64) -> pb::VoteRequest {
+    pb::VoteRequest {
+        group_id: 0,
+        vote: Some(pb::Vote {
+            term,
+            node_id: 99,
+            committed: false,
+        }),
+        last_log_id: Some(pb::LogId {
+            term,
+            leader: 99,
+            index: 1_000_000,
+        }),
+    }
+}
+
+#[test]
+fn internal_calls_must_prove_the_cluster_secret() {
+    let cluster = TestCluster::start(1);
+    let node = &cluster.nodes[0];
+    let raft_address = node.raft_address().expect("raft address");
+    let secret = std::fs::read(&cluster.secret_file).expect("secret");
+    let secret = secret.trim_ascii_end().to_vec();
+    let rt = runtime();
+    rt.block_on(async {
+        let before = controller_term(&raft_address, &secret).await;
+        assert!(before > 0, "the controller has a term");
+
+        // The client port does not serve the internal service at all.
+        let mut on_client_port = RaftClient::connect(format!("http://{}", node.address))
+            .await
+            .expect("client port");
+        let refused = on_client_port
+            .vote(forged_vote(before + 100))
+            .await
+            .expect_err("no Raft on the client port");
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+
+        let mut raft = RaftClient::connect(format!("http://{raft_address}"))
+            .await
+            .expect("raft port");
+        let refused = raft
+            .vote(forged_vote(before + 100))
+            .await
+            .expect_err("a vote without the secret");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let mut wrong = tonic::Request::new(forged_vote(before + 100));
+        wrong.metadata_mut().insert_bin(
+            "sluice-cluster-secret-bin",
+            BinaryMetadataValue::from_bytes(b"not-the-cluster-secret"),
+        );
+        let refused = raft.vote(wrong).await.expect_err("a wrong secret");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let append = pb::AppendEntriesRequest {
+            group_id: 0,
+            vote: Some(pb::Vote {
+                term: before + 100,
+                node_id: 99,
+                committed: true,
+            }),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let refused = raft
+            .append_entries(append.clone())
+            .await
+            .expect_err("entries without the secret");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = raft
+            .forward_controller_command(pb::ForwardRequest {
+                command: b"\"AllocateProducerId\"".to_vec().into(),
+                hops: 0,
+            })
+            .await
+            .expect_err("a controller command without the secret");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            controller_term(&raft_address, &secret).await,
+            before,
+            "refused calls changed nothing"
+        );
+
+        // The probe sees a change when there is one: the same entries, with the secret,
+        // depose the leader and move the term.
+        let mut proven = tonic::Request::new(append);
+        proven.metadata_mut().insert_bin(
+            "sluice-cluster-secret-bin",
+            BinaryMetadataValue::from_bytes(&secret),
+        );
+        let _ = raft.append_entries(proven).await;
+        assert!(controller_term(&raft_address, &secret).await >= before + 100);
+    });
+}
+
+/// Idempotent `acks=all` producers, one per partition, each sending values in order until
+/// told to stop; every attempt's outcome is recorded for logcheck.
+struct Load {
+    history: Arc<Mutex<Vec<Attempt>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(cluster: &TestCluster, topic: &str, partitions: u32) -> Self {
+        let history: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for partition in 0..partitions {
+            let client = connect_any(cluster).await;
+            let config = ProducerConfig {
+                retries: 1000,
+                retry_backoff: Duration::from_millis(100),
+                request_timeout: Duration::from_secs(10),
+                ..ProducerConfig::default()
+            };
+            let producer = client.producer(config).await.expect("producer");
+            let (history, stop, topic) =
+                (Arc::clone(&history), Arc::clone(&stop), topic.to_string());
+            tasks.push(tokio::spawn(async move {
+                for sequence in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let value = format!("p{partition}-{sequence}");
+                    let sent = producer
+                        .send(
+                            ProducerRecord::new(topic.as_str())
+                                .partition(partition)
+                                .value(value.clone()),
+                        )
+                        .await;
+                    let outcome = match sent {
+                        Ok(m) => Outcome::Acked(m.offset),
+                        Err(_) => Outcome::Unknown,
+                    };
+                    history.lock().expect("history").push(Attempt {
+                        partition,
+                        producer: partition,
+                        sequence,
+                        value,
+                        outcome,
+                    });
+                }
+            }));
+        }
+        Self {
+            history,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Acknowledgements so far on partition 0 (whose leader the tests fault).
+    fn acked(&self) -> usize {
+        self.history
+            .lock()
+            .expect("history")
+            .iter()
+            .filter(|a| a.partition == 0 && matches!(a.outcome, Outcome::Acked(_)))
+            .count()
+    }
+
+    /// Waits (bounded) until `more` acknowledgements on partition 0 beyond the count now.
+    async fn progress(&self, more: usize, what: &str) -> Duration {
+        let started = Instant::now();
+        let target = self.acked() + more;
+        while self.acked() < target {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no progress after {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
+    async fn finish(self) -> Vec<Attempt> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(120), task).await;
+        }
+        self.history.lock().expect("history").clone()
+    }
+}
+
+/// Reads every partition back through any node and checks the history.
+async fn check_history(
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: u32,
+    attempts: Vec<Attempt>,
+) {
+    let client = connect_any(cluster).await;
+    // Followers learn the commit a heartbeat later: the most any replica knows is it.
+    let mut high = vec![0u64; partitions as usize];
+    for node in 0..cluster.nodes.len() {
+        let described = connect(cluster, node)
+            .await
+            .admin()
+            .describe_topic(topic)
+            .await
+            .expect("describe");
+        for p in &described.partitions {
+            let h = &mut high[p.partition as usize];
+            *h = (*h).max(p.high_watermark - p.log_start_offset);
+        }
+    }
+    let total: u64 = high.iter().sum();
+    let records = read_all(
+        &client,
+        topic,
+        partitions,
+        total as usize,
+        Duration::from_secs(60),
+    )
+    .await;
+    let history = History {
+        attempts,
+        reads: records.iter().map(to_read).collect(),
+    };
+    let report = logcheck::check(&history);
+    eprintln!("logcheck: {report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(report.counts.0 > 0);
+}
+
+fn node_index(id: u64) -> usize {
+    id as usize - 1
+}
+
+#[test]
+fn killing_the_leader_under_idempotent_load_loses_and_duplicates_nothing() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let load = rt.block_on(async {
+        let admin = connect_any(&cluster).await;
+        admin
+            .admin()
+            .create_topic("kills", 2, 3, Default::default())
+            .await
+            .expect("create");
+        let load = Load::start(&cluster, "kills", 2).await;
+        load.progress(200, "the start").await;
+        load
+    });
+    let mut failovers = Vec::new();
+    for round in 0..rounds(3, 20) {
+        let leader =
+            rt.block_on(async { leader_of(&connect_any(&cluster).await, "kills", 0, None).await });
+        cluster.nodes[node_index(leader)].kill9();
+        let killed = Instant::now();
+        rt.block_on(async {
+            load.progress(1, &format!("killing leader {leader} (round {round})"))
+                .await;
+        });
+        failovers.push(killed.elapsed());
+        cluster.nodes[node_index(leader)].restart();
+        rt.block_on(load.progress(100, "the restart"));
+    }
+    failovers.sort();
+    eprintln!("kill -9 of the leader to the next acknowledgement: {failovers:?}");
+    rt.block_on(async {
+        let attempts = load.finish().await;
+        check_history(&cluster, "kills", 2, attempts).await;
+    });
+}
+
+#[test]
+fn a_paused_leader_and_a_rolling_restart_lose_and_duplicate_nothing() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let load = rt.block_on(async {
+        let admin = connect_any(&cluster).await;
+        admin
+            .admin()
+            .create_topic("pauses", 2, 3, Default::default())
+            .await
+            .expect("create");
+        let load = Load::start(&cluster, "pauses", 2).await;
+        load.progress(200, "the start").await;
+        load
+    });
+    for round in 0..rounds(1, 5) {
+        let leader =
+            rt.block_on(async { leader_of(&connect_any(&cluster).await, "pauses", 0, None).await });
+        let paused = &cluster.nodes[node_index(leader)];
+        paused.signal("STOP");
+        // Past the election timeout (1.5–3 s): the others elect a new leader and serve.
+        rt.block_on(async {
+            load.progress(100, &format!("pausing leader {leader} (round {round})"))
+                .await;
+        });
+        paused.signal("CONT");
+        rt.block_on(load.progress(100, "resuming the old leader"));
+    }
+    for node in 0..3 {
+        assert!(
+            cluster.nodes[node].stop(),
+            "node {} stops cleanly",
+            node + 1
+        );
+        cluster.nodes[node].restart();
+        rt.block_on(load.progress(100, &format!("restarting node {}", node + 1)));
+    }
+    rt.block_on(async {
+        let attempts = load.finish().await;
+        check_history(&cluster, "pauses", 2, attempts).await;
+    });
+}
