@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sluice_storage::LogConfig;
 
 use crate::limits;
+use crate::raft::group::RaftTiming;
 
 /// `sluiced` command line. Every flag also has a `SLUICE_*` variable and a TOML key.
 #[derive(Debug, Parser, Default)]
@@ -51,6 +52,13 @@ pub struct Args {
     /// File holding the cluster secret every internal call proves; required in a cluster.
     #[arg(long, env = "SLUICE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "SLUICE_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout in milliseconds (at least 3× the heartbeat); failover takes
+    /// about 2.2× it [default: 500].
+    #[arg(long, env = "SLUICE_RAFT_ELECTION_TIMEOUT_MS")]
+    pub raft_election_timeout_ms: Option<u64>,
     /// Bytes of produce requests in flight per partition before producers are throttled
     /// [default: 32 MiB].
     #[arg(long, env = "SLUICE_PARTITION_INFLIGHT_BYTES")]
@@ -81,6 +89,8 @@ struct FileConfig {
     initial_cluster: Option<String>,
     join: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_timeout_ms: Option<u64>,
     partition_inflight_bytes: Option<u64>,
     broker_inflight_bytes: Option<u64>,
     housekeeping_interval_secs: Option<u64>,
@@ -102,6 +112,8 @@ pub struct BrokerConfig {
     pub advertised_addr: Option<String>,
     /// How this node takes part in a cluster; `None`: a single node (groups of one).
     pub cluster: Option<ClusterConfig>,
+    /// Every group's heartbeat and election timing.
+    pub raft_timing: RaftTiming,
     /// Produce bytes in flight per partition.
     pub partition_inflight_bytes: u64,
     /// Produce bytes in flight per broker.
@@ -262,6 +274,16 @@ impl BrokerConfig {
             node_id,
             advertised_addr: args.advertised_addr.or(file.advertised_addr),
             cluster,
+            raft_timing: RaftTiming {
+                heartbeat_ms: args
+                    .raft_heartbeat_ms
+                    .or(file.raft_heartbeat_ms)
+                    .unwrap_or(limits::RAFT_HEARTBEAT_MS_DEFAULT),
+                election_timeout_ms: args
+                    .raft_election_timeout_ms
+                    .or(file.raft_election_timeout_ms)
+                    .unwrap_or(limits::RAFT_ELECTION_TIMEOUT_MS_DEFAULT),
+            },
             partition_inflight_bytes: args
                 .partition_inflight_bytes
                 .or(file.partition_inflight_bytes)
@@ -294,6 +316,12 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
             return Err(ConfigError::Invalid("node ids start at 1"));
+        }
+        let timing = self.raft_timing;
+        if timing.heartbeat_ms == 0 || timing.election_timeout_ms < 3 * timing.heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "the raft election timeout must be at least 3× a non-zero heartbeat",
+            ));
         }
         let min = limits::INFLIGHT_BYTES_MIN;
         if self.partition_inflight_bytes < min || self.broker_inflight_bytes < min {

@@ -45,10 +45,13 @@ pub const FETCH_BYTES_MAX: u32 = 64 * 1024 * 1024;
 /// Partitions in one fetch request.
 pub const FETCH_PARTITIONS_MAX: usize = 1000;
 
-/// Raft heartbeat: many groups on 2 cores must not flood an idle node (STACK.md).
-pub const RAFT_HEARTBEAT_MS: u64 = 250;
-/// Raft election timeout range, at least 5× the heartbeat.
-pub const RAFT_ELECTION_MS: (u64, u64) = (1500, 3000);
+/// Raft heartbeat default. openraft 0.9 makes a follower that knows a leader wait the
+/// leader lease (the election timeout's maximum) plus an election timeout before it stands,
+/// so failover takes 2–2.4× the election timeout: 100 ms heartbeats and 500–600 ms
+/// elections keep it near 1.2 s (docs/architecture.md, decision 26).
+pub const RAFT_HEARTBEAT_MS_DEFAULT: u64 = 100;
+/// Raft election timeout default (its minimum; the maximum is 6/5 of it), 5× the heartbeat.
+pub const RAFT_ELECTION_TIMEOUT_MS_DEFAULT: u64 = 500;
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
@@ -58,7 +61,7 @@ pub const TOPIC_NAME_LEN_MAX: usize = 249;
 /// How long admin calls wait for a new partition to elect its leader.
 pub const PARTITION_READY_WAIT: Duration = Duration::from_secs(20);
 
-const _: () = assert!(RAFT_ELECTION_MS.0 >= 5 * RAFT_HEARTBEAT_MS);
+const _: () = assert!(RAFT_ELECTION_TIMEOUT_MS_DEFAULT >= 5 * RAFT_HEARTBEAT_MS_DEFAULT);
 const _: () = assert!(PARTITION_INFLIGHT_BYTES_DEFAULT >= INFLIGHT_BYTES_MIN);
 const _: () = assert!(BROKER_INFLIGHT_BYTES_DEFAULT >= PARTITION_INFLIGHT_BYTES_DEFAULT);
 

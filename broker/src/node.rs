@@ -177,6 +177,7 @@ impl Node {
             members: members.clone(),
             elect,
             snapshots: SnapshotSchedule::for_kind(GroupKind::Controller),
+            timing: config.raft_timing,
         };
         let (controller, _sm, report): (Group, GroupStateMachine<ControllerState>, _) =
             start_group(
@@ -768,6 +769,7 @@ impl Node {
             members,
             elect: replicas.first() == Some(&self.node_id()),
             snapshots: SnapshotSchedule::for_kind(GroupKind::Partition),
+            timing: self.config.raft_timing,
         };
         let (group, sm, report) = start_group(
             spec,

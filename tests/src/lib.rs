@@ -122,6 +122,11 @@ impl TestBroker {
         self.address = address;
     }
 
+    /// The flags it was started with (beyond the data dir).
+    pub fn extra_args(&self) -> &[String] {
+        &self.extra_args
+    }
+
     /// The value of flag `--raft-listen`, if given.
     pub fn raft_address(&self) -> Option<String> {
         let at = self.extra_args.iter().position(|a| a == "--raft-listen")?;
@@ -231,6 +236,31 @@ fn await_ready(
             );
         }
     }
+}
+
+/// Runs `sluiced` on `data_dir` with `args`, expecting it to refuse to start: returns its
+/// exit status (`None` if it became ready or kept running for 60 s, and was killed) and
+/// what it wrote to its log.
+pub fn start_expecting_refusal(data_dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (mut child, ready) = launch(data_dir, &extra_args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if ready.try_recv().is_ok() {
+            break None;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+    (code, log)
 }
 
 /// A free loopback port (bound and released: a cluster's raft addresses must be known

@@ -79,13 +79,34 @@ impl SnapshotSchedule {
     }
 }
 
-/// Raft timing for many groups on few cores (STACK.md), and the group's snapshot schedule.
-pub fn raft_config(snapshots: SnapshotSchedule) -> Result<Arc<openraft::Config>, GroupError> {
+/// A group's Raft timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout minimum; the maximum is 6/5 of it.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: limits::RAFT_HEARTBEAT_MS_DEFAULT,
+            election_timeout_ms: limits::RAFT_ELECTION_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Raft timing, and the group's snapshot schedule.
+pub fn raft_config(
+    timing: RaftTiming,
+    snapshots: SnapshotSchedule,
+) -> Result<Arc<openraft::Config>, GroupError> {
     let config = openraft::Config {
         cluster_name: "sluice".to_string(),
-        heartbeat_interval: limits::RAFT_HEARTBEAT_MS,
-        election_timeout_min: limits::RAFT_ELECTION_MS.0,
-        election_timeout_max: limits::RAFT_ELECTION_MS.1,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_ms,
+        election_timeout_max: timing.election_timeout_ms * 6 / 5 + 1,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshots.every_entries),
         max_in_snapshot_log_to_keep: snapshots.keep_behind.unwrap_or(u64::MAX),
         ..openraft::Config::default()
@@ -122,6 +143,8 @@ pub struct GroupSpec<'a> {
     pub elect: bool,
     /// When it snapshots ([`SnapshotSchedule::for_kind`] but in tests).
     pub snapshots: SnapshotSchedule,
+    /// Heartbeat and election timing.
+    pub timing: RaftTiming,
 }
 
 /// Opens the log (recovering it), builds the log store and state machine, and starts Raft;
@@ -164,7 +187,7 @@ pub async fn start_group<S: GroupState>(
     let network = GroupNetwork::new(spec.group_id, peers);
     let raft = GroupRaft::new(
         spec.node_id,
-        raft_config(spec.snapshots)?,
+        raft_config(spec.timing, spec.snapshots)?,
         network,
         store,
         sm.clone(),
@@ -233,6 +256,7 @@ pub async fn start_single_with<S: GroupState>(
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         elect: true,
         snapshots,
+        timing: RaftTiming::default(),
     };
     let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::new(None)))
         .await

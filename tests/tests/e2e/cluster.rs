@@ -574,3 +574,77 @@ fn a_paused_leader_and_a_rolling_restart_lose_and_duplicate_nothing() {
         check_history(&cluster, "pauses", 2, attempts).await;
     });
 }
+
+#[test]
+fn a_data_dir_refuses_another_node_id_and_another_clusters_node() {
+    let mut cluster = TestCluster::start(3);
+    assert!(cluster.nodes[2].stop());
+    let node3 = cluster.nodes[2].data_dir().to_path_buf();
+    let mut args: Vec<String> = cluster.nodes[2].extra_args().to_vec();
+
+    // The same data dir under another node id.
+    let at = args
+        .iter()
+        .position(|a| a == "--node-id")
+        .expect("--node-id");
+    args[at + 1] = "2".into();
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, log) = sluice_tests::start_expecting_refusal(&node3, &arg_refs);
+    assert_eq!(code, Some(1), "refused: {log}");
+    assert!(log.contains("belongs to node 3, not node 2"), "{log}");
+    args[at + 1] = "3".into();
+
+    // Node 3's place taken by the data of a node 3 of another cluster.
+    let other = tempfile::tempdir().expect("temp dir");
+    let other_dir = other.path().join("data");
+    let other_raft = format!("127.0.0.1:{}", sluice_tests::free_port());
+    let other_secret = other.path().join("secret");
+    std::fs::write(&other_secret, "another-clusters-secret-0123").expect("secret");
+    let mut other_node = TestBroker::start_in(
+        &other_dir,
+        &[
+            "--node-id",
+            "3",
+            "--raft-listen",
+            &other_raft,
+            "--initial-cluster",
+            &format!("3={other_raft}"),
+            "--cluster-secret-file",
+            other_secret.to_str().expect("path"),
+        ],
+    );
+    assert!(other_node.stop());
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, log) = sluice_tests::start_expecting_refusal(&other_dir, &arg_refs);
+    assert_eq!(code, Some(1), "refused: {log}");
+    assert!(log.contains("belongs to another cluster"), "{log}");
+
+    // A cluster flag without the secret file.
+    let (code, log) = sluice_tests::start_expecting_refusal(
+        &node3,
+        &[
+            "--node-id",
+            "3",
+            "--initial-cluster",
+            &cluster.initial_cluster,
+        ],
+    );
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("--raft-listen") || log.contains("--cluster-secret-file"),
+        "{log}"
+    );
+
+    // The right node on its own data rejoins.
+    cluster.nodes[2].restart();
+    let rt = runtime();
+    rt.block_on(async {
+        let described = connect(&cluster, 2)
+            .await
+            .admin()
+            .describe_cluster()
+            .await
+            .expect("describe");
+        assert!(described.nodes.iter().all(|n| n.alive), "{described:?}");
+    });
+}
