@@ -532,8 +532,6 @@ impl Log {
     /// a snapshot beyond its log. `next_offset` must not be below [`Log::next_offset`], so
     /// offsets never go back. A crash part-way is finished by the next open.
     pub fn reset_to(&mut self, next_offset: u64) -> Result<()> {
-        self.check_writable()?;
-        self.flush_pending_seals()?;
         if next_offset < self.next_offset() {
             let (log_start, next) = (self.log_start_offset(), self.next_offset());
             return Err(StorageError::OffsetOutOfRange {
@@ -542,6 +540,21 @@ impl Log {
                 next,
             });
         }
+        self.reset_unchecked(next_offset)
+    }
+
+    /// Empties the log durably and restarts it at `next_offset`, which may lie below the
+    /// current end: a Raft follower whose log does not lead up to an installed snapshot
+    /// drops it, uncommitted tail included (no reader ever saw offsets past the commit,
+    /// and the leader gave those offsets to other records). A crash part-way is finished by
+    /// the next open.
+    pub fn reset_to_snapshot(&mut self, next_offset: u64) -> Result<()> {
+        self.reset_unchecked(next_offset)
+    }
+
+    fn reset_unchecked(&mut self, next_offset: u64) -> Result<()> {
+        self.check_writable()?;
+        self.flush_pending_seals()?;
         let marker = RecoveryCheckpoint {
             segment_base: next_offset,
             position: 0,

@@ -362,7 +362,7 @@ impl GroupState for ControllerState {
         let _ = serde_json::to_writer(out, &self.metadata);
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _last: Option<LogId>, snapshot: &[u8]) -> Result<(), String> {
         self.metadata = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The partition state machine: high watermark, next offset, producer table.
 
-use sluice_storage::BatchHeader;
+use sluice_storage::{BatchHeader, Log};
 use tokio::sync::watch;
 
 use super::producer_state::ProducerTable;
@@ -98,7 +98,7 @@ impl GroupState for PartitionState {
         snapshot::encode(self.next_offset, &self.producers, out);
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, last: Option<LogId>, snapshot: &[u8]) -> Result<(), String> {
         let (next_offset, producers) = snapshot::decode(snapshot).map_err(|e| e.to_string())?;
         self.next_offset = next_offset;
         self.producers = producers;
@@ -106,12 +106,46 @@ impl GroupState for PartitionState {
             .log
             .write()
             .map_err(|_| "log lock poisoned".to_string())?;
-        if log.next_offset() < self.next_offset {
-            // A follower behind the snapshot: its log restarts where the snapshot ends.
-            log.reset_to(self.next_offset).map_err(|e| e.to_string())?;
+        // The one place a partition's log is reset (openraft's purge afterwards only drops
+        // whole segments the snapshot covers): a log that does not lead up to the snapshot
+        // restarts where the snapshot ends, so the next entry takes the leader's offset.
+        if !leads_up_to(&log, last, next_offset).map_err(|e| e.to_string())? {
+            log.reset_to_snapshot(next_offset)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
+
+/// Whether `log` continues a snapshot through `last` whose next offset is `next_offset`:
+/// it holds the snapshot's last entry itself (same term and leader), or starts right after
+/// it at that offset (a log reset to this snapshot before). An empty snapshot fits any log.
+fn leads_up_to(
+    log: &Log,
+    last: Option<LogId>,
+    next_offset: u64,
+) -> Result<bool, sluice_storage::StorageError> {
+    let Some(last) = last else {
+        return Ok(true);
+    };
+    let Some(first) = log.first_raft_index() else {
+        return Ok(log.next_offset() == next_offset);
+    };
+    if first == last.index + 1 {
+        return Ok(log.log_start_offset() == next_offset);
+    }
+    let holds = first <= last.index
+        && log
+            .last_raft_position()
+            .is_some_and(|p| p.index >= last.index);
+    if !holds {
+        return Ok(false);
+    }
+    let entry = log.read_raft(last.index, 1, last.index + 1)?;
+    let header = entry
+        .first()
+        .and_then(|b| BatchHeader::decode(b).ok());
+    Ok(header.is_some_and(|h| h.raft == crate::raft::raft_position(&last)))
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ pub trait GroupState: Send + Sync + 'static {
     /// Appends the state as snapshot bytes, in the group's own versioned format.
     fn snapshot(&self, out: &mut Vec<u8>);
 
-    /// Replaces the state with a snapshot's bytes.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// Replaces the state with the bytes of a snapshot that covers the log through `last`.
+    fn restore(&mut self, last: Option<LogId>, snapshot: &[u8]) -> Result<(), String>;
 }
 
 /// Version of the snapshot file's envelope and of the snapshot's own envelope.
@@ -234,7 +234,10 @@ impl<S: GroupState> GroupStateMachine<S> {
                 )
             };
         let mut applied = self.lock()?;
-        applied.state.restore(&state).map_err(sm_error)?;
+        applied
+            .state
+            .restore(head.last_applied, &state)
+            .map_err(sm_error)?;
         applied.last_applied = head.last_applied;
         applied.membership = head.membership;
         applied.state.applied();
@@ -352,17 +355,20 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         let data = snapshot.into_inner();
         let meta = meta.clone();
         let sm = self.clone();
-        // Restoring may reset the log, and saving fsyncs: both on the blocking pool.
+        // Saving fsyncs and restoring may reset the log: both on the blocking pool.
         blocking(move || {
+            // Saved first: a crash after it reopens from this snapshot, and the open's
+            // restore finishes the log's move to it (a log moved first and a crash before
+            // the save would leave a hole between the old snapshot and the log).
+            let stored = StoredSnapshot { meta, data };
+            sm.save(&stored)?;
             // The log may be reset under the snapshot: nothing held may outlive that.
             sm.recent.clear();
-            sm.restore(&data)?;
-            {
-                let mut applied = sm.lock()?;
-                applied.last_applied = meta.last_log_id;
-                applied.membership = meta.last_membership.clone();
-            }
-            sm.save(&StoredSnapshot { meta, data })
+            sm.restore(&stored.data)?;
+            let mut applied = sm.lock()?;
+            applied.last_applied = stored.meta.last_log_id;
+            applied.membership = stored.meta.last_membership.clone();
+            Ok(())
         })
         .await
     }
@@ -376,5 +382,127 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use openraft::testing::log_id;
+    use sluice_storage::batch::NewRecord;
+    use sluice_storage::io::FsIo;
+    use sluice_storage::{Batch, BatchBuilder, Compression, Log, LogConfig, RaftPosition};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::partition::producer_state::ProducerTable;
+    use crate::partition::snapshot;
+    use crate::partition::state::PartitionState;
+    use crate::raft::log_store::SharedLog;
+
+    /// A log holding one one-record batch per Raft index in `indexes`, written in `term`
+    /// by `leader`.
+    fn log_with(dir: &Path, term: u64, leader: u64, indexes: std::ops::RangeInclusive<u64>) {
+        let (mut log, _) = Log::open(dir, LogConfig::default()).expect("log");
+        for index in indexes {
+            let mut builder = BatchBuilder::new(Compression::None);
+            builder.push(NewRecord {
+                key: None,
+                value: Some(b"v"),
+                timestamp: 1,
+                headers: &[],
+            });
+            let batch = Batch::decode(builder.build().expect("batch")).expect("decode");
+            log.append(
+                &batch,
+                RaftPosition {
+                    term,
+                    leader,
+                    index,
+                },
+            )
+            .expect("append");
+        }
+        log.sync().expect("sync");
+        log.checkpoint().expect("checkpoint");
+    }
+
+    fn open(dir: &Path) -> (GroupStateMachine<PartitionState>, SharedLog) {
+        let (log, _) = Log::open(dir, LogConfig::default()).expect("log");
+        let log = Arc::new(RwLock::new(log));
+        let (high_watermark, _) = watch::channel(0);
+        let sm = GroupStateMachine::open(
+            PartitionState::new(Arc::clone(&log), high_watermark),
+            Arc::new(FsIo),
+            dir,
+            Arc::new(RecentEntries::default()),
+        )
+        .expect("state machine");
+        (sm, log)
+    }
+
+    /// The leader's snapshot through (term 2, node 1, index 5), whose next offset is 5.
+    fn leaders_snapshot() -> (SnapshotMeta<NodeId, BasicNode>, Vec<u8>) {
+        let last = Some(log_id(2, 1, 5));
+        let head = serde_json::to_vec(&SnapshotHead {
+            last_applied: last,
+            membership: StoredMembership::default(),
+        })
+        .expect("head");
+        let mut data = envelope_head(&head, 0);
+        snapshot::encode(5, &ProducerTable::default(), &mut data);
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "5-1".into(),
+        };
+        (meta, data)
+    }
+
+    fn offsets(log: &SharedLog) -> (u64, u64) {
+        let log = log.read().expect("log");
+        (log.log_start_offset(), log.next_offset())
+    }
+
+    #[tokio::test]
+    async fn a_follower_takes_the_leaders_offsets_from_a_snapshot_and_a_crash_midway_reopens() {
+        let (meta, data) = leaders_snapshot();
+
+        // A stale tail from term 1 reaching past the snapshot, with more offsets than the
+        // leader gave out: the log restarts at the snapshot's next offset, not its own.
+        let stale = tempfile::tempdir().expect("dir");
+        log_with(stale.path(), 1, 2, 1..=7);
+        let (mut sm, log) = open(stale.path());
+        sm.install_snapshot(&meta, Box::new(Cursor::new(data.clone())))
+            .await
+            .expect("install");
+        assert_eq!(offsets(&log), (5, 5), "the leader's next offset");
+        drop((sm, log));
+        let (_sm, log) = open(stale.path());
+        assert_eq!(offsets(&log), (5, 5), "a log reset to the snapshot stays");
+
+        // A crash after the snapshot is saved and before the log moves: the open finishes.
+        let crashed = tempfile::tempdir().expect("dir");
+        log_with(crashed.path(), 1, 2, 1..=7);
+        let (sm, log) = open(crashed.path());
+        sm.save(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .expect("save");
+        drop((sm, log));
+        let (_sm, log) = open(crashed.path());
+        assert_eq!(offsets(&log), (5, 5), "reopened at the snapshot");
+
+        // A log holding the snapshot's last entry (same term and leader) is the leader's
+        // prefix: nothing is dropped.
+        let matching = tempfile::tempdir().expect("dir");
+        log_with(matching.path(), 2, 1, 1..=6);
+        let (mut sm, log) = open(matching.path());
+        sm.install_snapshot(&meta, Box::new(Cursor::new(data)))
+            .await
+            .expect("install");
+        assert_eq!(offsets(&log), (0, 6), "kept");
     }
 }
