@@ -142,9 +142,7 @@ fn leads_up_to(
         return Ok(false);
     }
     let entry = log.read_raft(last.index, 1, last.index + 1)?;
-    let header = entry
-        .first()
-        .and_then(|b| BatchHeader::decode(b).ok());
+    let header = entry.first().and_then(|b| BatchHeader::decode(b).ok());
     Ok(header.is_some_and(|h| h.raft == crate::raft::raft_position(&last)))
 }
 

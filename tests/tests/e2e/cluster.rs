@@ -648,3 +648,120 @@ fn a_data_dir_refuses_another_node_id_and_another_clusters_node() {
         assert!(described.nodes.iter().all(|n| n.alive), "{described:?}");
     });
 }
+
+/// A partition as `node` itself describes it (its own replica's offsets).
+async fn local_view(
+    cluster: &TestCluster,
+    node: usize,
+    topic: &str,
+) -> sluice_client::PartitionDescription {
+    connect(cluster, node)
+        .await
+        .admin()
+        .describe_topic(topic)
+        .await
+        .expect("describe")
+        .partitions[0]
+        .clone()
+}
+
+#[test]
+fn a_follower_behind_the_log_start_catches_up_by_snapshot_with_the_leaders_offsets() {
+    let mut cluster = TestCluster::start_with(3, &["--housekeeping-interval-secs", "1"]);
+    let rt = runtime();
+    let (follower, leader) = rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        let configs = [("segment.bytes", "65536"), ("retention.bytes", "200000")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        client
+            .admin()
+            .create_topic("purged", 1, 3, configs)
+            .await
+            .expect("create");
+        let leader = leader_of(&client, "purged", 0, None).await;
+        let follower = (1..=3u64).find(|n| *n != leader).expect("a follower");
+        (follower, leader)
+    });
+    assert!(cluster.nodes[node_index(follower)].stop());
+    rt.block_on(async {
+        let client = connect(&cluster, node_index(leader)).await;
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        let value = vec![b'x'; 1000];
+        for _ in 0..3000 {
+            producer
+                .enqueue(
+                    ProducerRecord::new("purged")
+                        .partition(0)
+                        .value(value.clone()),
+                )
+                .await
+                .expect("enqueue");
+        }
+        producer.flush().await.expect("flush");
+        // Retention runs every second: wait (bounded) until it moved the log start.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while local_view(&cluster, node_index(leader), "purged")
+            .await
+            .log_start_offset
+            == 0
+        {
+            assert!(Instant::now() < deadline, "retention never purged");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    cluster.nodes[node_index(follower)].restart();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ours = local_view(&cluster, node_index(follower), "purged").await;
+            let theirs = local_view(&cluster, node_index(leader), "purged").await;
+            if ours.high_watermark == theirs.high_watermark && ours.high_watermark > 0 {
+                assert!(ours.log_start_offset >= theirs.log_start_offset, "{ours:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the follower never caught up: {ours:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // What comes after the snapshot lands at the same offsets on both.
+        let producer = connect(&cluster, node_index(leader))
+            .await
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        for i in 0..100 {
+            producer
+                .send(
+                    ProducerRecord::new("purged")
+                        .partition(0)
+                        .value(format!("after-{i}")),
+                )
+                .await
+                .expect("produce after the catch-up");
+        }
+    });
+    // Batches carry their offsets and Raft positions: the follower's log is the leader's
+    // log from where the follower's starts, byte for byte.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ours = replica_log(&cluster.nodes[node_index(follower)], "purged", 0);
+        let theirs = replica_log(&cluster.nodes[node_index(leader)], "purged", 0);
+        if !ours.is_empty() && theirs.ends_with(&ours) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower's {} bytes are not the end of the leader's {}",
+            ours.len(),
+            theirs.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
