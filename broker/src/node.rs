@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::identity::{ClusterId, IdentityError, NodeIdentity};
 use crate::cluster::internal_auth::ClusterAuth;
-use crate::cluster::{forward, membership};
+use crate::cluster::{forward, membership, reassignment};
 use crate::config::BrokerConfig;
 use crate::controller::{
     CONTROLLER_GROUP, ControllerCommand, ControllerResponse, ControllerState, LeaderReport,
@@ -270,6 +270,7 @@ impl Node {
         tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
         if node.auth.is_some() {
             tokio::spawn(membership::run(Arc::downgrade(&node)));
+            tokio::spawn(reassignment::run(Arc::downgrade(&node)));
         }
         Ok(node)
     }
@@ -412,7 +413,7 @@ impl Node {
             t.partitions
                 .iter()
                 .enumerate()
-                .filter(move |(_, p)| p.replicas.contains(&node_id))
+                .filter(move |(_, p)| p.hosted_by(node_id))
                 .map(move |(i, p)| ((t.name.clone(), i as u32), p.group_id, t))
         })
     }
@@ -438,21 +439,32 @@ impl Node {
         &self,
         command: ControllerCommand,
     ) -> Result<ControllerResponse, BrokerError> {
-        self.propose_forwarded(command, 0).await
+        let (answer, index) = self.propose_forwarded(command, 0).await?;
+        // Applied on the leader; this node's own metadata follows (bounded), so what the
+        // caller reads here next already shows the change.
+        let wait = limits::CONTROLLER_PROPOSE_WAIT;
+        let _ = self
+            .controller
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "the change applied here")
+            .await;
+        Ok(answer)
     }
 
-    /// [`Node::propose`] for a command that already passed through `hops` nodes.
+    /// [`Node::propose`] for a command that already passed through `hops` nodes; also
+    /// returns the Raft index the change was applied at.
     pub async fn propose_forwarded(
         &self,
         command: ControllerCommand,
         hops: u32,
-    ) -> Result<ControllerResponse, BrokerError> {
+    ) -> Result<(ControllerResponse, u64), BrokerError> {
         let deadline = tokio::time::Instant::now() + limits::CONTROLLER_PROPOSE_WAIT;
         let mut last = BrokerError::Unavailable("the controller has no leader".into());
         loop {
             let leader = self.controller_leader();
             if leader == Some(self.node_id()) {
-                match propose_to(&self.controller, command.clone()).await {
+                match propose_at(&self.controller, command.clone()).await {
                     // Lost the leadership meanwhile: find the new leader.
                     Err(e @ BrokerError::NotLeader { .. }) => last = e,
                     other => return other,
@@ -540,7 +552,7 @@ impl Node {
             )));
         }
         let placed = &meta.partitions[index as usize];
-        if !placed.replicas.contains(&self.node_id()) {
+        if !placed.hosted_by(self.node_id()) {
             // Another broker's partition: point the client at its leader.
             if let Some(leader) = placed.leader {
                 return Err(BrokerError::NotLeader {
@@ -616,7 +628,7 @@ impl Node {
             };
             meta.partitions.iter().enumerate().all(|(i, p)| {
                 p.leader.is_some()
-                    && (!p.replicas.contains(&node_id)
+                    && (!p.hosted_by(node_id)
                         || self
                             .partition(topic, i as u32)
                             .is_ok_and(|p| p.leader().is_some()))
@@ -756,7 +768,13 @@ impl Node {
             .get(key.1 as usize)
             .map(|p| p.replicas.clone())
             .unwrap_or_default();
-        let members = self.group_members(&replicas)?;
+        // A replica being added by a reassignment starts empty and uninitialised: the
+        // group's leader adds it as a learner and sends it the log.
+        let members = if replicas.contains(&self.node_id()) {
+            self.group_members(&replicas)?
+        } else {
+            BTreeMap::new()
+        };
         let (high_watermark_tx, high_watermark) = watch::channel(0);
         let spec = GroupSpec {
             node_id: self.node_id(),
@@ -908,6 +926,16 @@ pub async fn propose_to(
     controller: &Group,
     command: ControllerCommand,
 ) -> Result<ControllerResponse, BrokerError> {
+    propose_at(controller, command)
+        .await
+        .map(|(answer, _)| answer)
+}
+
+/// [`propose_to`], also returning the Raft index the change was applied at.
+async fn propose_at(
+    controller: &Group,
+    command: ControllerCommand,
+) -> Result<(ControllerResponse, u64), BrokerError> {
     crate::log_room::reserve(&controller.log, limits::CONTROLLER_ENTRY_ROOM_BYTES).await?;
     match controller
         .raft
@@ -915,7 +943,7 @@ pub async fn propose_to(
         .await
     {
         Ok(response) => match response.data {
-            CommandResponse::Controller(r) => Ok(r),
+            CommandResponse::Controller(r) => Ok((r, response.log_id.index)),
             other => Err(BrokerError::Internal(format!(
                 "unexpected controller result {other:?}"
             ))),

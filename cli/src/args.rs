@@ -105,6 +105,20 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
+    /// Move a partition to other replicas (learner first, voter once caught up, old
+    /// replicas removed last), under load; waits until it is done.
+    Reassign {
+        /// Topic name.
+        name: String,
+        /// Partition number.
+        partition: u32,
+        /// The replicas wanted, comma-separated node ids, the preferred leader first.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+        /// Return once the move is recorded instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// Cluster commands.
@@ -114,6 +128,15 @@ pub enum ClusterCommand {
     Info,
     /// Whether every partition has a leader; exit code 1 if not.
     Health,
+    /// Move every replica off a node and retire it from the controller's voters; waits
+    /// until the node holds no replica.
+    Decommission {
+        /// The node id.
+        node: u64,
+        /// Return once the moves are recorded instead of waiting for them.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// Acknowledgement level.

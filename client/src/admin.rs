@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use sluice_protocol::v1::{
     AddPartitionsRequest, AlterTopicConfigRequest, ClusterDescription, CreateTopicRequest,
-    DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest, TopicDescription,
+    DecommissionNodeRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
+    ReassignPartitionRequest, TopicDescription,
 };
 
 use crate::connection::Client;
@@ -119,6 +120,40 @@ impl Admin {
             .into_inner();
         self.client.refresh_metadata().await?;
         Ok(description)
+    }
+
+    /// Starts moving a partition to `replicas` (the first is the preferred leader); the
+    /// answer shows the move as `target_replicas` until it is done.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[u64],
+    ) -> Result<TopicDescription, ClientError> {
+        let request = ReassignPartitionRequest {
+            topic: topic.to_string(),
+            partition,
+            replicas: replicas.to_vec(),
+        };
+        Ok(self
+            .client
+            .admin_client()
+            .reassign_partition(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Moves every replica off node `id` and retires it from the controller's voters;
+    /// returns the partitions that move (as `TOPIC/PARTITION`).
+    pub async fn decommission_node(&self, id: u64) -> Result<Vec<String>, ClientError> {
+        let request = DecommissionNodeRequest { node_id: id };
+        Ok(self
+            .client
+            .admin_client()
+            .decommission_node(request)
+            .await?
+            .into_inner()
+            .moved)
     }
 
     /// Nodes, controller, version and every topic.

@@ -16,13 +16,13 @@ pub const FORWARD_HOPS_MAX: u32 = 2;
 pub const PING_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Hands `command` to the node at raft address `address`, which applies it or passes it to
-/// the controller's leader.
+/// the controller's leader; returns the answer and the Raft index it was applied at.
 pub async fn forward(
     peers: &PeerChannels,
     address: &str,
     command: &ControllerCommand,
     hops: u32,
-) -> Result<ControllerResponse, BrokerError> {
+) -> Result<(ControllerResponse, u64), BrokerError> {
     let unavailable =
         |why: String| BrokerError::Unavailable(format!("controller via {address}: {why}"));
     let encoded = serde_json::to_vec(command).map_err(|e| BrokerError::Internal(e.to_string()))?;
@@ -38,8 +38,9 @@ pub async fn forward(
         .forward_controller_command(request)
         .await
         .map_err(|s| unavailable(s.message().to_string()))?;
-    serde_json::from_slice(&response.get_ref().response)
-        .map_err(|e| BrokerError::Internal(format!("controller answer from {address}: {e}")))
+    let answer = serde_json::from_slice(&response.get_ref().response)
+        .map_err(|e| BrokerError::Internal(format!("controller answer from {address}: {e}")))?;
+    Ok((answer, response.get_ref().log_index))
 }
 
 /// Pings the node at raft address `address`; `None` if it did not answer in time.

@@ -90,7 +90,7 @@ pub async fn register_via_seeds(
     loop {
         for seed in seeds {
             match forward(peers, seed, command, 0).await {
-                Ok(ControllerResponse::Refused { message, .. }) => return Err(message),
+                Ok((ControllerResponse::Refused { message, .. }, _)) => return Err(message),
                 Ok(_) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
@@ -137,22 +137,45 @@ async fn adjust(node: &Node) {
             Err(e) => tracing::warn!(node = id, error = %e, "cannot add a controller learner"),
         }
     }
-    let target = voter_target(metadata.nodes.len());
-    if voters.len() >= target {
+    let retiring: BTreeSet<NodeId> = metadata
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.decommissioned)
+        .map(|(id, _)| *id)
+        .collect();
+    let active = metadata.nodes.len() - retiring.len();
+    let target = voter_target(active);
+    let active_voters = voters.difference(&retiring).count();
+    if active_voters >= target {
+        // Enough voters that stay: retire the decommissioned ones (kept as learners, so
+        // they still learn what moves off them).
+        let leaving: BTreeSet<NodeId> = voters.intersection(&retiring).copied().collect();
+        if !leaving.is_empty() && active_voters > 0 {
+            match raft
+                .change_membership(ChangeMembers::RemoveVoters(leaving.clone()), true)
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    ?leaving,
+                    "decommissioned nodes left the controller's voters"
+                ),
+                Err(e) => tracing::warn!(?leaving, error = %e, "cannot retire controller voters"),
+            }
+        }
         return;
     }
     let last = metrics.last_log_index.unwrap_or(0);
     let replication = metrics.replication.unwrap_or_default();
     let promote: BTreeSet<NodeId> = known
         .difference(&voters)
-        .filter(|id| metadata.nodes.contains_key(id))
+        .filter(|id| metadata.nodes.contains_key(id) && !retiring.contains(id))
         .filter(|id| {
             replication
                 .get(id)
                 .and_then(|m| m.as_ref())
                 .is_some_and(|m| m.index + PROMOTE_LAG_ENTRIES >= last)
         })
-        .take(target - voters.len())
+        .take(target - active_voters)
         .copied()
         .collect();
     if promote.is_empty() {

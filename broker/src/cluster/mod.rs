@@ -7,3 +7,4 @@ pub mod identity;
 pub mod internal_auth;
 pub mod membership;
 pub mod placement;
+pub mod reassignment;

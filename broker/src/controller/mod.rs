@@ -73,6 +73,28 @@ pub enum ControllerCommand {
         /// 32 hex digits.
         cluster_id: String,
     },
+    /// Starts moving a partition to `replicas` (its leader carries it out by Raft
+    /// membership changes, then completes it).
+    ReassignPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The replicas wanted.
+        replicas: Vec<NodeId>,
+    },
+    /// The partition's group now has exactly `replicas` as voters.
+    CompleteReassignment {
+        /// The partition's group.
+        group_id: GroupId,
+        /// Its replicas now.
+        replicas: Vec<NodeId>,
+    },
+    /// The node takes no new replicas, and leaves the controller's voters.
+    DecommissionNode {
+        /// The node.
+        id: NodeId,
+    },
     /// Partitions' replicas lead their groups (each applied unless a later term is known).
     ReportLeaders {
         /// The leaderships.
@@ -120,6 +142,20 @@ pub struct PartitionMeta {
     /// The Raft term of that report.
     #[serde(default)]
     pub leader_term: u64,
+    /// Replicas a reassignment in progress moves the partition to.
+    #[serde(default)]
+    pub target_replicas: Option<Vec<NodeId>>,
+}
+
+impl PartitionMeta {
+    /// Whether `node` holds (or is being given) a replica.
+    pub fn hosted_by(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node)
+            || self
+                .target_replicas
+                .as_ref()
+                .is_some_and(|t| t.contains(&node))
+    }
 }
 
 /// A registered node.
@@ -129,6 +165,9 @@ pub struct NodeMeta {
     pub address: String,
     /// Its internal (Raft) address.
     pub raft_address: String,
+    /// Decommissioned: no new replicas, no controller vote.
+    #[serde(default)]
+    pub decommissioned: bool,
 }
 
 /// A topic as the controller knows it.
@@ -211,6 +250,7 @@ impl Metadata {
                 replicas: load.place(nodes, rf.min(nodes.len()), p),
                 leader: None,
                 leader_term: 0,
+                target_replicas: None,
             });
             next_group += 1;
         }
@@ -218,6 +258,33 @@ impl Metadata {
             topic.partitions.extend(added);
         }
         self.next_group_id = next_group;
+        ControllerResponse::Ok
+    }
+
+    fn reassign(&mut self, topic: &str, partition: u32, replicas: &[NodeId]) -> ControllerResponse {
+        let unknown = replicas.iter().find(|r| !self.nodes.contains_key(r));
+        if let Some(r) = unknown {
+            return refused("INVALID_CONFIG", format!("node {r} is not registered"));
+        }
+        let Some(meta) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+        else {
+            return refused(
+                "UNKNOWN_PARTITION",
+                format!("{topic} has no partition {partition}"),
+            );
+        };
+        if meta.target_replicas.is_some() {
+            return refused(
+                "INVALID_CONFIG",
+                format!("{topic}/{partition} is being reassigned already"),
+            );
+        }
+        if meta.replicas != replicas {
+            meta.target_replicas = Some(replicas.to_vec());
+        }
         ControllerResponse::Ok
     }
 
@@ -291,15 +358,46 @@ impl Metadata {
                 address,
                 raft_address,
             } => {
+                let decommissioned = self.nodes.get(id).is_some_and(|n| n.decommissioned);
                 self.nodes.insert(
                     *id,
                     NodeMeta {
                         address: address.clone(),
                         raft_address: raft_address.clone(),
+                        decommissioned,
                     },
                 );
                 ControllerResponse::Ok
             }
+            ControllerCommand::ReassignPartition {
+                topic,
+                partition,
+                replicas,
+            } => self.reassign(topic, *partition, replicas),
+            ControllerCommand::CompleteReassignment { group_id, replicas } => {
+                let found = self
+                    .topics
+                    .values_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                    .find(|p| p.group_id == *group_id);
+                if let Some(p) = found
+                    && p.target_replicas.as_ref() == Some(replicas)
+                {
+                    p.replicas = replicas.clone();
+                    p.target_replicas = None;
+                    if p.leader.is_some_and(|l| !replicas.contains(&l)) {
+                        p.leader = None;
+                    }
+                }
+                ControllerResponse::Ok
+            }
+            ControllerCommand::DecommissionNode { id } => match self.nodes.get_mut(id) {
+                Some(node) => {
+                    node.decommissioned = true;
+                    ControllerResponse::Ok
+                }
+                None => refused("INVALID_CONFIG", format!("node {id} is not registered")),
+            },
             ControllerCommand::InitCluster { cluster_id } => {
                 if self.cluster_id.is_none() {
                     self.cluster_id = Some(cluster_id.clone());

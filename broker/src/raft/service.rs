@@ -108,13 +108,14 @@ impl RaftRpc for RaftService {
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| Status::unavailable("this node is still starting"))?;
-        let answer = node
+        let (answer, log_index) = node
             .propose_forwarded(command, message.hops)
             .await
             .map_err(|e| e.to_status())?;
         let response = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ForwardResponse {
             response: response.into(),
+            log_index,
         }))
     }
 

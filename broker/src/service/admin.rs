@@ -1,15 +1,16 @@
 //! `sluice.v1.Admin`: topics, partitions and the cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::v1::admin_server::Admin;
 use sluice_protocol::v1::{
     AddPartitionsRequest, AlterTopicConfigRequest, ClusterDescription, CreateTopicRequest,
-    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
-    DescribeTopicRequest, ListTopicsRequest, ListTopicsResponse, NodeDescription,
-    PartitionDescription, TopicDescription,
+    CreateTopicResponse, DecommissionNodeRequest, DecommissionNodeResponse, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeClusterRequest, DescribeTopicRequest, ListTopicsRequest,
+    ListTopicsResponse, NodeDescription, PartitionDescription, ReassignPartitionRequest,
+    TopicDescription,
 };
 use tonic::{Request, Response, Status};
 
@@ -70,6 +71,7 @@ impl AdminService {
                     leader,
                     leader_address: metadata.node_address(leader).unwrap_or_default().into(),
                     in_sync_replicas,
+                    target_replicas: meta.target_replicas.clone().unwrap_or_default(),
                     replicas: meta.replicas.clone(),
                     log_start_offset,
                     high_watermark,
@@ -105,9 +107,17 @@ impl AdminService {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
     }
 
-    /// The nodes new replicas may go to: those alive now, at least `replication_factor`.
+    /// The nodes new replicas may go to: those alive now and not decommissioned, at least
+    /// `replication_factor`.
     async fn placement_nodes(&self, replication_factor: u32) -> Result<Vec<u64>, BrokerError> {
-        let alive: Vec<u64> = self.node.alive_nodes().await.into_iter().collect();
+        let metadata = self.node.metadata();
+        let alive: Vec<u64> = self
+            .node
+            .alive_nodes()
+            .await
+            .into_iter()
+            .filter(|id| !metadata.nodes.get(id).is_some_and(|n| n.decommissioned))
+            .collect();
         if replication_factor as usize > alive.len() {
             return Err(BrokerError::InvalidConfig(format!(
                 "replication factor {replication_factor} exceeds the {} live node(s) in the cluster",
@@ -123,6 +133,7 @@ impl AdminService {
             ControllerResponse::Refused { reason, message } => Err(match reason.as_str() {
                 "TOPIC_EXISTS" => BrokerError::TopicExists(message),
                 "UNKNOWN_TOPIC" => BrokerError::UnknownTopic(message),
+                "UNKNOWN_PARTITION" => BrokerError::InvalidRequest(message),
                 _ => BrokerError::InvalidConfig(message),
             }),
         }
@@ -274,6 +285,105 @@ impl Admin for AdminService {
         Ok(Response::new(self.describe(&self.topic(&r.name)?)))
     }
 
+    async fn reassign_partition(
+        &self,
+        request: Request<ReassignPartitionRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let topic = self.topic(&r.topic)?;
+        if r.partition as usize >= topic.partitions.len() {
+            return Err(BrokerError::UnknownPartition {
+                topic: r.topic,
+                partition: r.partition,
+            }
+            .into());
+        }
+        let distinct: BTreeSet<u64> = r.replicas.iter().copied().collect();
+        if r.replicas.is_empty() || distinct.len() != r.replicas.len() {
+            return Err(BrokerError::InvalidRequest(
+                "replicas must be one or more distinct node ids".into(),
+            )
+            .into());
+        }
+        let usable = self.placement_nodes(1).await?;
+        if let Some(id) = r.replicas.iter().find(|id| !usable.contains(id)) {
+            return Err(BrokerError::InvalidConfig(format!(
+                "node {id} is not a live, registered node that takes replicas"
+            ))
+            .into());
+        }
+        self.propose(ControllerCommand::ReassignPartition {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            replicas: r.replicas,
+        })
+        .await?;
+        self.node.reconcile().await;
+        Ok(Response::new(self.describe(&self.topic(&r.topic)?)))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<DecommissionNodeResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let metadata = self.node.metadata();
+        if !metadata.nodes.contains_key(&id) {
+            return Err(BrokerError::InvalidConfig(format!("node {id} is not registered")).into());
+        }
+        let mut usable: Vec<u64> = self.placement_nodes(1).await?;
+        usable.retain(|n| *n != id);
+        // Plan every move before changing anything: a node that cannot be emptied stays.
+        let mut load: BTreeMap<u64, usize> = usable.iter().map(|n| (*n, 0)).collect();
+        for p in metadata.topics.values().flat_map(|t| &t.partitions) {
+            for r in &p.replicas {
+                if let Some(count) = load.get_mut(r) {
+                    *count += 1;
+                }
+            }
+        }
+        let mut moves = Vec::new();
+        for topic in metadata.topics.values() {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                if !p.replicas.contains(&id) {
+                    continue;
+                }
+                let replacement = load
+                    .iter()
+                    .filter(|(n, _)| !p.replicas.contains(n))
+                    .min_by_key(|(n, count)| (**count, **n))
+                    .map(|(n, _)| *n)
+                    .ok_or_else(|| {
+                        BrokerError::InvalidConfig(format!(
+                            "no live node can take the replica of {}/{i} from node {id}",
+                            topic.name
+                        ))
+                    })?;
+                *load.entry(replacement).or_default() += 1;
+                let replicas: Vec<u64> = p
+                    .replicas
+                    .iter()
+                    .map(|r| if *r == id { replacement } else { *r })
+                    .collect();
+                moves.push((topic.name.clone(), i as u32, replicas));
+            }
+        }
+        self.propose(ControllerCommand::DecommissionNode { id })
+            .await?;
+        let mut moved = Vec::new();
+        for (topic, partition, replicas) in moves {
+            self.propose(ControllerCommand::ReassignPartition {
+                topic: topic.clone(),
+                partition,
+                replicas,
+            })
+            .await?;
+            moved.push(format!("{topic}/{partition}"));
+        }
+        self.node.reconcile().await;
+        Ok(Response::new(DecommissionNodeResponse { moved }))
+    }
+
     async fn describe_cluster(
         &self,
         _request: Request<DescribeClusterRequest>,
@@ -291,6 +401,7 @@ impl Admin for AdminService {
                 raft_address: n.raft_address.clone(),
                 alive: alive.contains(id),
                 controller_voter: voters.contains(id),
+                decommissioned: n.decommissioned,
             })
             .collect();
         let topics = self.describe_all();

@@ -6,6 +6,7 @@ use serde_json::json;
 use sluice_client::Client;
 
 use crate::args::{ClusterCommand, Format};
+use crate::commands::topic::{REASSIGN_WAIT, wait_for};
 use crate::failure::Failure;
 use crate::output::{cluster_json, json_line, table};
 
@@ -16,6 +17,9 @@ pub async fn run(
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
+    if let ClusterCommand::Decommission { node, no_wait } = command {
+        return decommission(client, node, no_wait, format, out).await;
+    }
     let cluster = client.admin().describe_cluster().await?;
     match command {
         ClusterCommand::Info => match format {
@@ -84,6 +88,43 @@ pub async fn run(
                 return Err(Failure::other("the cluster is not healthy"));
             }
         }
+        ClusterCommand::Decommission { .. } => {}
+    }
+    Ok(())
+}
+
+async fn decommission(
+    client: &Client,
+    node: u64,
+    no_wait: bool,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let admin = client.admin();
+    let moved = admin.decommission_node(node).await?;
+    if !no_wait {
+        wait_for(REASSIGN_WAIT, || async {
+            let cluster = admin.describe_cluster().await?;
+            let holds = cluster
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .any(|p| p.replicas.contains(&node) || !p.target_replicas.is_empty());
+            Ok((!holds).then_some(()))
+        })
+        .await?;
+    }
+    match format {
+        Format::Json => json_line(
+            out,
+            &json!({ "node": node, "moved": moved, "done": !no_wait }),
+        )?,
+        Format::Text => writeln!(
+            out,
+            "node {node}: {} partition(s) {}",
+            moved.len(),
+            if no_wait { "moving off" } else { "moved off" }
+        )?,
     }
     Ok(())
 }

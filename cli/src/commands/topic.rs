@@ -107,6 +107,33 @@ pub async fn run(
                 )?,
             }
         }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            no_wait,
+        } => {
+            let mut topic = admin
+                .reassign_partition(&name, partition, &replicas)
+                .await?;
+            if !no_wait {
+                topic = wait_for(REASSIGN_WAIT, || async {
+                    let topic = admin.describe_topic(&name).await?;
+                    let done = topic.partitions.get(partition as usize).is_some_and(|p| {
+                        p.target_replicas.is_empty() && p.replicas == replicas && p.leader != 0
+                    });
+                    Ok(done.then_some(topic))
+                })
+                .await?;
+            }
+            match format {
+                Format::Json => json_line(out, &topic_json(&topic))?,
+                Format::Text => {
+                    let verb = if no_wait { "moving to" } else { "now on" };
+                    writeln!(out, "{name}/{partition} {verb} replicas {replicas:?}")?
+                }
+            }
+        }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
             match format {
@@ -172,4 +199,27 @@ fn print_topic(
     }));
     table(out, &rows)?;
     Ok(())
+}
+
+/// How long `topic reassign` and `cluster decommission` wait for moves to finish.
+pub const REASSIGN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Polls `check` every 500 ms until it yields a value, or fails after `wait`.
+pub async fn wait_for<T, F, Fut>(wait: std::time::Duration, check: F) -> Result<T, Failure>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, Failure>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(done) = check().await? {
+            return Ok(done);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::other(format!(
+                "not finished within {wait:?}; it goes on in the background"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -765,3 +765,178 @@ fn a_follower_behind_the_log_start_catches_up_by_snapshot_with_the_leaders_offse
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Waits (bounded) until the cluster as node `node` describes it satisfies `ready`.
+async fn wait_cluster(
+    cluster: &TestCluster,
+    node: usize,
+    what: &str,
+    ready: impl Fn(&sluice_client::ClusterDescription) -> bool,
+) -> sluice_client::ClusterDescription {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = connect(cluster, node)
+            .await
+            .admin()
+            .describe_cluster()
+            .await;
+        if let Ok(d) = &described
+            && ready(d)
+        {
+            return d.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: {described:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn nodes_that_join_become_controller_voters_up_to_three() {
+    let mut cluster = TestCluster::start(1);
+    let rt = runtime();
+    for _ in 0..2 {
+        let joined = cluster.join();
+        assert_eq!(joined + 1, cluster.nodes.len());
+    }
+    rt.block_on(async {
+        let described = wait_cluster(&cluster, 2, "three voters", |d| {
+            d.nodes.len() == 3 && d.nodes.iter().all(|n| n.alive && n.controller_voter)
+        })
+        .await;
+        assert_ne!(described.controller, 0);
+    });
+    // A fourth node hosts replicas but does not vote in the controller.
+    cluster.join();
+    rt.block_on(async {
+        let described = wait_cluster(&cluster, 3, "four nodes", |d| {
+            d.nodes.len() == 4 && d.nodes.iter().all(|n| n.alive)
+        })
+        .await;
+        assert_eq!(
+            described
+                .nodes
+                .iter()
+                .filter(|n| n.controller_voter)
+                .count(),
+            3,
+            "{described:?}"
+        );
+        // RF=4 now fits, and the controller's quorum survives the first node's loss.
+        let client = connect(&cluster, 3).await;
+        let created = client
+            .admin()
+            .create_topic("wide", 1, 4, Default::default())
+            .await
+            .expect("RF=4 on four nodes");
+        assert_eq!(created.partitions[0].replicas.len(), 4);
+    });
+    cluster.nodes[0].kill9();
+    rt.block_on(async {
+        let client = connect(&cluster, 1).await;
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        producer
+            .send(ProducerRecord::new("wide").value("after node 1 died"))
+            .await
+            .expect("the cluster serves without its founder");
+    });
+}
+
+/// Waits (bounded) until no partition of `topic` is being moved, and returns it.
+async fn wait_moved(client: &Client, topic: &str) -> sluice_client::TopicDescription {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let described = client.admin().describe_topic(topic).await;
+        if let Ok(t) = &described
+            && t.partitions
+                .iter()
+                .all(|p| p.target_replicas.is_empty() && p.leader != 0)
+        {
+            return t.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moves did not finish: {described:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn replicas_move_to_a_joined_node_and_off_a_decommissioned_one_under_load() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let load = rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        client
+            .admin()
+            .create_topic("moves", 2, 3, Default::default())
+            .await
+            .expect("create");
+        let load = Load::start(&cluster, "moves", 2).await;
+        load.progress(100, "the start").await;
+        load
+    });
+    let joined = cluster.join();
+    let new_id = joined as u64 + 1;
+    rt.block_on(async {
+        let client = connect(&cluster, joined).await;
+        wait_cluster(&cluster, joined, "the new node registered", |d| {
+            d.nodes.iter().any(|n| n.node_id == new_id && n.alive)
+        })
+        .await;
+        // Partition 0 leaves node 2 for the new node.
+        let moving = client
+            .admin()
+            .reassign_partition("moves", 0, &[new_id, 1, 3])
+            .await
+            .expect("reassign");
+        let p0 = &moving.partitions[0];
+        assert!(
+            p0.target_replicas == [new_id, 1, 3] || p0.replicas == [new_id, 1, 3],
+            "the move is recorded (or done already): {p0:?}"
+        );
+        let moved = wait_moved(&client, "moves").await;
+        assert_eq!(moved.partitions[0].replicas, [new_id, 1, 3]);
+        load.progress(100, "moving partition 0").await;
+
+        // Node 1 leaves: every replica it holds moves, and it stops voting.
+        let moved = client
+            .admin()
+            .decommission_node(1)
+            .await
+            .expect("decommission");
+        assert_eq!(moved.len(), 2, "{moved:?}");
+        let after = wait_moved(&client, "moves").await;
+        for p in &after.partitions {
+            assert!(!p.replicas.contains(&1), "{after:?}");
+            assert_eq!(p.replicas.len(), 3);
+        }
+        let described = wait_cluster(&cluster, joined, "node 1 retired", |d| {
+            d.nodes
+                .iter()
+                .any(|n| n.node_id == 1 && n.decommissioned && !n.controller_voter)
+        })
+        .await;
+        assert_eq!(
+            described
+                .nodes
+                .iter()
+                .filter(|n| n.controller_voter)
+                .count(),
+            3,
+            "another node votes instead: {described:?}"
+        );
+        load.progress(100, "decommissioning node 1").await;
+        let attempts = load.finish().await;
+        check_history(&cluster, "moves", 2, attempts).await;
+    });
+    // The decommissioned node deleted the replicas it no longer holds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.nodes[0].data_dir().join("moves").exists() {
+        assert!(Instant::now() < deadline, "node 1 kept the moved replicas");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

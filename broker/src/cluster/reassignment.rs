@@ -1,0 +1,118 @@
+//! Moving a partition's replicas by Raft membership change, carried out by the partition's
+//! leader once the controller records the target: each new replica is added as a learner
+//! and caught up, then one joint-consensus change makes the target the voters (old
+//! replicas leave last), and the controller is told it is done. Nodes no longer listed
+//! then close their replica and delete its data (the reconciler).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use openraft::BasicNode;
+
+use crate::controller::ControllerCommand;
+use crate::node::Node;
+use crate::partition::Partition;
+use crate::raft::{GroupId, NodeId};
+
+/// How often a node looks for reassignments of partitions it leads.
+const PASS: Duration = Duration::from_millis(500);
+
+/// How long a new replica gets to catch up before the step is tried again.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs until the node stops: drives every reassignment of a partition this node leads.
+pub async fn run(node: Weak<Node>) {
+    let in_flight: Arc<Mutex<BTreeSet<GroupId>>> = Arc::default();
+    let mut pass = tokio::time::interval(PASS);
+    pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        pass.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let metadata = node.metadata();
+        for partition in node.partitions() {
+            let Some((_, _, meta)) = metadata.partition_of_group(partition.group.id) else {
+                continue;
+            };
+            let Some(target) = meta.target_replicas.clone() else {
+                continue;
+            };
+            if !partition.is_leader() {
+                continue;
+            }
+            let group_id = partition.group.id;
+            if !in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(group_id)
+            {
+                continue;
+            }
+            let addresses: BTreeMap<NodeId, String> = target
+                .iter()
+                .filter_map(|id| {
+                    metadata
+                        .nodes
+                        .get(id)
+                        .map(|n| (*id, n.raft_address.clone()))
+                })
+                .collect();
+            let (node, in_flight) = (Arc::clone(&node), Arc::clone(&in_flight));
+            tokio::spawn(async move {
+                if let Err(why) = drive(&node, &partition, &target, &addresses).await {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, %why, "reassignment step failed; retrying");
+                }
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&group_id);
+            });
+        }
+    }
+}
+
+/// One attempt at moving `partition` to `target`.
+async fn drive(
+    node: &Node,
+    partition: &Partition,
+    target: &[NodeId],
+    addresses: &BTreeMap<NodeId, String>,
+) -> Result<(), String> {
+    let raft = &partition.group.raft;
+    let membership = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    let present: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    for id in target.iter().filter(|id| !present.contains(id)) {
+        let address = addresses
+            .get(id)
+            .ok_or_else(|| format!("node {id} has no raft address"))?;
+        let learner = BasicNode {
+            addr: address.clone(),
+        };
+        // Blocking: returns once the learner has caught up with the leader's log.
+        tokio::time::timeout(CATCH_UP_WAIT, raft.add_learner(*id, learner, true))
+            .await
+            .map_err(|_| format!("node {id} did not catch up within {CATCH_UP_WAIT:?}"))?
+            .map_err(|e| format!("adding node {id} as a learner: {e}"))?;
+        tracing::info!(topic = %partition.topic, partition = partition.index, node = id, "new replica caught up");
+    }
+    let voters: BTreeSet<NodeId> = target.iter().copied().collect();
+    let current: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if voters != current {
+        raft.change_membership(voters, false)
+            .await
+            .map_err(|e| format!("changing the voters to {target:?}: {e}"))?;
+    }
+    node.propose(ControllerCommand::CompleteReassignment {
+        group_id: partition.group.id,
+        replicas: target.to_vec(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!(topic = %partition.topic, partition = partition.index, replicas = ?target, "reassignment complete");
+    Ok(())
+}
