@@ -43,6 +43,10 @@ pub struct Args {
     /// The client address other nodes and clients are told [default: the listen address].
     #[arg(long, env = "SLUICE_ADVERTISED_ADDR")]
     pub advertised_addr: Option<String>,
+    /// The raft address other nodes dial for this node [default: its entry in
+    /// --initial-cluster, else the raft listen address].
+    #[arg(long, env = "SLUICE_ADVERTISED_RAFT_ADDR")]
+    pub advertised_raft_addr: Option<String>,
     /// Founding nodes of a new cluster, `ID=HOST:RAFTPORT,...`, the same on every one of them.
     #[arg(long, env = "SLUICE_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
@@ -86,6 +90,7 @@ struct FileConfig {
     node_id: Option<u64>,
     raft_listen: Option<SocketAddr>,
     advertised_addr: Option<String>,
+    advertised_raft_addr: Option<String>,
     initial_cluster: Option<String>,
     join: Option<String>,
     cluster_secret_file: Option<PathBuf>,
@@ -138,6 +143,8 @@ pub enum Bootstrap {
 pub struct ClusterConfig {
     /// Where the internal service listens.
     pub raft_listen: SocketAddr,
+    /// What other nodes dial for it, if not the default.
+    pub advertised_raft_addr: Option<String>,
     /// Founding or joining.
     pub bootstrap: Bootstrap,
     /// The shared secret every internal call proves.
@@ -257,7 +264,11 @@ impl BrokerConfig {
             args.initial_cluster.or(file.initial_cluster),
             args.join.or(file.join),
             args.cluster_secret_file.or(file.cluster_secret_file),
-        )?;
+        )?
+        .map(|mut c| {
+            c.advertised_raft_addr = args.advertised_raft_addr.or(file.advertised_raft_addr);
+            c
+        });
         let config = Self {
             data_dir: args
                 .data_dir
@@ -382,6 +393,7 @@ fn resolve_cluster(
     })?;
     Ok(Some(ClusterConfig {
         raft_listen,
+        advertised_raft_addr: None,
         bootstrap,
         secret: read_secret(&secret_file)?,
     }))

@@ -55,14 +55,17 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         None => None,
     };
     let raft_address = match (&config.cluster, &raft_listener) {
-        (Some(cluster), Some(listener)) => Some(match &cluster.bootstrap {
-            // What the founders dial this node at.
-            Bootstrap::Initial(initial) => initial
-                .get(&config.node_id)
-                .cloned()
-                .unwrap_or(listener.local_addr()?.to_string()),
-            Bootstrap::Join(_) => listener.local_addr()?.to_string(),
-        }),
+        (Some(cluster), Some(listener)) => {
+            Some(match (&cluster.advertised_raft_addr, &cluster.bootstrap) {
+                (Some(advertised), _) => advertised.clone(),
+                // What the founders dial this node at.
+                (None, Bootstrap::Initial(initial)) => initial
+                    .get(&config.node_id)
+                    .cloned()
+                    .unwrap_or(listener.local_addr()?.to_string()),
+                (None, Bootstrap::Join(_)) => listener.local_addr()?.to_string(),
+            })
+        }
         _ => None,
     };
     let wiring = Wiring::new(&config, raft_address.clone())
