@@ -114,6 +114,7 @@ impl Partition {
             Arc::clone(&parts.group.log),
             parts.sm.clone(),
             rx,
+            parts.group.durable_end.clone(),
         ));
         let corruption = parts
             .group
@@ -255,16 +256,19 @@ impl Partition {
     }
 
     /// Queues a verified batch for the writer, in call order; the receiver yields its
-    /// offsets. `permits` are held until the answer.
+    /// offsets, once the leader has the batch fsynced (`leader_ack`, acks=leader) or once a
+    /// quorum committed it (acks=all). `permits` are held until the commit.
     pub async fn enqueue(
         &self,
         batch: Batch,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+        leader_ack: bool,
     ) -> Result<oneshot::Receiver<Result<Produced, BrokerError>>, BrokerError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(PendingProduce {
                 batch,
+                leader_ack,
                 reply,
                 permits,
             })
@@ -273,13 +277,14 @@ impl Partition {
         Ok(answer)
     }
 
-    /// Queues a verified batch and waits for its offsets.
+    /// Queues a verified batch and waits for its offsets (see [`Partition::enqueue`]).
     pub async fn produce(
         &self,
         batch: Batch,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+        leader_ack: bool,
     ) -> Result<Produced, BrokerError> {
-        let answer = self.enqueue(batch, permits).await?;
+        let answer = self.enqueue(batch, permits, leader_ack).await?;
         answer
             .await
             .map_err(|_| BrokerError::Unavailable("partition writer stopped".into()))?

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use sluice_storage::Batch;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use super::producer_state::{ProducerTable, SequenceCheck};
 use super::state::PartitionState;
@@ -38,6 +38,9 @@ pub struct Produced {
 pub struct PendingProduce {
     /// The verified batch.
     pub batch: Batch,
+    /// `true`: answer once the leader has it fsynced (acks=leader); `false`: once a quorum
+    /// has committed it (acks=all).
+    pub leader_ack: bool,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Produced, BrokerError>>,
     /// Budget permits, released when this is dropped.
@@ -60,12 +63,13 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Runs until every sender is gone.
+/// Runs until every sender is gone. `durable_end` is the log store's fsynced end offset.
 pub async fn run_writer(
     raft: GroupRaft,
     log: SharedLog,
     sm: GroupStateMachine<PartitionState>,
     mut queue: mpsc::Receiver<PendingProduce>,
+    mut durable_end: watch::Receiver<u64>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut bytes = first.batch.len();
@@ -79,7 +83,7 @@ pub async fn run_writer(
                 Err(_) => break,
             }
         }
-        commit_round(&raft, &log, &sm, round).await;
+        commit_round(&raft, &log, &sm, round, &mut durable_end).await;
     }
 }
 
@@ -145,22 +149,71 @@ async fn commit_round(
     log: &SharedLog,
     sm: &GroupStateMachine<PartitionState>,
     round: Vec<PendingProduce>,
+    durable_end: &mut watch::Receiver<u64>,
 ) {
     let started = std::time::Instant::now();
     let (slots, batches) = classify(sm, &round);
     let append_time = now_ms();
+    let mut replies: Vec<Option<oneshot::Sender<Result<Produced, BrokerError>>>> = Vec::new();
+    let mut round_rest = Vec::with_capacity(round.len());
+    for pending in round {
+        replies.push(Some(pending.reply));
+        round_rest.push((pending.leader_ack, pending.permits));
+    }
     let offsets: Result<Vec<u64>, BrokerError> = if batches.is_empty() {
         Ok(Vec::new())
     } else if let Err(e) = crate::log_room::reserve(log, round_bytes(&batches)).await {
         // Refused before it reaches Raft, where a full disk would stop the group.
         Err(e)
     } else {
-        match raft
-            .client_write(Command::Produce(ProduceCommand { batches }))
-            .await
-        {
+        let leader_acks = slots
+            .iter()
+            .zip(&round_rest)
+            .any(|(slot, (leader_ack, _))| *leader_ack && matches!(slot, Slot::Proposed(_)));
+        let expected = leader_acks
+            .then(|| expected_offsets(raft, log, &batches))
+            .flatten();
+        let promised = expected.as_ref().map(|(_, _, offsets)| offsets.clone());
+        let write = raft.client_write(Command::Produce(ProduceCommand { batches }));
+        tokio::pin!(write);
+        let written = match expected {
+            Some((term, end, expected)) => {
+                // Answers acks=leader requests as soon as this leader has the entry fsynced,
+                // still in the term it proposed in; the rest wait for the commit.
+                durable_end.mark_unchanged();
+                let mut early = true;
+                loop {
+                    tokio::select! {
+                        result = &mut write => break result,
+                        changed = durable_end.changed(), if early => {
+                            let reached = changed.is_ok() && *durable_end.borrow_and_update() >= end;
+                            if changed.is_err() {
+                                early = false;
+                            } else if reached {
+                                early = false;
+                                if still_leading(raft, term) {
+                                    answer_leader_acks(&slots, &round_rest, &mut replies, &expected, append_time);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            None => write.await,
+        };
+        match written {
             Ok(response) => match response.data {
-                CommandResponse::Produced { base_offsets } => Ok(base_offsets),
+                CommandResponse::Produced { base_offsets } => {
+                    if promised.as_ref().is_some_and(|p| *p != base_offsets) {
+                        // acks=leader answers went out with these offsets.
+                        tracing::error!(
+                            ?promised,
+                            ?base_offsets,
+                            "acks=leader offsets differ from the committed ones"
+                        );
+                    }
+                    Ok(base_offsets)
+                }
                 other => Err(BrokerError::Internal(format!(
                     "unexpected apply result {other:?}"
                 ))),
@@ -194,10 +247,66 @@ async fn commit_round(
         };
         results.push(result);
     }
-    crate::metrics::group_commit(round.len(), started.elapsed());
-    for (pending, result) in round.into_iter().zip(results) {
-        // A caller that went away (deadline, disconnect) just misses the answer.
-        let _ = pending.reply.send(result);
+    crate::metrics::group_commit(replies.len(), started.elapsed());
+    for (reply, result) in replies.into_iter().zip(results) {
+        // Answered already (acks=leader), or a caller that went away (deadline,
+        // disconnect): it just misses the answer.
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+    // The budget permits go last: the bytes stay in flight until the commit.
+    drop(round_rest);
+}
+
+/// The term this leader proposes in, the end offset its entry will reach, and each batch's
+/// base offset: the writer is the only proposer of data entries and waits for each, so the
+/// entry starts at the log's end now (other entries take no offsets).
+fn expected_offsets(
+    raft: &GroupRaft,
+    log: &SharedLog,
+    batches: &[bytes::Bytes],
+) -> Option<(u64, u64, Vec<u64>)> {
+    let term = raft.metrics().borrow().current_term;
+    let mut next = log.read().ok()?.next_offset();
+    let mut offsets = Vec::with_capacity(batches.len());
+    for bytes in batches {
+        let header = sluice_storage::BatchHeader::decode(bytes).ok()?;
+        offsets.push(next);
+        next += u64::from(header.last_offset_delta) + 1;
+    }
+    Some((term, next, offsets))
+}
+
+/// Whether this node still leads in `term` (no other leader can have written its log).
+fn still_leading(raft: &GroupRaft, term: u64) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.current_term == term && m.state == openraft::ServerState::Leader
+}
+
+/// Answers the round's acks=leader requests with the offsets their batches were appended at.
+fn answer_leader_acks(
+    slots: &[Slot],
+    rest: &[(bool, Vec<OwnedSemaphorePermit>)],
+    replies: &mut [Option<oneshot::Sender<Result<Produced, BrokerError>>>],
+    expected: &[u64],
+    append_time: i64,
+) {
+    for (i, slot) in slots.iter().enumerate() {
+        let (Slot::Proposed(b), Some((true, _))) = (slot, rest.get(i)) else {
+            continue;
+        };
+        let (Some(reply), Some(&base_offset)) =
+            (replies.get_mut(i).and_then(Option::take), expected.get(*b))
+        else {
+            continue;
+        };
+        let _ = reply.send(Ok(Produced {
+            base_offset,
+            log_append_time_ms: append_time,
+            duplicate: false,
+        }));
     }
 }
 
@@ -294,7 +403,7 @@ mod tests {
         let mut stored = 0u64;
         let mut refused = 0;
         for i in 0..200u8 {
-            match partition.produce(batch(i), Vec::new()).await {
+            match partition.produce(batch(i), Vec::new(), false).await {
                 Ok(produced) => {
                     assert_eq!(produced.base_offset, stored * 8, "offsets stay contiguous");
                     stored += 1;
@@ -316,7 +425,7 @@ mod tests {
         // everything stored before, and all of it reads back.
         sim.set_space_limit(None);
         let produced = partition
-            .produce(batch(255), Vec::new())
+            .produce(batch(255), Vec::new(), false)
             .await
             .expect("produce once space is back");
         assert_eq!(produced.base_offset, stored * 8);
@@ -331,7 +440,7 @@ mod tests {
         let partition = partition_on(Arc::new(sim.clone())).await;
         for i in 0..40u8 {
             partition
-                .produce(batch(i), Vec::new())
+                .produce(batch(i), Vec::new(), false)
                 .await
                 .expect("produce");
         }

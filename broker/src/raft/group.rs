@@ -26,6 +26,8 @@ pub struct Group {
     pub log: SharedLog,
     /// Where its files live.
     pub dir: PathBuf,
+    /// The log's end as far as this replica has fsynced it.
+    pub durable_end: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Failure to start a group.
@@ -182,6 +184,7 @@ pub async fn start_group<S: GroupState>(
     };
     let store = LogStore::open(spec.kind, Arc::clone(&log), Arc::clone(&io), &dir)
         .map_err(|e| raft_error(&e))?;
+    let durable_end = store.durable_end();
     let sm = GroupStateMachine::open(state(Arc::clone(&log)), io, &dir, store.recent())
         .map_err(|e| raft_error(&e))?;
     let network = GroupNetwork::new(spec.group_id, peers);
@@ -215,6 +218,7 @@ pub async fn start_group<S: GroupState>(
             raft,
             log,
             dir,
+            durable_end,
         },
         sm,
         report,

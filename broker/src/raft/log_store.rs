@@ -18,6 +18,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, Vote};
 use sluice_storage::io::Io;
 use sluice_storage::{Batch, Log, StorageError};
+use tokio::sync::watch;
 
 use super::entry_codec::{GroupKind, batches_to_entry, entry_to_batches};
 use super::raft_state::RaftState;
@@ -58,6 +59,9 @@ struct Inner {
     committed_saved_at: Mutex<Option<Instant>>,
     /// Appended entries the state machine has not applied yet, read without the log.
     recent: Arc<RecentEntries>,
+    /// The log's end offset as far as it is fsynced on this replica (acks=leader waits
+    /// for it).
+    durable_end: watch::Sender<u64>,
 }
 
 /// A poisoned lock means a thread panicked mid-operation on the log: refuse to go on.
@@ -74,6 +78,7 @@ impl LogStore {
         dir: &Path,
     ) -> Result<Self, RaftStorageError> {
         let state = RaftState::read(io.as_ref(), dir).map_err(read_logs_error)?;
+        let end = log.read().map_err(|_| poisoned())?.next_offset();
         let inner = Inner {
             kind,
             log,
@@ -83,10 +88,17 @@ impl LogStore {
             state_writer: Mutex::new(()),
             committed_saved_at: Mutex::new(None),
             recent: Arc::new(RecentEntries::default()),
+            durable_end: watch::channel(end).0,
         };
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The log's end offset as far as this replica has fsynced it; it goes down when a
+    /// conflicting suffix is truncated.
+    pub fn durable_end(&self) -> watch::Receiver<u64> {
+        self.inner.durable_end.subscribe()
     }
 
     /// The log this store writes.
@@ -180,7 +192,12 @@ impl LogStore {
         // The fsync runs without the log lock, so fetches are not stalled behind it.
         let result = pending.run();
         crate::metrics::raft_append(bytes, written - started, written.elapsed());
-        self.lock_for_write()?.finish_sync(&pending, result)?;
+        let end = {
+            let mut log = self.lock_for_write()?;
+            log.finish_sync(&pending, result)?;
+            log.next_offset()
+        };
+        self.inner.durable_end.send_replace(end);
         self.inner.recent.appended(&entries);
         Ok(())
     }
@@ -375,7 +392,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         run_blocking(move || {
             let mut log = store.inner.log.write().map_err(|_| poisoned())?;
             log.truncate_raft_suffix(log_id.index)
-                .map_err(write_logs_error)
+                .map_err(write_logs_error)?;
+            store.inner.durable_end.send_replace(log.next_offset());
+            Ok(())
         })
         .await
     }

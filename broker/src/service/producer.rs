@@ -43,6 +43,8 @@ struct Admitted {
     batch: Batch,
     permits: Vec<OwnedSemaphorePermit>,
     request_id: u64,
+    /// acks=leader: answered at the leader's fsync, not at the commit.
+    leader_ack: bool,
 }
 
 /// Validates a request and takes its share of the broker's and the partition's budgets,
@@ -54,7 +56,7 @@ async fn admit(
 ) -> Result<Admitted, BrokerError> {
     let partition = node.partition(&message.topic, message.partition)?;
     partition.require_leader()?;
-    Acks::try_from(message.acks)
+    let acks = Acks::try_from(message.acks)
         .map_err(|_| BrokerError::InvalidRequest(format!("unknown acks value {}", message.acks)))?;
     let batch =
         Batch::decode(message.batch).map_err(|e| BrokerError::CorruptBatch(e.to_string()))?;
@@ -90,13 +92,14 @@ async fn admit(
         batch,
         permits,
         request_id: message.request_id,
+        leader_ack: acks == Acks::Leader,
     })
 }
 
 async fn complete(admitted: Admitted) -> Result<ProduceResponse, BrokerError> {
     let produced = admitted
         .partition
-        .produce(admitted.batch, admitted.permits)
+        .produce(admitted.batch, admitted.permits, admitted.leader_ack)
         .await?;
     Ok(produced_response(admitted.request_id, produced))
 }
@@ -131,7 +134,7 @@ async fn queue_stream_request(node: &Node, message: ProduceRequest) -> ResponseF
         let size = (admitted.batch.header().record_count, admitted.batch.len());
         let answer = admitted
             .partition
-            .enqueue(admitted.batch, admitted.permits)
+            .enqueue(admitted.batch, admitted.permits, admitted.leader_ack)
             .await?;
         Ok::<_, BrokerError>((size, answer))
     }

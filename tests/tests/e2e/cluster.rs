@@ -940,3 +940,92 @@ fn replicas_move_to_a_joined_node_and_off_a_decommissioned_one_under_load() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+fn one_record_batch(value: &[u8]) -> bytes::Bytes {
+    let mut b = sluice_storage::BatchBuilder::new(sluice_storage::Compression::None);
+    b.push(sluice_storage::batch::NewRecord {
+        key: None,
+        value: Some(value),
+        timestamp: 1,
+        headers: &[],
+    });
+    b.build().expect("batch")
+}
+
+#[test]
+fn acks_leader_answers_at_the_leaders_fsync_and_acks_all_at_the_quorum() {
+    let cluster = TestCluster::start(3);
+    let rt = runtime();
+    let leader = rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        client
+            .admin()
+            .create_topic("acks", 1, 3, Default::default())
+            .await
+            .expect("create");
+        leader_of(&client, "acks", 0, None).await
+    });
+    let followers: Vec<usize> = (1..=3u64)
+        .filter(|n| *n != leader)
+        .map(node_index)
+        .collect();
+    for f in &followers {
+        cluster.nodes[*f].signal("STOP");
+    }
+    let produce = |acks: sluice_protocol::v1::Acks, value: &'static [u8]| {
+        let address = cluster.nodes[node_index(leader)].address.clone();
+        async move {
+            let mut raw = raw_producer(&address).await;
+            let request = sluice_protocol::v1::ProduceRequest {
+                topic: "acks".into(),
+                partition: 0,
+                batch: one_record_batch(value),
+                acks: acks as i32,
+                request_id: 1,
+            };
+            tokio::time::timeout(Duration::from_secs(3), raw.produce(request)).await
+        }
+    };
+    rt.block_on(async {
+        // No follower can answer: only the leader's own fsync is behind this answer.
+        let answered = produce(sluice_protocol::v1::Acks::Leader, b"leader-only")
+            .await
+            .expect("acks=leader is answered without a quorum")
+            .expect("produced");
+        assert_eq!(answered.into_inner().base_offset, 0);
+        let waiting = produce(sluice_protocol::v1::Acks::All, b"needs-a-quorum").await;
+        assert!(waiting.is_err(), "acks=all waits for a quorum: {waiting:?}");
+    });
+    for f in &followers {
+        cluster.nodes[*f].signal("CONT");
+    }
+    // The resumed followers may elect one of themselves, whose log lacks both entries: an
+    // acks=leader record is lost with its leader's log, as Kafka's acks=1. Either way the
+    // partition goes on, and what it holds is in order.
+    rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        producer
+            .send(ProducerRecord::new("acks").value("after"))
+            .await
+            .expect("acks=all after the followers are back");
+        let end = leader_of(&client, "acks", 0, None).await;
+        let end = local_view(&cluster, node_index(end), "acks")
+            .await
+            .high_watermark;
+        let records = read_all(&client, "acks", 1, end as usize, Duration::from_secs(30)).await;
+        let values: Vec<&[u8]> = records
+            .iter()
+            .map(|r| r.value.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(values.last(), Some(&&b"after"[..]), "{values:?}");
+        let expected: [&[u8]; 3] = [b"leader-only", b"needs-a-quorum", b"after"];
+        assert!(
+            values.iter().all(|v| expected.contains(v)) && values.len() <= 3,
+            "{values:?}"
+        );
+    });
+}
