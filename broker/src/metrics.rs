@@ -15,6 +15,10 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 /// Registers every metric's help text, so a scrape documents itself.
 pub fn describe() {
     describe_counter!(
+        "sluice_raft_appends_refused_total",
+        "Raft appends this follower refused for want of disk space, by group."
+    );
+    describe_counter!(
         "sluice_produce_requests_total",
         "Produce requests answered, by topic and result (ok, error)."
     );
@@ -150,6 +154,12 @@ pub fn partition_offline(topic: &str, partition: u32) {
 }
 
 /// Records a log opened with a recovery scan.
+/// A follower refused a leader's entries: no disk space for them.
+pub fn append_refused(group: u64) {
+    counter!("sluice_raft_appends_refused_total", "group" => group.to_string()).increment(1);
+}
+
+/// A log was recovered at open.
 pub fn recovered() {
     counter!("sluice_storage_recoveries_total").increment(1);
 }

@@ -190,7 +190,7 @@ impl Node {
         if report.segments_scanned > 0 {
             crate::metrics::recovered();
         }
-        groups.insert(CONTROLLER_GROUP, controller.raft.clone());
+        groups.insert(&controller);
         let registration = ControllerCommand::RegisterNode {
             id: config.node_id,
             address: address.clone(),
@@ -800,7 +800,7 @@ impl Node {
         if report.segments_scanned > 0 {
             crate::metrics::recovered();
         }
-        self.groups.insert(group_id, group.raft.clone());
+        self.groups.insert(&group);
         let partition = Partition::new(PartitionParts {
             topic: key.0.clone(),
             index: key.1,

@@ -277,16 +277,16 @@ pub async fn start_single_with<S: GroupState>(
 /// This node's running groups by id, for the internal Raft service.
 #[derive(Default)]
 pub struct GroupRegistry {
-    groups: RwLock<HashMap<GroupId, GroupRaft>>,
+    groups: RwLock<HashMap<GroupId, (GroupRaft, SharedLog)>>,
 }
 
 impl GroupRegistry {
     /// Registers a started group.
-    pub fn insert(&self, id: GroupId, raft: GroupRaft) {
+    pub fn insert(&self, group: &Group) {
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, raft);
+            .insert(group.id, (group.raft.clone(), Arc::clone(&group.log)));
     }
 
     /// Forgets a group (deleted topic).
@@ -295,10 +295,20 @@ impl GroupRegistry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id)
+            .map(|(raft, _)| raft)
     }
 
     /// The Raft handle of a group.
     pub fn get(&self, id: GroupId) -> Option<GroupRaft> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|(raft, _)| raft.clone())
+    }
+
+    /// The Raft handle and the log of a group.
+    pub fn get_with_log(&self, id: GroupId) -> Option<(GroupRaft, SharedLog)> {
         self.groups
             .read()
             .unwrap_or_else(|p| p.into_inner())

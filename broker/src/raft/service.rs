@@ -50,6 +50,22 @@ impl RaftService {
     }
 }
 
+/// Log bytes an entry takes at most: its batches, and a control batch's worth besides.
+fn entry_bytes(entry: &openraft::Entry<super::TypeConfig>) -> u64 {
+    const CONTROL_BATCH_BYTES: u64 = 512;
+    let data = match &entry.payload {
+        openraft::EntryPayload::Normal(super::Command::Produce(p)) => {
+            p.batches.iter().map(|b| b.len() as u64).sum()
+        }
+        // Rare and small, but a command is stored as its JSON.
+        openraft::EntryPayload::Normal(super::Command::Controller(c)) => {
+            serde_json::to_vec(c).map_or(0, |j| j.len() as u64)
+        }
+        _ => 0,
+    };
+    data + CONTROL_BATCH_BYTES
+}
+
 fn invalid(e: wire::WireError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -65,8 +81,28 @@ impl RaftRpc for RaftService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let message = request.into_inner();
-        let raft = self.group(message.group_id)?;
+        let group_id = message.group_id;
+        let (raft, log) = self.groups.get_with_log(message.group_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "raft group {} is not on this node",
+                message.group_id
+            ))
+        })?;
         let rpc = wire::append_request_from_pb(message).map_err(invalid)?;
+        // Room first, as a leader reserves before it proposes: once openraft holds the
+        // entries a full disk would be a storage error that stops this replica's group. A
+        // refusal here is a failed call; the leader retries and this replica catches up once
+        // there is space again.
+        let bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
+        if bytes > 0 {
+            if let Err(e) = crate::log_room::reserve(&log, bytes).await {
+                crate::metrics::append_refused(group_id);
+                tracing::warn!(group = group_id, bytes, error = %e, "refused appends: no room for them");
+                return Err(Status::resource_exhausted(format!(
+                    "cannot take {bytes} bytes of entries: {e}"
+                )));
+            }
+        }
         let response = raft.append_entries(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(wire::append_response_to_pb(&response)))
     }

@@ -1029,3 +1029,153 @@ fn acks_leader_answers_at_the_leaders_fsync_and_acks_all_at_the_quorum() {
         );
     });
 }
+
+/// A tmpfs of `bytes` mounted over `dir` (holding a copy of what `dir` held), unmounted
+/// when dropped; `None` where mounting is not allowed (not root).
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount_over(dir: &std::path::Path, bytes: u64) -> Option<Self> {
+        let saved = dir.with_extension("saved");
+        let run = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (d, s) = (dir.to_str()?, saved.to_str()?);
+        if !run(&["cp", "-a", d, s]) {
+            return None;
+        }
+        let size = format!("size={bytes}");
+        if !run(&["mount", "-t", "tmpfs", "-o", &size, "tmpfs", d]) {
+            return None;
+        }
+        let disk = Self {
+            dir: dir.to_path_buf(),
+        };
+        let copied = run(&["sh", "-c", &format!("cp -a {s}/. {d}/ && rm -rf {s}")]);
+        copied.then_some(disk)
+    }
+
+    /// Fills all but `spare` bytes with a file; returns its path.
+    fn fill(&self, spare: u64) -> std::path::PathBuf {
+        let filler = self.dir.join("filler");
+        let stat = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .expect("df");
+        let avail: u64 = String::from_utf8_lossy(&stat.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("available bytes");
+        let size = avail.saturating_sub(spare);
+        let ok = std::process::Command::new("fallocate")
+            .args(["-l", &size.to_string()])
+            .arg(&filler)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "fallocate {size}");
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn a_follower_with_a_full_disk_refuses_appends_and_catches_up_once_space_is_back() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let (leader, follower) = rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        let configs = [("segment.bytes", "1048576")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        client
+            .admin()
+            .create_topic("full", 1, 3, configs)
+            .await
+            .expect("create");
+        let leader = leader_of(&client, "full", 0, None).await;
+        (
+            leader,
+            (1..=3u64).find(|n| *n != leader).expect("a follower"),
+        )
+    });
+    let f = node_index(follower);
+    assert!(cluster.nodes[f].stop());
+    let dir = cluster.nodes[f].data_dir().to_path_buf();
+    let Some(disk) = SmallDisk::mount_over(&dir, 64 << 20) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    cluster.nodes[f].restart();
+    let filler = disk.fill(256 << 10);
+    let value = vec![b'y'; 1000];
+    rt.block_on(async {
+        let client = connect(&cluster, node_index(leader)).await;
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        for _ in 0..4000 {
+            producer
+                .enqueue(ProducerRecord::new("full").value(value.clone()))
+                .await
+                .expect("enqueue");
+        }
+        producer
+            .flush()
+            .await
+            .expect("the other two replicas commit without the full one");
+    });
+    // The follower says when it refuses (a group stopped by a storage error would not).
+    let log_file = cluster.nodes[f].data_dir().with_extension("log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .contains("refused appends: no room for them")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the full follower never refused an append"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ours = replica_log(&cluster.nodes[f], "full", 0).len();
+    let theirs = replica_log(&cluster.nodes[node_index(leader)], "full", 0).len();
+    assert!(
+        ours < theirs,
+        "the full follower is behind: {ours} of {theirs} bytes"
+    );
+    std::fs::remove_file(&filler).expect("free the space");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ours = replica_log(&cluster.nodes[f], "full", 0);
+        let theirs = replica_log(&cluster.nodes[node_index(leader)], "full", 0);
+        if ours == theirs {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower's group did not catch up once space was back: {} of {} bytes",
+            ours.len(),
+            theirs.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.nodes[f].kill9();
+    drop(disk);
+}
