@@ -94,14 +94,14 @@ impl RaftRpc for RaftService {
         // refusal here is a failed call; the leader retries and this replica catches up once
         // there is space again.
         let bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
-        if bytes > 0 {
-            if let Err(e) = crate::log_room::reserve(&log, bytes).await {
-                crate::metrics::append_refused(group_id);
-                tracing::warn!(group = group_id, bytes, error = %e, "refused appends: no room for them");
-                return Err(Status::resource_exhausted(format!(
-                    "cannot take {bytes} bytes of entries: {e}"
-                )));
-            }
+        if bytes > 0
+            && let Err(e) = crate::log_room::reserve(&log, bytes).await
+        {
+            crate::metrics::append_refused(group_id);
+            tracing::warn!(group = group_id, bytes, error = %e, "refused appends: no room for them");
+            return Err(Status::resource_exhausted(format!(
+                "cannot take {bytes} bytes of entries: {e}"
+            )));
         }
         let response = raft.append_entries(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(wire::append_response_to_pb(&response)))
