@@ -451,6 +451,37 @@ fn main() {
         Some(n) => vec![n],
         None => vec![1, 6],
     };
+    // LOADGEN_REPLICAS=1,3 also runs the produce peak and half-rate with RF=3 on a 3-node
+    // loopback cluster (same disk, same 2 cores) after the single node's runs.
+    let replicas: Vec<u32> = std::env::var("LOADGEN_REPLICAS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1]);
+    for &rf in replicas.iter().filter(|&&rf| rf > 1) {
+        for &partitions in &counts {
+            let cluster = sluice_tests::TestCluster::start(rf as usize);
+            runtime.block_on(async {
+                let client = Client::connect(cluster.addresses()).await.expect("connect");
+                let topic = format!("load-rf{rf}-{partitions}");
+                let configs = [("max.message.bytes".to_string(), (8 << 20).to_string())];
+                client
+                    .admin()
+                    .create_topic(&topic, partitions, rf, configs.into_iter().collect())
+                    .await
+                    .expect("create");
+                let label = |what: &str| format!("RF={rf}, {partitions} partition(s), {what}");
+                let peak = run(&client, &topic, partitions, seconds, None, false).await;
+                report(&label("SDK produce, peak"), &peak, baseline);
+                let half_rate = Some(peak.records_per_s / 2.0);
+                let half = run(&client, &topic, partitions, paced_seconds, half_rate, false).await;
+                report(&label("SDK produce, half of peak"), &half, baseline);
+            });
+            drop(cluster);
+        }
+    }
+    if !replicas.contains(&1) {
+        return;
+    }
     for partitions in counts {
         // LOADGEN_METRICS=HOST:PORT serves the broker's metrics there, to scrape mid-run.
         let mut broker = match std::env::var("LOADGEN_METRICS") {

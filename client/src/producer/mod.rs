@@ -47,7 +47,9 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Attempts after the first for retriable failures.
     pub retries: u32,
-    /// First retry delay; doubles up to one second.
+    /// First retry delay; doubles up to one second, or up to 250 ms while a partition
+    /// changes leader (NOT_LEADER, UNAVAILABLE), so a failover costs little more than the
+    /// election.
     pub retry_backoff: Duration,
     /// Deadline of each produce request.
     pub request_timeout: Duration,
@@ -65,7 +67,7 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             idempotent: true,
             acks: Acks::All,
-            retries: 20,
+            retries: 100,
             retry_backoff: Duration::from_millis(50),
             request_timeout: Duration::from_secs(30),
             buffer_bytes: 64 * 1024 * 1024,

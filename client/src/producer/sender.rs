@@ -418,9 +418,29 @@ impl PartitionSender {
                 retry_after_ms: Some(ms),
                 ..
             } => Duration::from_millis(u64::from(*ms)),
-            _ => (self.config.retry_backoff * 2u32.saturating_pow(attempt.min(5)))
-                .min(Duration::from_secs(1)),
+            error => {
+                let cap = if leader_changing(error) {
+                    LEADER_CHANGE_BACKOFF_MAX
+                } else {
+                    Duration::from_secs(1)
+                };
+                (self.config.retry_backoff * 2u32.saturating_pow(attempt.min(5))).min(cap)
+            }
         }
+    }
+}
+
+/// Longest pause between retries while a partition changes leader: its new leader serves
+/// about 1.3 s after the old one died (docs/benchmarks.md), and a longer pause only adds to
+/// that.
+const LEADER_CHANGE_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Whether `error` says the partition's leader is changing or unreachable.
+fn leader_changing(error: &ClientError) -> bool {
+    match error.reason() {
+        Some(reason) => matches!(reason, Reason::NotLeader | Reason::Unavailable),
+        // Transport failures (the leader's process is gone) carry no reason.
+        None => error.is_retriable(),
     }
 }
 

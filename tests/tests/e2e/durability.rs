@@ -1,11 +1,12 @@
-//! `kill -9` during production: every acknowledged record is there after restart.
+//! `kill -9` during production: every acknowledged record is there after restart, once,
+//! where it was acknowledged (logcheck).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_client::{Client, ProducerConfig, ProducerRecord};
 use sluice_tests::TestBroker;
+use sluice_tests::logcheck::{self, Attempt, History, Outcome, Read};
 
 use crate::{client_with_topic, read_all, runtime};
 
@@ -13,7 +14,7 @@ use crate::{client_with_topic, read_all, runtime};
 fn acked_records_survive_kill_9_during_production() {
     let mut broker = TestBroker::start();
     let rt = runtime();
-    let acked: Arc<Mutex<HashMap<(u32, u64), String>>> = Arc::default();
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     rt.block_on(async {
         let client = client_with_topic(&broker.address, "orders", 3, &[]).await;
         let config = ProducerConfig {
@@ -22,33 +23,40 @@ fn acked_records_survive_kill_9_during_production() {
             ..ProducerConfig::default()
         };
         let producer = client.producer(config).await.expect("producer");
-        for worker in 0..8 {
-            let (producer, acked) = (producer.clone(), Arc::clone(&acked));
+        for worker in 0..8u32 {
+            let (producer, attempts) = (producer.clone(), Arc::clone(&attempts));
+            let partition = worker % 3;
             tokio::spawn(async move {
                 for i in 0.. {
                     let value = format!("w{worker}-{i}");
-                    match producer
+                    let sent = producer
                         .send(
                             ProducerRecord::new("orders")
+                                .partition(partition)
                                 .key(format!("k{i}"))
                                 .value(value.clone()),
                         )
-                        .await
-                    {
-                        Ok(sent) => {
-                            acked
-                                .lock()
-                                .expect("lock")
-                                .insert((sent.partition, sent.offset), value);
-                        }
-                        Err(_) => return,
+                        .await;
+                    let outcome = match &sent {
+                        Ok(m) => Outcome::Acked(m.offset),
+                        Err(_) => Outcome::Unknown,
+                    };
+                    attempts.lock().expect("lock").push(Attempt {
+                        partition,
+                        producer: worker,
+                        sequence: i,
+                        value,
+                        outcome,
+                    });
+                    if sent.is_err() {
+                        return;
                     }
                 }
             });
         }
         // Let production run, then crash the broker mid-stream.
         let wait = async {
-            while acked.lock().expect("lock").len() < 5_000 {
+            while attempts.lock().expect("lock").len() < 5_000 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -57,7 +65,25 @@ fn acked_records_survive_kill_9_during_production() {
             .expect("production makes progress");
     });
     broker.kill9();
-    let acked = acked.lock().expect("lock").clone();
+    // Each worker's last send fails with the connection and ends the worker: wait (bounded)
+    // until all eight have recorded it.
+    let ended = || {
+        attempts
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|a| a.outcome == Outcome::Unknown)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ended() < 8 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let attempts = attempts.lock().expect("lock").clone();
+    let acked = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Acked(_)))
+        .count();
     broker.restart();
     rt.block_on(async {
         let client = Client::connect([broker.address.as_str()])
@@ -73,9 +99,8 @@ fn acked_records_survive_kill_9_during_production() {
             .map(|p| p.high_watermark - p.log_start_offset)
             .sum();
         assert!(
-            total as usize >= acked.len(),
-            "high watermarks cover every ack: {total} < {}",
-            acked.len()
+            total as usize >= acked,
+            "high watermarks cover every ack: {total} < {acked}"
         );
         let records = read_all(
             &client,
@@ -85,21 +110,19 @@ fn acked_records_survive_kill_9_during_production() {
             Duration::from_secs(60),
         )
         .await;
-        let stored: HashMap<(u32, u64), String> = records
-            .iter()
-            .map(|r| {
-                (
-                    (r.partition, r.offset),
-                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
-        for (at, value) in &acked {
-            assert_eq!(
-                stored.get(at),
-                Some(value),
-                "acked record at {at:?} survives kill -9"
-            );
-        }
+        let history = History {
+            attempts,
+            reads: records
+                .iter()
+                .map(|r| Read {
+                    partition: r.partition,
+                    offset: r.offset,
+                    value: String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                        .into_owned(),
+                })
+                .collect(),
+        };
+        let report = logcheck::check(&history);
+        assert!(report.is_clean(), "{report}");
     });
 }
