@@ -72,6 +72,7 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
             "error": p.error,
             "leader_address": p.leader_address,
             "in_sync_replicas": p.in_sync_replicas,
+            "target_replicas": p.target_replicas,
         })).collect::<Vec<_>>(),
     })
 }

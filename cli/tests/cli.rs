@@ -328,3 +328,63 @@ fn the_broker_exports_produce_partition_and_raft_metrics() {
         assert!(text.contains(w), "metrics lack {w}:\n{text}");
     }
 }
+
+#[test]
+fn cluster_commands_work_given_any_one_node() {
+    let cluster = sluice_tests::TestCluster::start(3);
+    let second = &cluster.nodes[1].address;
+    let info = json(&sluice(second, &["--format", "json", "cluster", "info"]));
+    let nodes = info["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{info}");
+    for node in nodes {
+        assert!(node["id"].as_u64().is_some_and(|id| (1..=3).contains(&id)));
+        assert!(node["address"].as_str().is_some_and(|a| !a.is_empty()));
+        assert!(node["raft_address"].as_str().is_some_and(|a| !a.is_empty()));
+        assert_eq!(node["alive"], Value::Bool(true), "{info}");
+    }
+    assert!(info["controller_leader"].as_u64().is_some_and(|l| l > 0));
+    let text = ok_stdout(&sluice(second, &["cluster", "info"]));
+    assert!(
+        text.contains("RAFT ADDRESS") && text.contains("leader"),
+        "{text}"
+    );
+
+    // Created through one node, moved through another, described through the third.
+    ok_stdout(&sluice(
+        second,
+        &["topic", "create", "spread", "-p", "2", "-r", "2"],
+    ));
+    let third = &cluster.nodes[2].address;
+    let topic = json(&sluice(
+        third,
+        &["--format", "json", "topic", "describe", "spread"],
+    ));
+    let replicas: Vec<u64> = topic["partitions"][0]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let outsider = (1..=3u64)
+        .find(|n| !replicas.contains(n))
+        .expect("a node without it");
+    let target = format!("{outsider},{}", replicas[0]);
+    ok_stdout(&sluice(
+        &cluster.nodes[0].address,
+        &["topic", "reassign", "spread", "0", "--replicas", &target],
+    ));
+    let topic = json(&sluice(
+        third,
+        &["--format", "json", "topic", "describe", "spread"],
+    ));
+    assert_eq!(
+        topic["partitions"][0]["replicas"],
+        serde_json::json!([outsider, replicas[0]]),
+        "{topic}"
+    );
+    let bad = sluice(
+        third,
+        &["topic", "reassign", "spread", "0", "--replicas", "9"],
+    );
+    assert!(!bad.status.success(), "an unknown node is refused");
+}
