@@ -119,6 +119,10 @@ pub struct Wiring {
     pub identity: NodeIdentity,
     /// This node's raft address (a cluster node only).
     pub raft_address: Option<String>,
+    /// Where the internal service finds the node: filled as soon as it exists, so that
+    /// peers' forwarded changes are taken while this node is still starting (when a whole
+    /// cluster restarts, every other node waits on the controller leader's).
+    pub node_slot: crate::raft::service::NodeSlot,
 }
 
 impl Wiring {
@@ -136,6 +140,7 @@ impl Wiring {
             auth,
             identity,
             raft_address,
+            node_slot: Arc::default(),
         })
     }
 }
@@ -157,6 +162,7 @@ impl Node {
             auth,
             identity,
             raft_address,
+            node_slot,
         } = wiring;
         let raft_address = raft_address.unwrap_or_default();
         if let Some(auth) = &auth {
@@ -205,18 +211,19 @@ impl Node {
             address: address.clone(),
             raft_address: raft_address.clone(),
         };
-        let voter = members.contains_key(&config.node_id)
+        let member = members.contains_key(&config.node_id)
             || controller
                 .raft
                 .metrics()
                 .borrow()
                 .membership_config
                 .membership()
-                .voter_ids()
-                .any(|id| id == config.node_id);
-        if !voter {
-            // Not a voter (yet): the controller's leader adds this node once it is
-            // registered, and only then does this node hear of a leader.
+                .nodes()
+                .any(|(id, _)| *id == config.node_id);
+        if !member {
+            // Not in the controller group yet: its leader adds this node once it is
+            // registered, and only then does this node hear of a leader. A node already in
+            // it (a restart) hears from the leader without any seed.
             membership::register_via_seeds(
                 &peers,
                 &membership::seeds(&config),
@@ -263,9 +270,12 @@ impl Node {
             .is_ok();
         // Registering goes through the leader; seeing it applied here means this node's
         // metadata is at least as new as that commit.
-        node.propose(registration)
-            .await
-            .map_err(NodeError::Joining)?;
+        let _ = node_slot.set(Arc::downgrade(&node));
+        if !node.registered() {
+            node.propose(registration)
+                .await
+                .map_err(NodeError::Joining)?;
+        }
         caught_up &= node.wait_registered().await;
         node.adopt_cluster_id().await?;
         tokio::spawn(report_leaders(Arc::downgrade(&node), reports));

@@ -76,9 +76,20 @@ pub fn prepare(dir: &Path, identity: &PartitionIdentity) -> io::Result<Prepared>
     let outcome = match found {
         Some(body) => match PartitionIdentity::decode(&body) {
             Some(found) if &found == identity => return Ok(Prepared::Reopened),
-            // Only an identity that reads back whole and names another incarnation lets the
-            // directory go; anything unreadable fails the open (the partition goes offline)
-            // rather than risk deleting live data.
+            // Group ids only grow: a directory of a *later* incarnation means the metadata
+            // asking for this one is behind (not yet applied the delete and re-create). It
+            // is never removed for that; the open fails and the next reconcile tries again.
+            Some(found) if found.group_id > identity.group_id => {
+                return Err(io::Error::other(format!(
+                    "{} holds a later incarnation (group {}) than asked for (group {})",
+                    dir.display(),
+                    found.group_id,
+                    identity.group_id
+                )));
+            }
+            // Only an identity that reads back whole and names an earlier incarnation lets
+            // the directory go; anything unreadable fails the open (the partition goes
+            // offline) rather than risk deleting live data.
             Some(found) => Prepared::ReplacedStale(Some(found)),
             None => {
                 return Err(io::Error::other(format!(
@@ -214,6 +225,13 @@ mod tests {
         assert_eq!(
             prepare(&dir, &identity(9)).expect("same"),
             Prepared::Reopened
+        );
+        // Metadata behind the directory (asking for the earlier incarnation) deletes nothing.
+        std::fs::write(dir.join("00000000000000000000.log"), b"new records").expect("write");
+        assert!(prepare(&dir, &identity(7)).is_err());
+        assert!(
+            dir.join("00000000000000000000.log").exists(),
+            "the later one stays"
         );
     }
 

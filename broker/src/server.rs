@@ -70,7 +70,7 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     };
     let wiring = Wiring::new(&config, raft_address.clone())
         .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
-    let slot: NodeSlot = Arc::default();
+    let slot: NodeSlot = Arc::clone(&wiring.node_slot);
     let stop_internal = Arc::new(Notify::new());
     let internal = match raft_listener {
         Some(listener) => {

@@ -346,6 +346,26 @@ impl TestCluster {
         }
     }
 
+    /// Starts every stopped node at once (a whole-cluster restart: each waits for a quorum
+    /// of the others) and waits until every one is ready.
+    pub fn restart_all(&mut self) {
+        let launched: Vec<(usize, Child, mpsc::Receiver<String>)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.child.is_none())
+            .map(|(i, n)| {
+                let (child, ready) = launch(&n.data_dir, &n.extra_args);
+                (i, child, ready)
+            })
+            .collect();
+        for (i, child, ready) in launched {
+            let (child, address) = await_ready(child, &ready, &self.nodes[i].data_dir);
+            self.nodes[i].child = Some(child);
+            self.nodes[i].address = address;
+        }
+    }
+
     /// Every node's client address.
     pub fn addresses(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.address.clone()).collect()

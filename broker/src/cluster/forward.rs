@@ -33,10 +33,13 @@ pub async fn forward(
         command: encoded.into(),
         hops,
     });
-    request.set_timeout(Duration::from_secs(15));
-    let response = client
-        .forward_controller_command(request)
+    // Longer than the receiving node's own wait for the controller, so an answer it gives
+    // at the end of that wait still arrives.
+    request.set_timeout(crate::limits::CONTROLLER_PROPOSE_WAIT + Duration::from_secs(5));
+    let wait = crate::limits::CONTROLLER_PROPOSE_WAIT + Duration::from_secs(5);
+    let response = tokio::time::timeout(wait, client.forward_controller_command(request))
         .await
+        .map_err(|_| unavailable(format!("no answer within {wait:?}")))?
         .map_err(|s| unavailable(s.message().to_string()))?;
     let answer = serde_json::from_slice(&response.get_ref().response)
         .map_err(|e| BrokerError::Internal(format!("controller answer from {address}: {e}")))?;

@@ -30,11 +30,18 @@ pub async fn run(node: Weak<Node>) {
         pass.tick().await;
         let Some(node) = node.upgrade() else { return };
         let metadata = node.metadata();
+        // Only partitions being moved, looked up by group once per pass.
+        let moving: BTreeMap<GroupId, Vec<NodeId>> = metadata
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter_map(|p| p.target_replicas.clone().map(|t| (p.group_id, t)))
+            .collect();
+        if moving.is_empty() {
+            continue;
+        }
         for partition in node.partitions() {
-            let Some((_, _, meta)) = metadata.partition_of_group(partition.group.id) else {
-                continue;
-            };
-            let Some(target) = meta.target_replicas.clone() else {
+            let Some(target) = moving.get(&partition.group.id).cloned() else {
                 continue;
             };
             if !partition.is_leader() {
@@ -100,12 +107,39 @@ async fn drive(
             .map_err(|e| format!("adding node {id} as a learner: {e}"))?;
         tracing::info!(topic = %partition.topic, partition = partition.index, node = id, "new replica caught up");
     }
+    // Every new replica must be caught up now, not only when it was added: an earlier
+    // attempt may have added it and then timed out waiting.
+    let metrics = raft.metrics().borrow().clone();
+    let last = metrics.last_log_index.unwrap_or(0);
+    let replication = metrics.replication.clone().unwrap_or_default();
+    let behind: Vec<NodeId> = target
+        .iter()
+        .filter(|id| **id != metrics.id)
+        .filter(|id| {
+            replication
+                .get(id)
+                .and_then(|m| m.as_ref())
+                .is_none_or(|m| m.index + crate::limits::IN_SYNC_LAG_ENTRIES < last)
+        })
+        .copied()
+        .collect();
+    if !behind.is_empty() {
+        return Err(format!("replicas {behind:?} are not caught up yet"));
+    }
     let voters: BTreeSet<NodeId> = target.iter().copied().collect();
-    let current: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if voters != current {
+    let effective = metrics.membership_config.clone();
+    let joint = effective.membership().get_joint_config().len() > 1;
+    let current: BTreeSet<NodeId> = effective.membership().voter_ids().collect();
+    if joint || voters != current {
+        // From a joint configuration (a leader that died between the two steps) too: the
+        // change ends it.
         raft.change_membership(voters, false)
             .await
             .map_err(|e| format!("changing the voters to {target:?}: {e}"))?;
+    } else if effective.log_id().as_ref().map(|l| l.index) > metrics.last_applied.map(|l| l.index) {
+        // The target configuration is in the log but not committed yet (a new leader
+        // found it there): completing now could delete the only copies a quorum needs.
+        return Err("the new configuration is not committed yet".into());
     }
     node.propose(ControllerCommand::CompleteReassignment {
         group_id: partition.group.id,

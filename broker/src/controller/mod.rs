@@ -294,9 +294,10 @@ impl Metadata {
             .values_mut()
             .flat_map(|t| t.partitions.iter_mut())
             .find(|p| p.group_id == group_id);
+        // A replica being added by a reassignment may lead during the joint phase.
         if let Some(p) = partition
             && term >= p.leader_term
-            && p.replicas.contains(&leader)
+            && p.hosted_by(leader)
         {
             p.leader = Some(leader);
             p.leader_term = term;

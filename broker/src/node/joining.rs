@@ -4,15 +4,17 @@
 use super::*;
 
 impl Node {
+    /// Whether this node's metadata shows it registered with its current addresses.
+    pub(super) fn registered(&self) -> bool {
+        self.metadata()
+            .nodes
+            .get(&self.node_id())
+            .is_some_and(|n| n.address == self.address && n.raft_address == self.raft_address)
+    }
+
     /// Waits (bounded) until this node's registration shows in its own metadata.
     pub(super) async fn wait_registered(&self) -> bool {
-        wait_until(|| {
-            self.metadata()
-                .nodes
-                .get(&self.node_id())
-                .is_some_and(|n| n.address == self.address && n.raft_address == self.raft_address)
-        })
-        .await
+        wait_until(|| self.registered()).await
     }
 
     /// Names the cluster if the controller has no id yet, then records the controller's id

@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 use crate::controller::LeaderReport;
 use crate::raft::{GroupId, GroupRaft, NodeId};
 
+/// How long one attempt waits for the leader's log to be applied before trying again.
+const SERVING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pause before a failed read barrier is tried again in the same leadership.
 const BARRIER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -96,13 +99,24 @@ async fn serves_or_set(raft: &GroupRaft, serving: &ServingTerm, term: u64) -> bo
     if serving.serves(term) {
         return true;
     }
-    match raft.ensure_linearizable().await {
-        Ok(_) => {
-            serving.set(term);
-            true
-        }
-        Err(_) => false,
+    // openraft restores a restarted leader as leader at once, in its old term, knowing only
+    // the committed index it last saved (a hint): the read barrier then passes at that
+    // index, below records it acknowledged before the restart. A leader never drops its own
+    // entries, so it serves once everything in its log when it took over is applied: that
+    // covers every record acknowledged before.
+    let last = raft.metrics().borrow().last_log_index;
+    if raft.ensure_linearizable().await.is_err() {
+        return false;
     }
+    let applied = raft
+        .wait(Some(SERVING_WAIT))
+        .applied_index_at_least(last, "the leader's log applied")
+        .await;
+    if applied.is_err() {
+        return false;
+    }
+    serving.set(term);
+    true
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::producer_state::{ProducerTable, SequenceCheck};
 use super::state::PartitionState;
 use crate::error::BrokerError;
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
-use crate::raft::log_store::SharedLog;
+use crate::raft::log_store::{DurableEnd, SharedLog};
 use crate::raft::state_machine::GroupStateMachine;
 use crate::raft::{Command, CommandResponse, GroupRaft, NodeId, ProduceCommand};
 
@@ -63,13 +63,13 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Runs until every sender is gone. `durable_end` is the log store's fsynced end offset.
+/// Runs until every sender is gone. `durable_end` is how far the log store has fsynced.
 pub async fn run_writer(
     raft: GroupRaft,
     log: SharedLog,
     sm: GroupStateMachine<PartitionState>,
     mut queue: mpsc::Receiver<PendingProduce>,
-    mut durable_end: watch::Receiver<u64>,
+    mut durable_end: watch::Receiver<DurableEnd>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut bytes = first.batch.len();
@@ -149,7 +149,7 @@ async fn commit_round(
     log: &SharedLog,
     sm: &GroupStateMachine<PartitionState>,
     round: Vec<PendingProduce>,
-    durable_end: &mut watch::Receiver<u64>,
+    durable_end: &mut watch::Receiver<DurableEnd>,
 ) {
     let started = std::time::Instant::now();
     let (slots, batches) = classify(sm, &round);
@@ -177,23 +177,25 @@ async fn commit_round(
         let write = raft.client_write(Command::Produce(ProduceCommand { batches }));
         tokio::pin!(write);
         let written = match expected {
-            Some((term, end, expected)) => {
-                // Answers acks=leader requests as soon as this leader has the entry fsynced,
-                // still in the term it proposed in; the rest wait for the commit.
+            Some((leader, end, expected)) => {
+                // Answers acks=leader requests once the log is fsynced past the entry's end
+                // with its last entry written by this leader in its term: only this writer
+                // proposes data entries in that term, so the bytes up to `end` are its
+                // batches. The rest wait for the commit.
                 durable_end.mark_unchanged();
                 let mut early = true;
                 loop {
                     tokio::select! {
                         result = &mut write => break result,
                         changed = durable_end.changed(), if early => {
-                            let reached = changed.is_ok() && *durable_end.borrow_and_update() >= end;
+                            let durable = *durable_end.borrow_and_update();
                             if changed.is_err() {
                                 early = false;
-                            } else if reached {
+                            } else if durable.next_offset >= end
+                                && durable.last.is_some_and(|p| (p.term, p.leader) == leader)
+                            {
                                 early = false;
-                                if still_leading(raft, term) {
-                                    answer_leader_acks(&slots, &round_rest, &mut replies, &expected, append_time);
-                                }
+                                answer_leader_acks(&slots, &round_rest, &mut replies, &expected, append_time);
                             }
                         }
                     }
@@ -259,15 +261,23 @@ async fn commit_round(
     drop(round_rest);
 }
 
-/// The term this leader proposes in, the end offset its entry will reach, and each batch's
-/// base offset: the writer is the only proposer of data entries and waits for each, so the
-/// entry starts at the log's end now (other entries take no offsets).
+/// This leader (term, node) as its entries are stamped, the end offset its entry will
+/// reach, and each batch's base offset: the writer is the only proposer of data entries and
+/// waits for each, so the entry starts at the log's end now (other entries take no
+/// offsets). `None` unless this node leads.
 fn expected_offsets(
     raft: &GroupRaft,
     log: &SharedLog,
     batches: &[bytes::Bytes],
-) -> Option<(u64, u64, Vec<u64>)> {
-    let term = raft.metrics().borrow().current_term;
+) -> Option<((u64, NodeId), u64, Vec<u64>)> {
+    let leader = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        (m.current_term, m.id)
+    };
     let mut next = log.read().ok()?.next_offset();
     let mut offsets = Vec::with_capacity(batches.len());
     for bytes in batches {
@@ -275,14 +285,7 @@ fn expected_offsets(
         offsets.push(next);
         next += u64::from(header.last_offset_delta) + 1;
     }
-    Some((term, next, offsets))
-}
-
-/// Whether this node still leads in `term` (no other leader can have written its log).
-fn still_leading(raft: &GroupRaft, term: u64) -> bool {
-    let metrics = raft.metrics();
-    let m = metrics.borrow();
-    m.current_term == term && m.state == openraft::ServerState::Leader
+    Some((leader, next, offsets))
 }
 
 /// Answers the round's acks=leader requests with the offsets their batches were appended at.

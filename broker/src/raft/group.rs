@@ -26,8 +26,8 @@ pub struct Group {
     pub log: SharedLog,
     /// Where its files live.
     pub dir: PathBuf,
-    /// The log's end as far as this replica has fsynced it.
-    pub durable_end: tokio::sync::watch::Receiver<u64>,
+    /// How far this replica has fsynced its log.
+    pub durable_end: tokio::sync::watch::Receiver<super::log_store::DurableEnd>,
 }
 
 /// Failure to start a group.

@@ -59,9 +59,27 @@ struct Inner {
     committed_saved_at: Mutex<Option<Instant>>,
     /// Appended entries the state machine has not applied yet, read without the log.
     recent: Arc<RecentEntries>,
-    /// The log's end offset as far as it is fsynced on this replica (acks=leader waits
-    /// for it).
-    durable_end: watch::Sender<u64>,
+    /// How far the log is fsynced on this replica (acks=leader waits for it).
+    durable_end: watch::Sender<DurableEnd>,
+}
+
+/// How far a replica's log is fsynced: its end offset and the Raft position of its last
+/// entry (which term and leader wrote it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableEnd {
+    /// The offset after the last fsynced record.
+    pub next_offset: u64,
+    /// The last entry's Raft position, if any.
+    pub last: Option<sluice_storage::RaftPosition>,
+}
+
+impl DurableEnd {
+    fn of(log: &Log) -> Self {
+        Self {
+            next_offset: log.next_offset(),
+            last: log.last_raft_position(),
+        }
+    }
 }
 
 /// A poisoned lock means a thread panicked mid-operation on the log: refuse to go on.
@@ -78,7 +96,7 @@ impl LogStore {
         dir: &Path,
     ) -> Result<Self, RaftStorageError> {
         let state = RaftState::read(io.as_ref(), dir).map_err(read_logs_error)?;
-        let end = log.read().map_err(|_| poisoned())?.next_offset();
+        let end = DurableEnd::of(&*log.read().map_err(|_| poisoned())?);
         let inner = Inner {
             kind,
             log,
@@ -95,9 +113,9 @@ impl LogStore {
         })
     }
 
-    /// The log's end offset as far as this replica has fsynced it; it goes down when a
-    /// conflicting suffix is truncated.
-    pub fn durable_end(&self) -> watch::Receiver<u64> {
+    /// How far this replica has fsynced its log; it goes down when a conflicting suffix is
+    /// truncated.
+    pub fn durable_end(&self) -> watch::Receiver<DurableEnd> {
         self.inner.durable_end.subscribe()
     }
 
@@ -195,7 +213,7 @@ impl LogStore {
         let end = {
             let mut log = self.lock_for_write()?;
             log.finish_sync(&pending, result)?;
-            log.next_offset()
+            DurableEnd::of(&log)
         };
         self.inner.durable_end.send_replace(end);
         self.inner.recent.appended(&entries);
@@ -393,7 +411,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut log = store.inner.log.write().map_err(|_| poisoned())?;
             log.truncate_raft_suffix(log_id.index)
                 .map_err(write_logs_error)?;
-            store.inner.durable_end.send_replace(log.next_offset());
+            store.inner.durable_end.send_replace(DurableEnd::of(&log));
             Ok(())
         })
         .await

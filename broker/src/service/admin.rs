@@ -43,12 +43,14 @@ impl AdminService {
             .enumerate()
             .map(|(i, meta)| {
                 let local = self.node.partition(&topic.name, i as u32).ok();
-                // This node's own view where it hosts a replica, else the controller's.
-                let leader = local
-                    .as_ref()
-                    .and_then(|p| p.leader())
-                    .or(meta.leader)
-                    .unwrap_or_default();
+                // This node's own view where it hosts a replica (none while its own
+                // leadership does not serve yet: it may have restarted and not re-applied
+                // its log), else the controller's.
+                let leader = match &local {
+                    Some(p) => p.leader(),
+                    None => meta.leader,
+                }
+                .unwrap_or_default();
                 let in_sync_replicas = local
                     .as_ref()
                     .map(|p| p.in_sync_replicas())
@@ -345,8 +347,15 @@ impl Admin for AdminService {
         let mut moves = Vec::new();
         for topic in metadata.topics.values() {
             for (i, p) in topic.partitions.iter().enumerate() {
-                if !p.replicas.contains(&id) {
+                if !p.hosted_by(id) {
                     continue;
+                }
+                if p.target_replicas.is_some() {
+                    return Err(BrokerError::InvalidConfig(format!(
+                        "{}/{i} is being reassigned; decommission node {id} once that is done",
+                        topic.name
+                    ))
+                    .into());
                 }
                 let replacement = load
                     .iter()

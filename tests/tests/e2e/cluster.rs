@@ -458,19 +458,33 @@ async fn check_history(
     attempts: Vec<Attempt>,
 ) {
     let client = connect_any(cluster).await;
-    // Followers learn the commit a heartbeat later: the most any replica knows is it.
+    // Each partition's high watermark as its serving leader knows it: a serving leader has
+    // applied everything committed before its term; followers (and a restarted node whose
+    // group has no leader yet) may know less.
     let mut high = vec![0u64; partitions as usize];
-    for node in 0..cluster.nodes.len() {
-        let described = connect(cluster, node)
-            .await
-            .admin()
-            .describe_topic(topic)
-            .await
-            .expect("describe");
-        for p in &described.partitions {
-            let h = &mut high[p.partition as usize];
-            *h = (*h).max(p.high_watermark - p.log_start_offset);
-        }
+    for (partition, h) in high.iter_mut().enumerate() {
+        // A follower may still name the leader of before a restart: ask the named node
+        // until it says it serves the partition itself (bounded).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let p = loop {
+            let leader = leader_of(&client, topic, partition as u32, None).await;
+            let described = connect(cluster, node_index(leader))
+                .await
+                .admin()
+                .describe_topic(topic)
+                .await
+                .expect("describe");
+            let p = described.partitions[partition].clone();
+            if p.leader == leader {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}/{partition} has no serving leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        *h = p.high_watermark - p.log_start_offset;
     }
     let total: u64 = high.iter().sum();
     let records = read_all(
@@ -1178,4 +1192,32 @@ fn a_follower_with_a_full_disk_refuses_appends_and_catches_up_once_space_is_back
     }
     cluster.nodes[f].kill9();
     drop(disk);
+}
+
+#[test]
+fn a_whole_cluster_restarts_at_once_and_keeps_its_records() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let attempts = rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        client
+            .admin()
+            .create_topic("restart", 3, 3, Default::default())
+            .await
+            .expect("create");
+        let load = Load::start(&cluster, "restart", 3).await;
+        load.progress(300, "the start").await;
+        load.finish().await
+    });
+    for node in &mut cluster.nodes {
+        assert!(node.stop());
+    }
+    cluster.restart_all();
+    rt.block_on(async {
+        wait_cluster(&cluster, 2, "every node back", |d| {
+            d.nodes.len() == 3 && d.nodes.iter().all(|n| n.alive) && d.controller != 0
+        })
+        .await;
+        check_history(&cluster, "restart", 3, attempts).await;
+    });
 }
