@@ -71,6 +71,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// The controller group's membership as this node knows it.
+    pub fn controller_membership(&self) -> openraft::Membership<NodeId, openraft::BasicNode> {
+        self.controller
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
     /// The controller group's Raft metrics (term, leader, commit).
     pub fn controller_raft_metrics(&self) -> openraft::RaftMetrics<NodeId, openraft::BasicNode> {
         self.controller.raft.metrics().borrow().clone()

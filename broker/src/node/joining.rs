@@ -79,14 +79,7 @@ impl Node {
 
     /// The controller's voters.
     pub fn controller_voters(&self) -> BTreeSet<NodeId> {
-        self.controller
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
+        self.controller_membership().voter_ids().collect()
     }
 }
 

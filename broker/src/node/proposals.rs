@@ -72,12 +72,7 @@ impl Node {
 
     /// The raft address of controller member `id`.
     pub(super) fn controller_member_address(&self, id: NodeId) -> Option<String> {
-        self.controller
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
+        self.controller_membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
     }

@@ -445,9 +445,8 @@ mod tests {
     use openraft::EntryPayload;
     use openraft::storage::{RaftLogReader, RaftLogStorage};
     use openraft::testing::{StoreBuilder, Suite};
-    use sluice_storage::batch::NewRecord;
     use sluice_storage::io::{FsIo, Io};
-    use sluice_storage::{BatchBuilder, Compression, Log, LogConfig};
+    use sluice_storage::{Log, LogConfig};
     use tokio::sync::watch;
 
     use super::{LogStore, RaftStorageError, read_logs_error};
@@ -499,17 +498,10 @@ mod tests {
     }
 
     fn produce_entry(term: u64, index: u64) -> openraft::Entry<TypeConfig> {
-        let mut builder = BatchBuilder::new(Compression::None);
-        builder.push(NewRecord {
-            key: None,
-            value: Some(b"v"),
-            timestamp: 1,
-            headers: &[],
-        });
         openraft::Entry {
             log_id: openraft::testing::log_id(term, 1, index),
             payload: EntryPayload::Normal(Command::Produce(ProduceCommand {
-                batches: vec![builder.build().expect("batch")],
+                batches: vec![crate::raft::one_record_batch()],
             })),
         }
     }

@@ -67,3 +67,16 @@ pub(crate) fn log_id_of(position: sluice_storage::RaftPosition) -> LogId {
         position.index,
     )
 }
+
+/// A batch of one record (`v`), for tests of the Raft glue.
+#[cfg(test)]
+pub(crate) fn one_record_batch() -> bytes::Bytes {
+    let mut builder = sluice_storage::BatchBuilder::new(sluice_storage::Compression::None);
+    builder.push(sluice_storage::batch::NewRecord {
+        key: None,
+        value: Some(b"v"),
+        timestamp: 1,
+        headers: &[],
+    });
+    builder.build().expect("batch")
+}

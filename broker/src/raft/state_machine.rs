@@ -390,9 +390,8 @@ mod tests {
     use std::sync::{Arc, RwLock};
 
     use openraft::testing::log_id;
-    use sluice_storage::batch::NewRecord;
     use sluice_storage::io::FsIo;
-    use sluice_storage::{Batch, BatchBuilder, Compression, Log, LogConfig, RaftPosition};
+    use sluice_storage::{Batch, Log, LogConfig, RaftPosition};
     use tokio::sync::watch;
 
     use super::*;
@@ -406,14 +405,7 @@ mod tests {
     fn log_with(dir: &Path, term: u64, leader: u64, indexes: std::ops::RangeInclusive<u64>) {
         let (mut log, _) = Log::open(dir, LogConfig::default()).expect("log");
         for index in indexes {
-            let mut builder = BatchBuilder::new(Compression::None);
-            builder.push(NewRecord {
-                key: None,
-                value: Some(b"v"),
-                timestamp: 1,
-                headers: &[],
-            });
-            let batch = Batch::decode(builder.build().expect("batch")).expect("decode");
+            let batch = Batch::decode(crate::raft::one_record_batch()).expect("decode");
             log.append(
                 &batch,
                 RaftPosition {

@@ -368,6 +368,24 @@ struct Load {
 }
 
 impl Load {
+    /// Creates `topic` (RF=3) and starts the load on it, once `acks` are in.
+    async fn on_new_topic(
+        cluster: &TestCluster,
+        topic: &str,
+        partitions: u32,
+        acks: usize,
+    ) -> Self {
+        connect_any(cluster)
+            .await
+            .admin()
+            .create_topic(topic, partitions, 3, Default::default())
+            .await
+            .expect("create");
+        let load = Self::start(cluster, topic, partitions).await;
+        load.progress(acks, "the start").await;
+        load
+    }
+
     async fn start(cluster: &TestCluster, topic: &str, partitions: u32) -> Self {
         let history: Arc<Mutex<Vec<Attempt>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -513,17 +531,7 @@ fn node_index(id: u64) -> usize {
 fn killing_the_leader_under_idempotent_load_loses_and_duplicates_nothing() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
-    let load = rt.block_on(async {
-        let admin = connect_any(&cluster).await;
-        admin
-            .admin()
-            .create_topic("kills", 2, 3, Default::default())
-            .await
-            .expect("create");
-        let load = Load::start(&cluster, "kills", 2).await;
-        load.progress(200, "the start").await;
-        load
-    });
+    let load = rt.block_on(Load::on_new_topic(&cluster, "kills", 2, 200));
     let mut failovers = Vec::new();
     for round in 0..rounds(3, 20) {
         let leader =
@@ -550,23 +558,14 @@ fn killing_the_leader_under_idempotent_load_loses_and_duplicates_nothing() {
 fn a_paused_leader_and_a_rolling_restart_lose_and_duplicate_nothing() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
-    let load = rt.block_on(async {
-        let admin = connect_any(&cluster).await;
-        admin
-            .admin()
-            .create_topic("pauses", 2, 3, Default::default())
-            .await
-            .expect("create");
-        let load = Load::start(&cluster, "pauses", 2).await;
-        load.progress(200, "the start").await;
-        load
-    });
+    let load = rt.block_on(Load::on_new_topic(&cluster, "pauses", 2, 200));
     for round in 0..rounds(1, 5) {
         let leader =
             rt.block_on(async { leader_of(&connect_any(&cluster).await, "pauses", 0, None).await });
         let paused = &cluster.nodes[node_index(leader)];
         paused.signal("STOP");
-        // Past the election timeout (1.5–3 s): the others elect a new leader and serve.
+        // Past the election timeout (0.5–0.6 s, after a lease as long): the others elect a
+        // new leader and serve.
         rt.block_on(async {
             load.progress(100, &format!("pausing leader {leader} (round {round})"))
                 .await;
@@ -882,17 +881,7 @@ async fn wait_moved(client: &Client, topic: &str) -> sluice_client::TopicDescrip
 fn replicas_move_to_a_joined_node_and_off_a_decommissioned_one_under_load() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
-    let load = rt.block_on(async {
-        let client = connect_any(&cluster).await;
-        client
-            .admin()
-            .create_topic("moves", 2, 3, Default::default())
-            .await
-            .expect("create");
-        let load = Load::start(&cluster, "moves", 2).await;
-        load.progress(100, "the start").await;
-        load
-    });
+    let load = rt.block_on(Load::on_new_topic(&cluster, "moves", 2, 100));
     let joined = cluster.join();
     let new_id = joined as u64 + 1;
     rt.block_on(async {
@@ -1199,14 +1188,7 @@ fn a_whole_cluster_restarts_at_once_and_keeps_its_records() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     let attempts = rt.block_on(async {
-        let client = connect_any(&cluster).await;
-        client
-            .admin()
-            .create_topic("restart", 3, 3, Default::default())
-            .await
-            .expect("create");
-        let load = Load::start(&cluster, "restart", 3).await;
-        load.progress(300, "the start").await;
+        let load = Load::on_new_topic(&cluster, "restart", 3, 300).await;
         load.finish().await
     });
     for node in &mut cluster.nodes {
