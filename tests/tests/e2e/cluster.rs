@@ -57,7 +57,9 @@ async fn leader_of(client: &Client, topic: &str, partition: u32, except: Option<
     }
 }
 
-/// The segment bytes of one replica of a partition, zeros reserved past the end trimmed.
+/// The batches of one replica of a partition, segment after segment: each segment's
+/// batches up to the first place that holds no batch header (space reserved past the end).
+/// Replicas cut segments where their own sizes say, so only the batches are compared.
 fn replica_log(node: &TestBroker, topic: &str, partition: u32) -> Vec<u8> {
     let dir = node.data_dir().join(topic).join(partition.to_string());
     let mut segments: Vec<_> = std::fs::read_dir(&dir)
@@ -71,11 +73,19 @@ fn replica_log(node: &TestBroker, topic: &str, partition: u32) -> Vec<u8> {
     segments.sort();
     let mut bytes = Vec::new();
     for segment in segments {
-        let mut data = std::fs::read(&segment).unwrap_or_default();
-        while data.last() == Some(&0) {
-            data.pop();
+        let data = std::fs::read(&segment).unwrap_or_default();
+        let mut at = 0usize;
+        while let Some(rest) = data.get(at..) {
+            let Ok(header) = sluice_storage::BatchHeader::decode(rest) else {
+                break;
+            };
+            let len = header.batch_len() as usize;
+            let Some(batch) = rest.get(..len).filter(|_| len > 0) else {
+                break;
+            };
+            bytes.extend_from_slice(batch);
+            at += len;
         }
-        bytes.extend_from_slice(&data);
     }
     bytes
 }
@@ -1201,5 +1211,126 @@ fn a_whole_cluster_restarts_at_once_and_keeps_its_records() {
         })
         .await;
         check_history(&cluster, "restart", 3, attempts).await;
+    });
+}
+
+/// Offset → (key, value) of every record one replica holds.
+fn replica_records(
+    node: &TestBroker,
+    topic: &str,
+) -> std::collections::BTreeMap<u64, (Option<bytes::Bytes>, Option<bytes::Bytes>)> {
+    let bytes = replica_log(node, topic, 0);
+    let mut records = std::collections::BTreeMap::new();
+    let mut at = 0usize;
+    while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+        let Ok(header) = sluice_storage::BatchHeader::decode(rest) else {
+            break;
+        };
+        let len = header.batch_len() as usize;
+        let batch = bytes::Bytes::copy_from_slice(&rest[..len.min(rest.len())]);
+        if let Ok(batch) = sluice_storage::Batch::decode(batch)
+            && !batch.header().attributes.is_control()
+            && let Ok(list) = batch.records_vec()
+        {
+            for r in list {
+                records.insert(r.offset, (r.key, r.value));
+            }
+        }
+        at += len.max(1);
+    }
+    records
+}
+
+/// Key → the offset of its newest record.
+fn newest_per_key(
+    records: &std::collections::BTreeMap<u64, (Option<bytes::Bytes>, Option<bytes::Bytes>)>,
+) -> std::collections::BTreeMap<Option<bytes::Bytes>, u64> {
+    records
+        .iter()
+        .map(|(offset, (key, _))| (key.clone(), *offset))
+        .collect()
+}
+
+#[test]
+fn a_replica_added_after_compaction_takes_the_leaders_offsets() {
+    let cluster = TestCluster::start_with(3, &["--housekeeping-interval-secs", "1"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = connect_any(&cluster).await;
+        let configs = [
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "65536"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let created = client
+            .admin()
+            .create_topic("keyed", 1, 1, configs)
+            .await
+            .expect("create");
+        let first = created.partitions[0].replicas[0];
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        // Small batches, written until the cleaner (every second) has shrunk the log, as
+        // in the single-node compaction test; bounded.
+        let value = vec![b'k'; 200];
+        let mut sent = 0u64;
+        let mut compacted = false;
+        for _ in 0..200 {
+            for k in 0..50 {
+                producer
+                    .send(
+                        ProducerRecord::new("keyed")
+                            .key(format!("key-{k}"))
+                            .value(value.clone()),
+                    )
+                    .await
+                    .expect("send");
+                sent += 1;
+            }
+            let size = local_view(&cluster, node_index(first), "keyed")
+                .await
+                .size_bytes;
+            if sent > 1000 && size < sent * 270 / 2 {
+                compacted = true;
+                break;
+            }
+        }
+        assert!(compacted, "no compaction pass shrank the log ({sent} sent)");
+        let second = (1..=3u64).find(|n| *n != first).expect("another node");
+        client
+            .admin()
+            .reassign_partition("keyed", 0, &[first, second])
+            .await
+            .expect("add a replica");
+        wait_moved(&client, "keyed").await;
+        // The new replica got the leader's (compacted) batches at their offsets. Each replica
+        // then compacts on its own, where its own segment boundaries fall, so the bytes may
+        // part; what must hold: no offset with two records, and the same newest record per
+        // key on both.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let theirs = replica_records(&cluster.nodes[node_index(first)], "keyed");
+            let ours = replica_records(&cluster.nodes[node_index(second)], "keyed");
+            let disagree = ours
+                .iter()
+                .filter(|(offset, record)| theirs.get(*offset).is_some_and(|r| r != *record))
+                .count();
+            assert_eq!(disagree, 0, "an offset holds two records");
+            if !ours.is_empty() && newest_per_key(&ours) == newest_per_key(&theirs) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new replica's newest records differ: {} of {} offsets",
+                ours.len(),
+                theirs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     });
 }
