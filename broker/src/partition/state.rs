@@ -202,14 +202,7 @@ mod tests {
         let (high_watermark, _) = watch::channel(0);
         let mut state = PartitionState::new(Arc::new(RwLock::new(log)), high_watermark);
         let stamped = |base_offset: u64, index: u64| {
-            let mut b = sluice_storage::BatchBuilder::new(sluice_storage::Compression::None);
-            b.push(sluice_storage::batch::NewRecord {
-                key: None,
-                value: Some(b"v"),
-                timestamp: 1,
-                headers: &[],
-            });
-            let bytes = b.build().expect("batch");
+            let bytes = crate::raft::one_record_batch();
             let mut header = [0u8; sluice_storage::limits::BATCH_HEADER_LEN];
             header.copy_from_slice(&bytes[..sluice_storage::limits::BATCH_HEADER_LEN]);
             let raft = RaftPosition {
