@@ -318,11 +318,6 @@ impl Node {
         &self.controller.raft
     }
 
-    /// Channels to peer nodes.
-    pub fn peers(&self) -> &PeerChannels {
-        &self.peers
-    }
-
     /// Whether this node runs as part of a cluster (it has a raft listener).
     pub fn in_cluster(&self) -> bool {
         self.auth.is_some()
