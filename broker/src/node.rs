@@ -37,7 +37,7 @@ mod proposals;
 
 use joining::refuse_other_cluster;
 pub use proposals::propose_to;
-use proposals::report_leaders;
+use proposals::{recheck_leaders, report_leaders};
 
 /// Directory of internal state inside the data dir; user topics may not start with `__`.
 const CLUSTER_DIR: &str = "__cluster";
@@ -290,6 +290,7 @@ impl Node {
         caught_up &= node.wait_registered().await;
         node.adopt_cluster_id().await?;
         tokio::spawn(report_leaders(Arc::downgrade(&node), reports));
+        tokio::spawn(recheck_leaders(Arc::downgrade(&node)));
         node.reconcile().await;
         if caught_up {
             node.sweep_leftovers().await;

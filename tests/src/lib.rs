@@ -219,21 +219,28 @@ fn launch(data_dir: &Path, extra_args: &[String]) -> (Child, mpsc::Receiver<Stri
 }
 
 /// Waits (bounded) for a launched broker's ready line.
-fn await_ready(
+fn await_ready(child: Child, ready: &mpsc::Receiver<String>, data_dir: &Path) -> (Child, String) {
+    try_await_ready(child, ready, data_dir).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// [`await_ready`], answering why the broker did not become ready (it is killed then).
+fn try_await_ready(
     mut child: Child,
     ready: &mpsc::Receiver<String>,
     data_dir: &Path,
-) -> (Child, String) {
+) -> Result<(Child, String), String> {
     match ready.recv_timeout(START_TIMEOUT) {
-        Ok(address) => (child, address),
+        Ok(address) => Ok((child, address)),
         Err(_) => {
             let _ = child.kill();
+            let _ = child.wait();
             let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
-            let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-            panic!(
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: String = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            Err(format!(
                 "sluiced did not become ready within {START_TIMEOUT:?} (log: {}):\n{tail}",
                 data_dir.with_extension("log").display()
-            );
+            ))
         }
     }
 }
@@ -292,6 +299,21 @@ impl TestCluster {
 
     /// [`TestCluster::start`] with extra flags for every node.
     pub fn start_with(size: usize, args: &[&str]) -> Self {
+        // Ports are picked before the nodes start (each must know the others' raft ports),
+        // so a parallel test may take one first: then the whole cluster starts again on
+        // fresh ports and data dirs (bounded).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(size, args) {
+                Ok(cluster) => return cluster,
+                Err(why) if attempt < 3 && why.contains("cannot listen") => continue,
+                Err(why) => panic!("the cluster did not start: {why}"),
+            }
+        }
+    }
+
+    fn try_start(size: usize, args: &[&str]) -> Result<Self, String> {
         let temp = tempfile::tempdir().expect("temp dir");
         let secret_file = temp.path().join("cluster.secret");
         std::fs::write(&secret_file, "test-cluster-secret-0123456789\n").expect("secret file");
@@ -325,24 +347,29 @@ impl TestCluster {
                 (data_dir, node_args, child, ready)
             })
             .collect();
-        let nodes = launched
-            .into_iter()
-            .map(|(data_dir, extra_args, child, ready)| {
-                let (child, address) = await_ready(child, &ready, &data_dir);
-                TestBroker {
+        let mut nodes = Vec::new();
+        let mut failure = None;
+        for (data_dir, extra_args, child, ready) in launched {
+            match try_await_ready(child, &ready, &data_dir) {
+                Ok((child, address)) => nodes.push(TestBroker {
                     child: Some(child),
                     address,
                     data_dir,
                     extra_args,
                     _temp: None,
-                }
-            })
-            .collect();
-        Self {
-            nodes,
-            secret_file,
-            initial_cluster,
-            temp,
+                }),
+                Err(why) => failure = failure.or(Some(why)),
+            }
+        }
+        // On failure the started nodes are dropped, which kills them.
+        match failure {
+            Some(why) => Err(why),
+            None => Ok(Self {
+                nodes,
+                secret_file,
+                initial_cluster,
+                temp,
+            }),
         }
     }
 

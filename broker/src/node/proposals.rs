@@ -144,3 +144,35 @@ pub(super) async fn propose_at(
         Err(e) => Err(crate::partition::writer::write_error(e)),
     }
 }
+
+/// How often a node checks that the controller names it for the partitions it leads.
+const LEADER_RECHECK: Duration = Duration::from_secs(2);
+
+/// Reports again every leadership of this node that the controller's metadata does not show
+/// (a report dropped after its retries, or lost to a reassignment), so brokers that do not
+/// host a partition learn its leader without waiting for the next election.
+pub(super) async fn recheck_leaders(node: Weak<Node>) {
+    let mut pass = tokio::time::interval(LEADER_RECHECK);
+    pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        pass.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let metadata = node.metadata();
+        for partition in node.partitions() {
+            if !partition.is_leader() {
+                continue;
+            }
+            let term = partition.group.raft.metrics().borrow().current_term;
+            let shown = metadata
+                .partition_of_group(partition.group.id)
+                .is_some_and(|(_, _, p)| p.leader == Some(node.node_id()) && p.leader_term >= term);
+            if !shown {
+                let _ = node.leader_reports.send(LeaderReport {
+                    group_id: partition.group.id,
+                    leader: node.node_id(),
+                    term,
+                });
+            }
+        }
+    }
+}
