@@ -359,6 +359,27 @@ impl Node {
     }
 }
 
+/// A background job's passes over the node, one per `period`, for as long as the node lives.
+pub(crate) struct Passes {
+    interval: tokio::time::Interval,
+    node: Weak<Node>,
+}
+
+impl Passes {
+    /// Passes every `period` (a late pass is not made up for).
+    pub(crate) fn every(period: Duration, node: Weak<Node>) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval, node }
+    }
+
+    /// Waits for the next pass; `None` once the node is gone.
+    pub(crate) async fn next(&mut self) -> Option<Arc<Node>> {
+        self.interval.tick().await;
+        self.node.upgrade()
+    }
+}
+
 /// Polls `ready` until it holds (true) or `PARTITION_READY_WAIT` passes (false).
 async fn wait_until(ready: impl Fn() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limits::PARTITION_READY_WAIT;

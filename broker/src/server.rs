@@ -130,13 +130,9 @@ async fn serve_internal(
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let raft = InterceptedService::new(raft, RequireSecret(auth));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+    grpc_server()
         .add_service(raft)
-        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
+        .serve_with_incoming_shutdown(incoming(listener), async move { stop.notified().await })
         .await
         .context("internal gRPC server failed")
 }
@@ -152,19 +148,27 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let admin = AdminServer::new(AdminService::new(Arc::clone(&node)));
-    // Accepted sockets get TCP_NODELAY: a response written in several frames must not wait
-    // for the client's delayed ACK (Nagle), which showed as 40 ms outliers.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    grpc_server()
+        .add_service(producer)
+        .add_service(consumer)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming(listener), async move { stop.notified().await })
+        .await
+        .context("gRPC server failed")
+}
+
+/// A gRPC server with the HTTP/2 windows and frame size every listener uses.
+fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .max_frame_size(HTTP2_MAX_FRAME_BYTES)
-        .add_service(producer)
-        .add_service(consumer)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
-        .await
-        .context("gRPC server failed")
+}
+
+/// Accepted sockets get TCP_NODELAY: a response written in several frames must not wait for
+/// the peer's delayed ACK (Nagle), which showed as 40 ms outliers.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn shutdown_signal() {

@@ -46,26 +46,31 @@ pub async fn forward(
     Ok((answer, response.get_ref().log_index))
 }
 
-/// Pings the node at raft address `address`; `None` if it did not answer in time.
-pub async fn ping(peers: &PeerChannels, address: &str) -> Option<PingResponse> {
+/// Pings the node at raft address `address`: its answer, its refusal, or `None` if it did
+/// not answer in time.
+async fn ping_call(
+    peers: &PeerChannels,
+    address: &str,
+) -> Option<Result<PingResponse, tonic::Status>> {
     let mut client = peers.client(address).ok()?;
     let mut request = tonic::Request::new(PingRequest {});
     request.set_timeout(PING_TIMEOUT);
     tokio::time::timeout(PING_TIMEOUT, client.ping(request))
         .await
-        .ok()?
         .ok()
-        .map(tonic::Response::into_inner)
+        .map(|answer| answer.map(tonic::Response::into_inner))
+}
+
+/// Pings the node at raft address `address`; `None` if it did not answer in time.
+pub async fn ping(peers: &PeerChannels, address: &str) -> Option<PingResponse> {
+    ping_call(peers, address).await?.ok()
 }
 
 /// Whether a ping was refused because the caller belongs to another cluster: the refusal
 /// message, if so.
 pub async fn refused_as_other_cluster(peers: &PeerChannels, address: &str) -> Option<String> {
-    let mut client = peers.client(address).ok()?;
-    let mut request = tonic::Request::new(PingRequest {});
-    request.set_timeout(PING_TIMEOUT);
-    match tokio::time::timeout(PING_TIMEOUT, client.ping(request)).await {
-        Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+    match ping_call(peers, address).await? {
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
             Some(status.message().to_string())
         }
         _ => None,

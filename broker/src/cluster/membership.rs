@@ -106,11 +106,8 @@ pub async fn register_via_seeds(
 /// learner, and promotes caught-up learners while there are fewer voters than wanted.
 /// Runs until the node stops.
 pub async fn run(node: Weak<Node>) {
-    let mut pass = tokio::time::interval(MEMBERSHIP_PASS);
-    pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        pass.tick().await;
-        let Some(node) = node.upgrade() else { return };
+    let mut passes = crate::node::Passes::every(MEMBERSHIP_PASS, node);
+    while let Some(node) = passes.next().await {
         if node.controller_leader() != Some(node.node_id()) {
             continue;
         }

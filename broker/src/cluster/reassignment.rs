@@ -24,11 +24,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
 /// Runs until the node stops: drives every reassignment of a partition this node leads.
 pub async fn run(node: Weak<Node>) {
     let in_flight: Arc<Mutex<BTreeSet<GroupId>>> = Arc::default();
-    let mut pass = tokio::time::interval(PASS);
-    pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        pass.tick().await;
-        let Some(node) = node.upgrade() else { return };
+    let mut passes = crate::node::Passes::every(PASS, node);
+    while let Some(node) = passes.next().await {
         let metadata = node.metadata();
         // Only partitions being moved, looked up by group once per pass.
         let moving: BTreeMap<GroupId, Vec<NodeId>> = metadata

@@ -152,11 +152,8 @@ const LEADER_RECHECK: Duration = Duration::from_secs(2);
 /// (a report dropped after its retries, or lost to a reassignment), so brokers that do not
 /// host a partition learn its leader without waiting for the next election.
 pub(super) async fn recheck_leaders(node: Weak<Node>) {
-    let mut pass = tokio::time::interval(LEADER_RECHECK);
-    pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        pass.tick().await;
-        let Some(node) = node.upgrade() else { return };
+    let mut passes = crate::node::Passes::every(LEADER_RECHECK, node);
+    while let Some(node) = passes.next().await {
         let metadata = node.metadata();
         for partition in node.partitions() {
             if !partition.is_leader() {

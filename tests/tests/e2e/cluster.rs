@@ -636,7 +636,9 @@ fn a_data_dir_refuses_another_node_id_and_another_clusters_node() {
             other_secret.to_str().expect("path"),
         ],
     );
-    assert!(other_node.stop());
+    let stopped = other_node.stop();
+    let log = std::fs::read_to_string(other_dir.with_extension("log")).unwrap_or_default();
+    assert!(stopped, "the other cluster's node stops cleanly:\n{log}");
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, log) = sluice_tests::start_expecting_refusal(&other_dir, &arg_refs);
     assert_eq!(code, Some(1), "refused: {log}");
