@@ -78,6 +78,10 @@ pub struct Args {
     /// [default: 256 MiB].
     #[arg(long, env = "SLUICE_CACHED_TAIL_BYTES")]
     pub cached_tail_bytes: Option<u64>,
+    /// Partitions of `__consumer_offsets` when it is created (fixed afterwards: a group's
+    /// coordinator is partition hash(group) % this) [default: 16].
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
+    pub offsets_topic_partitions: Option<u32>,
 }
 
 /// The keys a TOML config file may hold.
@@ -100,6 +104,7 @@ struct FileConfig {
     broker_inflight_bytes: Option<u64>,
     housekeeping_interval_secs: Option<u64>,
     cached_tail_bytes: Option<u64>,
+    offsets_topic_partitions: Option<u32>,
 }
 
 /// The broker's effective configuration.
@@ -127,6 +132,8 @@ pub struct BrokerConfig {
     pub housekeeping_interval: Duration,
     /// Defaults for every topic's log.
     pub default_log: LogConfig,
+    /// Partitions of `__consumer_offsets` when it is created.
+    pub offsets_topic_partitions: u32,
 }
 
 /// How a node forms or finds its cluster.
@@ -319,6 +326,10 @@ impl BrokerConfig {
                 .filter(|&bytes| bytes > 0),
                 ..LogConfig::default()
             },
+            offsets_topic_partitions: args
+                .offsets_topic_partitions
+                .or(file.offsets_topic_partitions)
+                .unwrap_or(limits::OFFSETS_TOPIC_PARTITIONS_DEFAULT),
         };
         config.validate()?;
         Ok(config)
@@ -338,6 +349,13 @@ impl BrokerConfig {
         if self.partition_inflight_bytes < min || self.broker_inflight_bytes < min {
             return Err(ConfigError::Invalid(
                 "in-flight budgets must be at least 1 MiB",
+            ));
+        }
+        if self.offsets_topic_partitions == 0
+            || self.offsets_topic_partitions > limits::PARTITIONS_PER_TOPIC_MAX
+        {
+            return Err(ConfigError::Invalid(
+                "offsets_topic_partitions must be between 1 and 10000",
             ));
         }
         if self.housekeeping_interval.is_zero() {

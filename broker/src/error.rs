@@ -111,6 +111,31 @@ pub enum BrokerError {
     /// A bug or an unexpected condition.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another broker coordinates the group.
+    #[error("this broker does not coordinate group {}", quote(.group))]
+    NotCoordinator {
+        /// The group asked for.
+        group: String,
+        /// The coordinator's client address, if known.
+        coordinator_hint: Option<String>,
+    },
+    /// The group does not know the member.
+    #[error("group {} has no member {}: rejoin", quote(.group), quote(.member))]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id sent.
+        member: String,
+    },
+    /// A fenced member: stale epoch, or a partition it does not own.
+    #[error("stale member epoch: {0}")]
+    StaleMemberEpoch(String),
+    /// The group has members.
+    #[error("group {} has active members", quote(.0))]
+    GroupNotEmpty(String),
+    /// The group has no members and no committed offsets.
+    #[error("group {} does not exist", quote(.0))]
+    UnknownGroup(String),
 }
 
 impl From<sluice_storage::StorageError> for BrokerError {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod flow;
+pub mod groups;
 pub mod housekeeping;
 pub mod limits;
 pub mod log_room;

@@ -102,3 +102,25 @@ pub const LEADER_REPORT_ATTEMPTS: u32 = 20;
 
 /// Raft entries a follower may lag its partition's leader and still count as in sync.
 pub const IN_SYNC_LAG_ENTRIES: u64 = 256;
+
+/// Partitions of `__consumer_offsets` by default (Kafka has 50; 16 serves thousands of
+/// groups and keeps a small cluster's Raft groups few).
+pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: u32 = 16;
+
+/// Longest consumer group name.
+pub const GROUP_NAME_LEN_MAX: usize = 255;
+
+/// Most topics, owned partitions or commits in one group request.
+pub const GROUP_REQUEST_ITEMS_MAX: usize = 10_000;
+
+/// Longest subscription pattern, and the compiled size it may take.
+pub const GROUP_PATTERN_LEN_MAX: usize = 1000;
+/// Compiled size limit of a subscription pattern (a hostile pattern is refused, not built).
+pub const GROUP_PATTERN_COMPILED_MAX: usize = 1 << 20;
+
+/// Consumer session timeout when a member names none, and the bounds of what it may name.
+pub const GROUP_SESSION_TIMEOUT_DEFAULT_MS: u32 = 45_000;
+/// Shortest session timeout.
+pub const GROUP_SESSION_TIMEOUT_MIN_MS: u32 = 1_000;
+/// Longest session timeout.
+pub const GROUP_SESSION_TIMEOUT_MAX_MS: u32 = 300_000;

@@ -15,6 +15,18 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 /// Registers every metric's help text, so a scrape documents itself.
 pub fn describe() {
     describe_counter!(
+        "sluice_group_rebalances_total",
+        "Changes of a consumer group's target assignment (members or subscribed partitions changed), by group."
+    );
+    describe_gauge!(
+        "sluice_group_members",
+        "Members of a consumer group, on its coordinator, by group."
+    );
+    describe_gauge!(
+        "sluice_group_lag",
+        "High watermark minus the committed offset, on the group's coordinator, by group, topic and partition."
+    );
+    describe_counter!(
         "sluice_raft_appends_refused_total",
         "Raft appends this follower refused for want of disk space, by group."
     );
@@ -212,4 +224,25 @@ pub fn raft_append(bytes: usize, write: Duration, sync: Duration) {
 pub fn group_commit(requests: usize, elapsed: Duration) {
     histogram!("sluice_group_commit_seconds").record(elapsed.as_secs_f64());
     histogram!("sluice_group_commit_requests").record(requests as f64);
+}
+
+/// A consumer group's target assignment changed.
+pub fn group_rebalanced(group: &str) {
+    counter!("sluice_group_rebalances_total", "group" => group.to_string()).increment(1);
+}
+
+/// A consumer group's member count, on its coordinator.
+pub fn group_members(group: &str, members: usize) {
+    gauge!("sluice_group_members", "group" => group.to_string()).set(members as f64);
+}
+
+/// A consumer group's lag on one partition, on its coordinator.
+pub fn group_lag(group: &str, topic: &str, partition: u32, lag: u64) {
+    gauge!(
+        "sluice_group_lag",
+        "group" => group.to_string(),
+        "topic" => topic.to_string(),
+        "partition" => partition.to_string()
+    )
+    .set(lag as f64);
 }

@@ -68,6 +68,8 @@ pub struct Node {
     auth: Option<ClusterAuth>,
     identity: std::sync::Mutex<NodeIdentity>,
     leader_reports: mpsc::UnboundedSender<LeaderReport>,
+    /// The consumer groups this node coordinates.
+    pub coordinator: crate::groups::Coordinator,
 }
 
 impl Node {
@@ -268,6 +270,7 @@ impl Node {
             reconciling: tokio::sync::Mutex::new(()),
             broker_budget,
             leader_reports,
+            coordinator: crate::groups::Coordinator::default(),
         });
         // Wait for the controller to re-apply its log, so restarts see every topic.
         // Read in its own statement: a watch borrow held across an await blocks the sender.
@@ -299,6 +302,7 @@ impl Node {
         tokio::spawn(Arc::clone(&node).reconcile_forever());
         tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
         tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
+        tokio::spawn(crate::groups::run(Arc::downgrade(&node)));
         if node.auth.is_some() {
             tokio::spawn(membership::run(Arc::downgrade(&node)));
             tokio::spawn(reassignment::run(Arc::downgrade(&node)));

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_protocol::internal::v1::raft_server::RaftServer;
 use sluice_protocol::v1::admin_server::AdminServer;
+use sluice_protocol::v1::consumer_groups_server::ConsumerGroupsServer;
 use sluice_protocol::v1::consumer_server::ConsumerServer;
 use sluice_protocol::v1::producer_server::ProducerServer;
 use sluice_protocol::{
@@ -24,6 +25,7 @@ use crate::raft::service::{NodeSlot, RaftService};
 use crate::service::admin::AdminService;
 use crate::service::consumer::ConsumerService;
 use crate::service::deadline::stamp_arrival;
+use crate::service::groups::GroupsService;
 use crate::service::producer::ProducerService;
 
 /// How long in-flight requests and open streams get to finish after a shutdown signal.
@@ -148,10 +150,12 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let admin = AdminServer::new(AdminService::new(Arc::clone(&node)));
+    let groups = ConsumerGroupsServer::new(GroupsService::new(Arc::clone(&node)));
     grpc_server()
         .add_service(producer)
         .add_service(consumer)
         .add_service(admin)
+        .add_service(groups)
         .serve_with_incoming_shutdown(incoming(listener), async move { stop.notified().await })
         .await
         .context("gRPC server failed")

@@ -43,12 +43,20 @@ impl BrokerError {
             Self::StorageFailed(_) => Reason::StorageFailed,
             Self::Unavailable(_) => Reason::Unavailable,
             Self::Internal(_) => Reason::Internal,
+            Self::NotCoordinator { .. } => Reason::NotCoordinator,
+            Self::UnknownMember { .. } => Reason::UnknownMember,
+            Self::StaleMemberEpoch(_) => Reason::StaleMemberEpoch,
+            Self::GroupNotEmpty(_) => Reason::GroupNotEmpty,
+            Self::UnknownGroup(_) => Reason::UnknownGroup,
         }
     }
 
     fn leader_hint(&self) -> Option<&str> {
         match self {
             Self::NotLeader { leader_hint, .. } => leader_hint.as_deref(),
+            Self::NotCoordinator {
+                coordinator_hint, ..
+            } => coordinator_hint.as_deref(),
             _ => None,
         }
     }

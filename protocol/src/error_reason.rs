@@ -46,10 +46,20 @@ pub enum Reason {
     Unavailable,
     /// Anything else: a bug or an unexpected condition.
     Internal,
+    /// This broker does not coordinate the group; retry at the coordinator (hint).
+    NotCoordinator,
+    /// The group does not know this member id (expelled, or the coordinator moved): rejoin.
+    UnknownMember,
+    /// The member's epoch is stale or it does not own the partition: it was fenced.
+    StaleMemberEpoch,
+    /// The operation needs a group without members.
+    GroupNotEmpty,
+    /// The group has no members and no committed offsets.
+    UnknownGroup,
 }
 
 impl Reason {
-    const ALL: [Reason; 16] = [
+    const ALL: [Reason; 21] = [
         Self::UnknownTopic,
         Self::UnknownPartition,
         Self::NotLeader,
@@ -66,6 +76,11 @@ impl Reason {
         Self::StorageFailed,
         Self::Unavailable,
         Self::Internal,
+        Self::NotCoordinator,
+        Self::UnknownMember,
+        Self::StaleMemberEpoch,
+        Self::GroupNotEmpty,
+        Self::UnknownGroup,
     ];
 
     /// The stable reason string.
@@ -87,6 +102,11 @@ impl Reason {
             Self::StorageFailed => "STORAGE_FAILED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::NotCoordinator => "NOT_COORDINATOR",
+            Self::UnknownMember => "UNKNOWN_MEMBER",
+            Self::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
+            Self::GroupNotEmpty => "GROUP_NOT_EMPTY",
+            Self::UnknownGroup => "UNKNOWN_GROUP",
         }
     }
 
@@ -98,7 +118,11 @@ impl Reason {
     /// The gRPC status code the reason travels with.
     pub fn code(self) -> Code {
         match self {
-            Self::UnknownTopic | Self::UnknownPartition => Code::NotFound,
+            Self::UnknownTopic | Self::UnknownPartition | Self::UnknownGroup => Code::NotFound,
+            Self::NotCoordinator
+            | Self::UnknownMember
+            | Self::StaleMemberEpoch
+            | Self::GroupNotEmpty => Code::FailedPrecondition,
             Self::NotLeader | Self::OutOfOrderSequence | Self::ProducerFenced => {
                 Code::FailedPrecondition
             }
@@ -118,7 +142,11 @@ impl Reason {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            Self::NotLeader | Self::Throttled | Self::Unavailable | Self::UnknownPartition
+            Self::NotLeader
+                | Self::NotCoordinator
+                | Self::Throttled
+                | Self::Unavailable
+                | Self::UnknownPartition
         )
     }
 }
@@ -145,7 +173,7 @@ pub struct StatusInfo {
     pub reason: Option<Reason>,
     /// Retry delay, for THROTTLED.
     pub retry_after_ms: Option<u32>,
-    /// The leader's address, for NOT_LEADER.
+    /// The leader's address, for NOT_LEADER (the coordinator's for NOT_COORDINATOR).
     pub leader_hint: Option<String>,
 }
 

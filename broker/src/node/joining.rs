@@ -77,6 +77,28 @@ impl Node {
         alive
     }
 
+    /// The nodes new replicas may go to: those alive now and not decommissioned, at least
+    /// `replication_factor` of them.
+    pub async fn placement_nodes(
+        &self,
+        replication_factor: u32,
+    ) -> Result<Vec<NodeId>, BrokerError> {
+        let metadata = self.metadata();
+        let alive: Vec<NodeId> = self
+            .alive_nodes()
+            .await
+            .into_iter()
+            .filter(|id| !metadata.nodes.get(id).is_some_and(|n| n.decommissioned))
+            .collect();
+        if replication_factor as usize > alive.len() {
+            return Err(BrokerError::InvalidConfig(format!(
+                "replication factor {replication_factor} exceeds the {} live node(s) in the cluster",
+                alive.len()
+            )));
+        }
+        Ok(alive)
+    }
+
     /// The controller's voters.
     pub fn controller_voters(&self) -> BTreeSet<NodeId> {
         self.controller_membership().voter_ids().collect()

@@ -109,24 +109,8 @@ impl AdminService {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
     }
 
-    /// The nodes new replicas may go to: those alive now and not decommissioned, at least
-    /// `replication_factor`.
     async fn placement_nodes(&self, replication_factor: u32) -> Result<Vec<u64>, BrokerError> {
-        let metadata = self.node.metadata();
-        let alive: Vec<u64> = self
-            .node
-            .alive_nodes()
-            .await
-            .into_iter()
-            .filter(|id| !metadata.nodes.get(id).is_some_and(|n| n.decommissioned))
-            .collect();
-        if replication_factor as usize > alive.len() {
-            return Err(BrokerError::InvalidConfig(format!(
-                "replication factor {replication_factor} exceeds the {} live node(s) in the cluster",
-                alive.len()
-            )));
-        }
-        Ok(alive)
+        self.node.placement_nodes(replication_factor).await
     }
 
     async fn propose(&self, command: ControllerCommand) -> Result<(), BrokerError> {
@@ -156,6 +140,18 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     if name.starts_with("__") {
         return Err(BrokerError::InvalidRequest(format!(
             "topic names starting with __ are reserved: {}",
+            quote(name)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses changes to the broker's internal topics (`__consumer_offsets`): only the
+/// broker writes, grows or deletes them.
+fn refuse_internal(name: &str, what: &str) -> Result<(), BrokerError> {
+    if name.starts_with("__") {
+        return Err(BrokerError::InvalidRequest(format!(
+            "{} is an internal topic: it cannot be {what}",
             quote(name)
         )));
     }
@@ -208,6 +204,7 @@ impl Admin for AdminService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
+        refuse_internal(&name, "deleted")?;
         self.topic(&name)?;
         self.propose(ControllerCommand::DeleteTopic { name: name.clone() })
             .await?;
@@ -241,6 +238,7 @@ impl Admin for AdminService {
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let r = request.into_inner();
+        refuse_internal(&r.name, "reconfigured")?;
         let topic = self.topic(&r.name)?;
         let mut merged = topic.configs.clone();
         for key in &r.delete {
@@ -265,6 +263,7 @@ impl Admin for AdminService {
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let r = request.into_inner();
+        refuse_internal(&r.name, "grown")?;
         let topic = self.topic(&r.name)?;
         validate_partition_count(r.count)?;
         if (r.count as usize) <= topic.partitions.len() {

@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod consumer;
 pub mod deadline;
+pub mod groups;
 pub mod producer;

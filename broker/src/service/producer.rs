@@ -54,6 +54,12 @@ async fn admit(
     message: ProduceRequest,
     wait: Option<Duration>,
 ) -> Result<Admitted, BrokerError> {
+    if message.topic.starts_with("__") {
+        return Err(BrokerError::InvalidRequest(format!(
+            "{} is an internal topic: only the broker writes it",
+            crate::error::quote(&message.topic)
+        )));
+    }
     let partition = node.partition(&message.topic, message.partition)?;
     partition.require_leader()?;
     let acks = Acks::try_from(message.acks)
