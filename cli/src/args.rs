@@ -46,6 +46,9 @@ pub enum Command {
     /// The cluster: nodes, controller, health.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Consumer groups: list, describe, reset offsets, delete.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Measure produce and consume throughput and latency.
     Bench(BenchArgs),
     /// Print a shell completion script.
@@ -139,6 +142,38 @@ pub enum ClusterCommand {
     },
 }
 
+/// Consumer group commands.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Every group of the cluster, with its state and member count.
+    List,
+    /// A group's members and assignments, and per partition its committed offset, high
+    /// watermark and lag.
+    Describe {
+        /// The group.
+        group: String,
+    },
+    /// Moves a group's committed offsets; only while the group has no members.
+    ResetOffsets {
+        /// The group.
+        group: String,
+        /// The topic whose offsets move.
+        #[arg(long)]
+        topic: String,
+        /// Where to: earliest, latest, an offset, or @UNIX_MS (first record at or after).
+        #[arg(long)]
+        to: String,
+        /// Only this partition (default: all of the topic's).
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Deletes a group's committed offsets; only while it has no members.
+    Delete {
+        /// The group.
+        group: String,
+    },
+}
+
 /// Acknowledgement level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AcksArg {
@@ -190,8 +225,17 @@ pub struct ConsumeArgs {
     /// Topic.
     pub topic: String,
     /// Where to start: beginning, end, an offset, or @UNIX_MS (first record at or after).
+    /// With --group: where partitions without a committed offset start (beginning or end).
     #[arg(long, default_value = "end")]
     pub from: String,
+    /// Consume as a member of this consumer group: the group's coordinator assigns the
+    /// partitions, and what is printed is committed (every 5 s and at exit).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// With --group: a static member id (a restart within the session timeout keeps the
+    /// partitions).
+    #[arg(long, requires = "group")]
+    pub instance_id: Option<String>,
     /// Only this partition (default: all).
     #[arg(long)]
     pub partition: Option<u32>,

@@ -56,6 +56,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Cluster(command) => {
                 commands::cluster::run(&client, command, cli.format, &mut out).await
             }
+            Command::Group(command) => {
+                commands::group::run(&client, command, cli.format, &mut out).await
+            }
             Command::Bench(args) => {
                 commands::bench::run(&client, &cli.brokers, args, cli.format, &mut out).await
             }

@@ -22,6 +22,10 @@ impl Admin {
         Self { client }
     }
 
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Creates a topic; returns once every partition has a leader.
     pub async fn create_topic(
         &self,

@@ -222,8 +222,13 @@ impl Client {
         self.channel_to(&address)
     }
 
+    /// The channel to the broker the client was connected through.
+    pub(crate) fn bootstrap_channel(&self) -> Channel {
+        self.inner.bootstrap.clone()
+    }
+
     /// A (lazily connected, shared) channel to the broker at `address`.
-    fn channel_to(&self, address: &str) -> Channel {
+    pub(crate) fn channel_to(&self, address: &str) -> Channel {
         if let Some(channel) = self
             .inner
             .channels

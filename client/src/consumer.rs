@@ -29,6 +29,26 @@ pub struct ConsumerConfig {
     pub credit_batches: u32,
     /// Records buffered between the subscriptions and the stream.
     pub buffer_records: usize,
+    /// Group members: how often processed offsets are committed; `None` commits only when
+    /// asked (and on revoke and close).
+    pub auto_commit_interval: Option<Duration>,
+    /// Group members: where to start a partition the group has no committed offset for.
+    pub auto_offset_reset: AutoOffsetReset,
+    /// Group members: the coordinator expels a member silent for longer.
+    pub session_timeout: Duration,
+    /// Group members: a static instance id; a member restarting with the same id within
+    /// the session timeout gets its partitions back without a rebalance.
+    pub instance_id: Option<String>,
+}
+
+/// Where a group member starts a partition without a committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    /// The first stored offset.
+    Earliest,
+    /// The high watermark: only records produced from now on (Kafka's default).
+    #[default]
+    Latest,
 }
 
 impl Default for ConsumerConfig {
@@ -37,6 +57,10 @@ impl Default for ConsumerConfig {
             credit_bytes: 8 * 1024 * 1024,
             credit_batches: 256,
             buffer_records: 4096,
+            auto_commit_interval: Some(Duration::from_secs(5)),
+            auto_offset_reset: AutoOffsetReset::Latest,
+            session_timeout: Duration::from_secs(45),
+            instance_id: None,
         }
     }
 }
@@ -171,6 +195,37 @@ impl Consumer {
         Ok(())
     }
 
+    /// Joins consumer group `group` subscribed to `topics`: the group's coordinator
+    /// assigns this member its share of their partitions (see [`GroupConsumer`]).
+    pub fn subscribe<S: AsRef<str>>(
+        self,
+        group: &str,
+        topics: &[S],
+    ) -> Result<crate::GroupConsumer, ClientError> {
+        let topics = topics.iter().map(|t| t.as_ref().to_string()).collect();
+        crate::GroupConsumer::start(
+            self.client,
+            self.config,
+            group,
+            crate::Subscription::Topics(topics),
+        )
+    }
+
+    /// Joins consumer group `group` subscribed to every topic whose whole name matches
+    /// `pattern` (a regular expression), including topics created later.
+    pub fn subscribe_pattern(
+        self,
+        group: &str,
+        pattern: &str,
+    ) -> Result<crate::GroupConsumer, ClientError> {
+        crate::GroupConsumer::start(
+            self.client,
+            self.config,
+            group,
+            crate::Subscription::Pattern(pattern.to_string()),
+        )
+    }
+
     /// Moves an assigned partition (same as `assign`).
     pub async fn seek(
         &mut self,
@@ -198,10 +253,47 @@ impl Consumer {
     }
 }
 
-type Sink = mpsc::Sender<Result<ConsumerRecord, ClientError>>;
+/// Where a partition's records go; `send` is false once nobody reads them.
+pub(crate) trait RecordSink: Send + Sync + 'static {
+    /// Hands over one record (or the error that ended the partition's reading).
+    fn send(
+        &self,
+        item: Result<ConsumerRecord, ClientError>,
+    ) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl RecordSink for mpsc::Sender<Result<ConsumerRecord, ClientError>> {
+    async fn send(&self, item: Result<ConsumerRecord, ClientError>) -> bool {
+        mpsc::Sender::send(self, item).await.is_ok()
+    }
+}
+
+/// Reads one partition from `from` until the sink is dropped, reconnecting on retriable
+/// errors (a group member's partitions read this way).
+pub(crate) async fn read_partition<S: RecordSink>(
+    client: Client,
+    config: ConsumerConfig,
+    topic: String,
+    partition: u32,
+    from: u64,
+    out: S,
+) {
+    let assignment = Assignment {
+        topic,
+        partition,
+        from,
+        until: None,
+    };
+    run_partition(client, config, assignment, out).await;
+}
 
 /// Reads one partition until the stream is dropped, reconnecting on retriable errors.
-async fn run_partition(client: Client, config: ConsumerConfig, assignment: Assignment, out: Sink) {
+async fn run_partition<S: RecordSink>(
+    client: Client,
+    config: ConsumerConfig,
+    assignment: Assignment,
+    out: S,
+) {
     let Assignment {
         topic,
         partition,
@@ -241,12 +333,12 @@ struct Range<'a> {
     until: Option<u64>,
 }
 
-async fn subscribe_once(
+async fn subscribe_once<S: RecordSink>(
     client: &Client,
     config: &ConsumerConfig,
     range: &Range<'_>,
     position: &mut u64,
-    out: &Sink,
+    out: &S,
 ) -> Result<(), ClientError> {
     let (topic, partition) = (range.topic, range.partition);
     let end = range.until.unwrap_or(u64::MAX);
@@ -301,7 +393,7 @@ async fn subscribe_once(
                         value: record.value,
                         headers,
                     };
-                    if out.send(Ok(record)).await.is_err() {
+                    if !out.send(Ok(record)).await {
                         return Ok(());
                     }
                 }

@@ -27,19 +27,24 @@ mod admin;
 mod connection;
 mod consumer;
 mod error;
+mod group_consumer;
+mod groups;
 pub mod partitioner;
 mod producer;
 
 pub use admin::Admin;
 pub use connection::Client;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::ClientError;
+pub use group_consumer::{GroupConsumer, RebalanceEvent, RebalanceKind, Subscription};
+pub use groups::ResetTo;
 pub use producer::{
     Answered, Delivery, DeliveryQueue, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 pub use sluice_protocol::Reason;
 pub use sluice_protocol::v1::{
-    Acks, ClusterDescription, NodeDescription, PartitionDescription, TopicDescription,
+    Acks, ClusterDescription, CommittedOffset, GroupDescription, GroupListing, GroupPartition,
+    MemberDescription, NodeDescription, PartitionDescription, TopicDescription, TopicPartition,
 };
 pub use sluice_storage::Compression;
 pub use tonic::Code;

@@ -182,20 +182,15 @@ impl Group {
             member: hb.member_id.clone(),
         };
         match hb.member_epoch {
-            LEAVE_EPOCH => {
-                self.members.remove(&hb.member_id);
-                self.retarget(topics);
-                return Ok(HeartbeatAnswer {
-                    member_id: hb.member_id,
-                    member_epoch: LEAVE_EPOCH,
-                    interval: HEARTBEAT_INTERVAL,
-                    assignment: Vec::new(),
-                });
-            }
+            LEAVE_EPOCH => return Ok(self.leave(hb.member_id, topics)),
             STATIC_LEAVE_EPOCH => {
+                let m = self.members.get_mut(&hb.member_id).ok_or_else(unknown)?;
+                if m.instance_id.is_none() {
+                    // Nobody could take its partitions over: a plain leave.
+                    return Ok(self.leave(hb.member_id, topics));
+                }
                 // Keeps its partitions until the session timeout: a restart within it
                 // (same instance id) takes them over without a rebalance.
-                let m = self.members.get_mut(&hb.member_id).ok_or_else(unknown)?;
                 m.last_seen = now;
                 return Ok(HeartbeatAnswer {
                     member_id: hb.member_id,
@@ -204,40 +199,11 @@ impl Group {
                     assignment: Vec::new(),
                 });
             }
-            JOIN_EPOCH => {
-                let id = new_member_id();
-                let predecessor = hb.instance_id.as_ref().and_then(|instance| {
-                    self.members
-                        .iter()
-                        .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
-                        .map(|(id, _)| id.clone())
-                });
-                let member = match predecessor {
-                    // The old incarnation is fenced: its id is gone.
-                    Some(old) => {
-                        let m = self.members.remove(&old);
-                        if let Some(t) = self.target.remove(&old) {
-                            self.target.insert(id.clone(), t);
-                        }
-                        m
-                    }
-                    None => None,
-                };
-                let member = member.unwrap_or_else(|| Member {
-                    instance_id: hb.instance_id.clone(),
-                    epoch: 0,
-                    subscription: Subscription::default(),
-                    assigned: BTreeMap::new(),
-                    revoking: BTreeSet::new(),
-                    revoking_since: None,
-                    session_timeout: hb.session_timeout,
-                    last_seen: now,
-                });
-                // Epoch 0 means "joining": a member's first answer is always past it.
-                let mut member = member;
-                member.epoch = member.epoch.max(self.epoch).max(1);
-                self.members.insert(id.clone(), member);
-                return self.update(&id, hb, topics, now, true);
+            JOIN_EPOCH => return self.join(hb, topics, now),
+            epoch if epoch < 0 => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "member epoch {epoch}: 0 joins, -1 leaves, -2 leaves a static member"
+                )));
             }
             epoch => {
                 let m = self.members.get(&hb.member_id).ok_or_else(unknown)?;
@@ -251,6 +217,60 @@ impl Group {
         }
         let id = hb.member_id.clone();
         self.update(&id, hb, topics, now, false)
+    }
+
+    /// Removes a member; its partitions go to others at once (it committed before leaving).
+    fn leave(&mut self, member_id: String, topics: &BTreeMap<String, u32>) -> HeartbeatAnswer {
+        self.members.remove(&member_id);
+        self.retarget(topics);
+        HeartbeatAnswer {
+            member_id,
+            member_epoch: LEAVE_EPOCH,
+            interval: HEARTBEAT_INTERVAL,
+            assignment: Vec::new(),
+        }
+    }
+
+    /// A join: a fresh member id, or a static member's predecessor taken over (the old
+    /// incarnation is fenced: its id is gone).
+    fn join(
+        &mut self,
+        hb: Heartbeat,
+        topics: &BTreeMap<String, u32>,
+        now: Instant,
+    ) -> Result<HeartbeatAnswer, BrokerError> {
+        // A member rejoining under its old id (after being fenced) leaves first.
+        if !hb.member_id.is_empty() {
+            self.members.remove(&hb.member_id);
+            self.target.remove(&hb.member_id);
+        }
+        let id = new_member_id();
+        let predecessor = hb.instance_id.as_ref().and_then(|instance| {
+            self.members
+                .iter()
+                .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+                .map(|(id, _)| id.clone())
+        });
+        let taken_over = predecessor.and_then(|old| {
+            if let Some(t) = self.target.remove(&old) {
+                self.target.insert(id.clone(), t);
+            }
+            self.members.remove(&old)
+        });
+        let mut member = taken_over.unwrap_or_else(|| Member {
+            instance_id: hb.instance_id.clone(),
+            epoch: 0,
+            subscription: Subscription::default(),
+            assigned: BTreeMap::new(),
+            revoking: BTreeSet::new(),
+            revoking_since: None,
+            session_timeout: hb.session_timeout,
+            last_seen: now,
+        });
+        // Epoch 0 means "joining": a member's first answer is always past it.
+        member.epoch = member.epoch.max(self.epoch).max(1);
+        self.members.insert(id.clone(), member);
+        self.update(&id, hb, topics, now, true)
     }
 
     fn update(
@@ -587,7 +607,7 @@ mod tests {
     fn a_static_member_restarting_takes_over_its_partitions() {
         let now = Instant::now();
         let mut g = Group::default();
-        let mut join = |g: &mut Group, instance: &str| {
+        let join = |g: &mut Group, instance: &str| {
             let mut h = hb("", 0, &[]);
             h.instance_id = Some(instance.to_string());
             g.heartbeat("g", h, &topics(4), now).expect("join")
@@ -602,7 +622,7 @@ mod tests {
                 now,
             )
             .expect("hb");
-        let a = g
+        let _a = g
             .heartbeat(
                 "g",
                 hb(&a.member_id, a.member_epoch, &parts(&a)),

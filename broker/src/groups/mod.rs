@@ -49,6 +49,17 @@ pub fn validate_group_name(group: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// A NOT_LEADER of the group's offsets partition, as clients of groups see it.
+pub fn not_coordinator(group: &str, e: BrokerError) -> BrokerError {
+    match e {
+        BrokerError::NotLeader { leader_hint, .. } => BrokerError::NotCoordinator {
+            group: group.to_string(),
+            coordinator_hint: leader_hint,
+        },
+        other => other,
+    }
+}
+
 /// The user topics and their partition counts: what subscriptions match against.
 pub fn user_topics(metadata: &Metadata) -> BTreeMap<String, u32> {
     metadata
@@ -65,6 +76,8 @@ pub struct Coordinator {
     shards: std::sync::Mutex<BTreeMap<u32, Arc<Shard>>>,
     /// Client channels to other brokers, for their partitions' offsets.
     channels: std::sync::Mutex<HashMap<String, Channel>>,
+    /// Set while a gauge pass runs: a slow one is not stacked on.
+    publishing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -148,9 +161,9 @@ impl Node {
                     "creating {OFFSETS_TOPIC}: {message}"
                 )));
             }
-            _ => {}
+            ControllerResponse::Refused { .. } => {}
+            _ => tracing::info!(topic = OFFSETS_TOPIC, "created the committed offsets topic"),
         }
-        tracing::info!(topic = OFFSETS_TOPIC, "created the committed offsets topic");
         self.reconcile().await;
         self.wait_topic_ready(OFFSETS_TOPIC).await?;
         self.metadata()
@@ -189,7 +202,9 @@ impl Node {
         let address = metadata
             .node_address(leader)
             .map(str::to_string)
-            .unwrap_or_default();
+            .ok_or_else(|| {
+                BrokerError::Unavailable(format!("node {leader}'s address is not known yet"))
+            })?;
         Ok((leader, address, index))
     }
 
@@ -199,17 +214,12 @@ impl Node {
         validate_group_name(group)?;
         let n = self.offsets_topic().await?;
         let index = partition_for(group, n);
-        let not_coordinator = |e: BrokerError| match e {
-            BrokerError::NotLeader { leader_hint, .. } => BrokerError::NotCoordinator {
-                group: group.to_string(),
-                coordinator_hint: leader_hint,
-            },
-            other => other,
-        };
         let partition = self
             .partition(OFFSETS_TOPIC, index)
-            .map_err(not_coordinator)?;
-        partition.require_leader().map_err(not_coordinator)?;
+            .map_err(|e| not_coordinator(group, e))?;
+        partition
+            .require_leader()
+            .map_err(|e| not_coordinator(group, e))?;
         match self.coordinator.shard(index) {
             Some(shard) if shard.term == shard::leader_term(&partition) => Ok(shard),
             _ => Err(BrokerError::Unavailable(format!(
@@ -273,10 +283,16 @@ pub async fn run(node: Weak<Node>) {
         for shard in node.coordinator.shards() {
             shard.expire(&topics, Instant::now()).await;
         }
-        if last_gauges.elapsed() >= GAUGE_PASS {
+        let publishing = Arc::clone(&node.coordinator.publishing);
+        if last_gauges.elapsed() >= GAUGE_PASS
+            && !publishing.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             last_gauges = Instant::now();
             let node = Arc::clone(&node);
-            tokio::spawn(async move { shard::publish_gauges(&node).await });
+            tokio::spawn(async move {
+                shard::publish_gauges(&node).await;
+                publishing.store(false, std::sync::atomic::Ordering::Release);
+            });
         }
     }
 }

@@ -81,7 +81,7 @@ fn put_string(out: &mut BytesMut, what: &'static str, s: &str) -> Result<(), Off
         what,
         max: u16::MAX as usize,
     })?;
-    out.put_u16(len);
+    out.put_u16_le(len);
     out.put_slice(s.as_bytes());
     Ok(())
 }
@@ -90,7 +90,7 @@ fn get_u16(buf: &mut &[u8], what: &'static str) -> Result<u16, OffsetRecordError
     if buf.remaining() < 2 {
         return Err(OffsetRecordError::Truncated { what });
     }
-    Ok(buf.get_u16())
+    Ok(buf.get_u16_le())
 }
 
 fn get_string(buf: &mut &[u8], what: &'static str) -> Result<String, OffsetRecordError> {
@@ -115,13 +115,13 @@ fn no_trailing(buf: &[u8], what: &'static str) -> Result<(), OffsetRecordError> 
 }
 
 impl OffsetKey {
-    /// The key's bytes: version, group, topic, partition (big-endian, u16 length prefixes).
+    /// The key's bytes: version, group, topic, partition (little-endian, u16 length prefixes).
     pub fn encode(&self) -> Result<Bytes, OffsetRecordError> {
         let mut out = BytesMut::with_capacity(10 + self.group.len() + self.topic.len());
-        out.put_u16(KEY_VERSION);
+        out.put_u16_le(KEY_VERSION);
         put_string(&mut out, "group", &self.group)?;
         put_string(&mut out, "topic", &self.topic)?;
-        out.put_u32(self.partition);
+        out.put_u32_le(self.partition);
         Ok(out.freeze())
     }
 
@@ -139,7 +139,7 @@ impl OffsetKey {
         if bytes.remaining() < 4 {
             return Err(OffsetRecordError::Truncated { what: "partition" });
         }
-        let partition = bytes.get_u32();
+        let partition = bytes.get_u32_le();
         no_trailing(bytes, "key")?;
         Ok(Self {
             group,
@@ -159,10 +159,10 @@ impl OffsetValue {
             });
         }
         let mut out = BytesMut::with_capacity(24 + self.metadata.len());
-        out.put_u16(VALUE_VERSION);
-        out.put_u64(self.offset);
-        out.put_u32(self.leader_epoch);
-        out.put_i64(self.commit_time_ms);
+        out.put_u16_le(VALUE_VERSION);
+        out.put_u64_le(self.offset);
+        out.put_u32_le(self.leader_epoch);
+        out.put_i64_le(self.commit_time_ms);
         put_string(&mut out, "metadata", &self.metadata)?;
         Ok(out.freeze())
     }
@@ -179,9 +179,9 @@ impl OffsetValue {
         if bytes.remaining() < 20 {
             return Err(OffsetRecordError::Truncated { what: "value" });
         }
-        let offset = bytes.get_u64();
-        let leader_epoch = bytes.get_u32();
-        let commit_time_ms = bytes.get_i64();
+        let offset = bytes.get_u64_le();
+        let leader_epoch = bytes.get_u32_le();
+        let commit_time_ms = bytes.get_i64_le();
         let metadata = get_string(&mut bytes, "metadata")?;
         no_trailing(bytes, "value")?;
         Ok(Self {
@@ -225,15 +225,21 @@ mod tests {
     #[test]
     fn the_documented_layout_is_what_is_written() {
         let k = key().encode().expect("encodes");
-        let mut expected = vec![0, 1, 0, 7];
+        // The golden bytes of docs/formats/offsets.md: a change here is a format change.
+        let mut expected = vec![1, 0, 7, 0];
         expected.extend_from_slice(b"billing");
-        expected.extend_from_slice(&[0, 6]);
+        expected.extend_from_slice(&[6, 0]);
         expected.extend_from_slice(b"orders");
-        expected.extend_from_slice(&[0, 0, 0, 7]);
+        expected.extend_from_slice(&[7, 0, 0, 0]);
         assert_eq!(&k[..], &expected[..]);
         let v = value().encode().expect("encodes");
-        assert_eq!(v.len(), 2 + 8 + 4 + 8 + 2 + 6);
-        assert_eq!(&v[..2], &[0, 1]);
+        let mut expected = vec![1, 0];
+        expected.extend_from_slice(&1234u64.to_le_bytes());
+        expected.extend_from_slice(&3u32.to_le_bytes());
+        expected.extend_from_slice(&1_790_000_000_000i64.to_le_bytes());
+        expected.extend_from_slice(&[6, 0]);
+        expected.extend_from_slice(b"host-a");
+        assert_eq!(&v[..], &expected[..]);
     }
 
     #[test]
@@ -250,7 +256,7 @@ mod tests {
             );
         }
         let mut bad = v.to_vec();
-        bad[1] = 9;
+        bad[0] = 9;
         assert_eq!(
             OffsetValue::decode(&bad),
             Err(OffsetRecordError::UnknownVersion {

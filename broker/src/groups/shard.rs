@@ -9,10 +9,10 @@ use std::time::Instant;
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{Batch, BatchBuilder, Compression};
 
-use super::OFFSETS_TOPIC;
 use super::group::{Committed, Group};
 use super::offset_record::{OffsetKey, OffsetValue};
 use super::partition_offsets::{self, Spec};
+use super::{OFFSETS_TOPIC, not_coordinator};
 use crate::error::BrokerError;
 use crate::node::Node;
 use crate::partition::Partition;
@@ -35,6 +35,8 @@ pub struct Shard {
     pub partition: Arc<Partition>,
     /// Groups by name.
     pub groups: tokio::sync::Mutex<BTreeMap<String, Group>>,
+    /// Held across a write, from its plan to its application.
+    write_lock: tokio::sync::Mutex<()>,
 }
 
 /// One commit to write: where, and the value (`None`: a tombstone).
@@ -57,6 +59,7 @@ impl Shard {
             term,
             partition,
             groups: tokio::sync::Mutex::new(groups),
+            write_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -69,77 +72,83 @@ impl Shard {
     pub async fn expire(&self, topics: &BTreeMap<String, u32>, now: Instant) {
         let mut groups = self.groups.lock().await;
         for (name, group) in groups.iter_mut() {
+            let rebalances = group.rebalances;
             if group.expire(topics, now) {
                 tracing::info!(group = %name, "expelled members past their session timeout");
+            }
+            if group.rebalances != rebalances {
                 crate::metrics::group_rebalanced(name);
             }
         }
         groups.retain(|_, g| !g.is_empty());
     }
 
-    /// Writes commits (acks=all) after `check` passes on the group, then applies them:
-    /// the check and the enqueue happen under the groups' lock, so commit records reach the
-    /// log in the order they were checked.
+    /// Writes what `plan` decides from the group's state (acks=all), then applies it.
+    /// Writes of one shard go one at a time, so they apply in log order and a plan sees
+    /// every earlier write; heartbeats do not wait for them.
     pub async fn write(
         &self,
         group: &str,
-        writes: Vec<Write>,
-        check: impl FnOnce(Option<&Group>) -> Result<(), BrokerError>,
-    ) -> Result<(), BrokerError> {
+        plan: impl FnOnce(Option<&Group>) -> Result<Vec<Write>, BrokerError>,
+    ) -> Result<Vec<Write>, BrokerError> {
+        let _serial = self.write_lock.lock().await;
+        let writes = plan(self.groups.lock().await.get(group))?;
         if writes.is_empty() {
-            return check(self.groups.lock().await.get(group));
+            return Ok(writes);
         }
-        let mut builder = BatchBuilder::new(Compression::None);
-        let now = now_ms();
-        let mut encoded = Vec::with_capacity(writes.len());
-        for (g, topic, partition, value) in &writes {
-            let key = OffsetKey {
-                group: g.clone(),
-                topic: topic.clone(),
-                partition: *partition,
-            }
-            .encode()
-            .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-            let value = value
-                .as_ref()
-                .map(OffsetValue::encode)
-                .transpose()
-                .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-            encoded.push((key, value));
-        }
-        for (key, value) in &encoded {
-            builder.push(NewRecord {
-                key: Some(key),
-                value: value.as_deref(),
-                timestamp: now,
-                headers: &[],
-            });
-        }
-        let bytes = builder
-            .finish()
-            .map_err(|e| BrokerError::Internal(format!("building a commit batch: {e}")))?;
-        let batch = Batch::decode(bytes)
-            .map_err(|e| BrokerError::Internal(format!("building a commit batch: {e}")))?;
-        let answer = {
-            let groups = self.groups.lock().await;
-            check(groups.get(group))?;
-            self.partition.enqueue(batch, Vec::new(), false).await?
-        };
-        let produced = answer.await.map_err(|_| {
-            BrokerError::Unavailable("the offsets partition's writer stopped".into())
-        })??;
+        let batch = commit_batch(&writes)?;
+        let produced = self
+            .partition
+            .produce(batch, Vec::new(), false)
+            .await
+            .map_err(|e| not_coordinator(group, e))?;
         let mut groups = self.groups.lock().await;
-        for (i, (g, topic, partition, value)) in writes.into_iter().enumerate() {
+        for (i, (g, topic, partition, value)) in writes.iter().enumerate() {
             let log_offset = produced.base_offset + i as u64;
-            let committed = value.map(|value| Committed { value, log_offset });
-            groups
-                .entry(g)
-                .or_default()
-                .apply_commit((topic, partition), committed, log_offset);
+            let committed = value.clone().map(|value| Committed { value, log_offset });
+            groups.entry(g.clone()).or_default().apply_commit(
+                (topic.clone(), *partition),
+                committed,
+                log_offset,
+            );
         }
         groups.retain(|_, g| !g.is_empty());
-        Ok(())
+        Ok(writes)
     }
+}
+
+/// One batch holding `writes`' records.
+fn commit_batch(writes: &[Write]) -> Result<Batch, BrokerError> {
+    let mut encoded = Vec::with_capacity(writes.len());
+    for (group, topic, partition, value) in writes {
+        let key = OffsetKey {
+            group: group.clone(),
+            topic: topic.clone(),
+            partition: *partition,
+        }
+        .encode()
+        .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        let value = value
+            .as_ref()
+            .map(OffsetValue::encode)
+            .transpose()
+            .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        encoded.push((key, value));
+    }
+    let now = now_ms();
+    let mut builder = BatchBuilder::new(Compression::None);
+    for (key, value) in &encoded {
+        builder.push(NewRecord {
+            key: Some(key),
+            value: value.as_deref(),
+            timestamp: now,
+            headers: &[],
+        });
+    }
+    let bytes = builder
+        .finish()
+        .map_err(|e| BrokerError::Internal(format!("building a commit batch: {e}")))?;
+    Batch::decode(bytes).map_err(|e| BrokerError::Internal(format!("building a commit batch: {e}")))
 }
 
 /// Milliseconds since the epoch.

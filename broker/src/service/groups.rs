@@ -129,7 +129,12 @@ fn topic_partitions(node: &Node, topic: &str, partitions: &[u32]) -> Result<Vec<
 impl GroupsService {
     async fn heartbeat_inner(&self, r: HeartbeatRequest) -> Result<HeartbeatResponse, BrokerError> {
         let shard = self.node.group_shard(&r.group).await?;
-        let subscription = subscription(&r)?;
+        // A leave needs no subscription.
+        let subscription = if r.member_epoch < 0 {
+            Subscription::default()
+        } else {
+            subscription(&r)?
+        };
         too_many("owned partitions", r.owned.len())?;
         let timeout_ms = match r.session_timeout_ms {
             0 => GROUP_SESSION_TIMEOUT_DEFAULT_MS,
@@ -203,15 +208,21 @@ impl GroupsService {
         let tps: Vec<(String, u32)> = writes.iter().map(|w| (w.1.clone(), w.2)).collect();
         let (group, member_id, member_epoch) = (r.group.clone(), r.member_id, r.member_epoch);
         shard
-            .write(&r.group, writes, |g| match g {
-                Some(g) => g.check_commit(&group, &member_id, member_epoch, tps.iter()),
-                None if member_id.is_empty() => Ok(()),
-                None => Err(BrokerError::UnknownMember {
-                    group: group.clone(),
-                    member: member_id.clone(),
-                }),
+            .write(&r.group, |g| {
+                match g {
+                    Some(g) => g.check_commit(&group, &member_id, member_epoch, tps.iter())?,
+                    None if member_id.is_empty() => {}
+                    None => {
+                        return Err(BrokerError::UnknownMember {
+                            group: group.clone(),
+                            member: member_id.clone(),
+                        });
+                    }
+                }
+                Ok(writes)
             })
             .await
+            .map(|_| ())
     }
 
     async fn describe_inner(&self, group_name: &str) -> Result<GroupDescription, BrokerError> {
@@ -298,7 +309,11 @@ impl GroupsService {
         r: ResetOffsetsRequest,
     ) -> Result<ResetOffsetsResponse, BrokerError> {
         let shard = self.node.group_shard(&r.group).await?;
-        let partitions = topic_partitions(&self.node, &r.topic, &r.partitions)?;
+        too_many("partitions", r.partitions.len())?;
+        let mut named = r.partitions.clone();
+        named.sort_unstable();
+        named.dedup();
+        let partitions = topic_partitions(&self.node, &r.topic, &named)?;
         let to = r.to.ok_or_else(|| {
             BrokerError::InvalidRequest("reset to earliest, latest, an offset or a time".into())
         })?;
@@ -351,9 +366,9 @@ impl GroupsService {
             .collect();
         let group = r.group.clone();
         shard
-            .write(&r.group, writes, |g| match g {
+            .write(&r.group, |g| match g {
                 Some(g) if !g.members.is_empty() => Err(BrokerError::GroupNotEmpty(group.clone())),
-                _ => Ok(()),
+                _ => Ok(writes),
             })
             .await?;
         Ok(ResetOffsetsResponse { offsets: answer })
@@ -361,27 +376,19 @@ impl GroupsService {
 
     async fn delete_inner(&self, group_name: String) -> Result<(), BrokerError> {
         let shard = self.node.group_shard(&group_name).await?;
-        let writes: Vec<Write> = {
-            let groups = shard.groups.lock().await;
-            let group = groups
-                .get(&group_name)
-                .ok_or_else(|| BrokerError::UnknownGroup(group_name.clone()))?;
-            if !group.members.is_empty() {
-                return Err(BrokerError::GroupNotEmpty(group_name));
-            }
-            group
-                .offsets
-                .keys()
-                .map(|(t, p)| (group_name.clone(), t.clone(), *p, None))
-                .collect()
-        };
-        let name = group_name.clone();
         shard
-            .write(&group_name, writes, |g| match g {
-                Some(g) if !g.members.is_empty() => Err(BrokerError::GroupNotEmpty(name.clone())),
-                _ => Ok(()),
+            .write(&group_name, |g| {
+                let g = g.ok_or_else(|| BrokerError::UnknownGroup(group_name.clone()))?;
+                if !g.members.is_empty() {
+                    return Err(BrokerError::GroupNotEmpty(group_name.clone()));
+                }
+                Ok(g.offsets
+                    .keys()
+                    .map(|(t, p)| (group_name.clone(), t.clone(), *p, None))
+                    .collect())
             })
             .await
+            .map(|_| ())
     }
 }
 

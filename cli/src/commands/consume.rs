@@ -4,7 +4,7 @@ use std::io::Write;
 
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
-use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
+use sluice_client::{AutoOffsetReset, Client, ConsumerConfig, ConsumerRecord, Offset};
 
 use crate::args::{ConsumeArgs, Format};
 use crate::failure::Failure;
@@ -38,6 +38,9 @@ pub async fn run(
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
+    if let Some(group) = args.group.clone() {
+        return consume_as_member(client, &group, args, format, out).await;
+    }
     let from = parse_from(&args.from)?;
     let topic = client.admin().describe_topic(&args.topic).await?;
     let partitions: Vec<u32> = match args.partition {
@@ -88,6 +91,95 @@ pub async fn run(
     }
     out.flush()?;
     Ok(())
+}
+
+/// `consume --group`: a group member printing its partitions' records, committing what it
+/// printed every 5 s and when it stops (after --num records, or on Ctrl-C / SIGTERM).
+async fn consume_as_member(
+    client: &Client,
+    group: &str,
+    args: ConsumeArgs,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let auto_offset_reset = match parse_from(&args.from)? {
+        Offset::Earliest => AutoOffsetReset::Earliest,
+        Offset::Latest => AutoOffsetReset::Latest,
+        _ => {
+            return Err(Failure::usage(
+                "with --group, --from is beginning or end (where partitions without a committed offset start)",
+            ));
+        }
+    };
+    if args.partition.is_some() || args.until_end {
+        return Err(Failure::usage(
+            "with --group the group assigns partitions: --partition and --until-end do not apply",
+        ));
+    }
+    // Fails early, with UNKNOWN_TOPIC, rather than waiting for an assignment.
+    client.admin().describe_topic(&args.topic).await?;
+    let config = ConsumerConfig {
+        auto_offset_reset,
+        instance_id: args.instance_id.clone(),
+        ..ConsumerConfig::default()
+    };
+    let mut member = client
+        .consumer(config)
+        .subscribe(group, &[args.topic.as_str()])?;
+    if args.num == Some(0) {
+        member.close().await?;
+        return Ok(());
+    }
+    let mut printed = 0u64;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let outcome = loop {
+        let next = match member.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                out.flush()?;
+                tokio::select! {
+                    next = member.next() => next,
+                    () = &mut stop => break Ok(()),
+                }
+            }
+        };
+        let Some(record) = next else { break Ok(()) };
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => break Err(Failure::from(e)),
+        };
+        print_record(&record, &args, format, out)?;
+        printed += 1;
+        if args.num.is_some_and(|n| printed >= n) {
+            break Ok(());
+        }
+    };
+    // What was printed reached the output before it is committed.
+    out.flush()?;
+    if outcome.is_ok() {
+        member.commit().await?;
+    }
+    member.close().await?;
+    outcome
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
 }
 
 fn print_record(

@@ -6,6 +6,7 @@ mod cluster;
 mod compaction;
 mod durability;
 mod error_size;
+mod groups;
 mod idempotence;
 mod malformed_batches;
 mod offline;

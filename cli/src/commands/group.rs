@@ -1,0 +1,255 @@
+//! `sluice group list|describe|reset-offsets|delete`.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+use sluice_client::{Client, GroupDescription, ResetTo, TopicPartition};
+
+use crate::args::{Format, GroupCommand};
+use crate::failure::Failure;
+use crate::output::{json_line, table};
+
+/// Parses `--to`: earliest, latest, an offset, or @UNIX_MS.
+pub fn parse_reset_to(to: &str) -> Result<ResetTo, Failure> {
+    match to {
+        "earliest" | "beginning" => Ok(ResetTo::Earliest),
+        "latest" | "end" => Ok(ResetTo::Latest),
+        _ => {
+            if let Some(ms) = to.strip_prefix('@') {
+                ms.parse()
+                    .map(ResetTo::Timestamp)
+                    .map_err(|_| Failure::usage(format!("--to {to:?}: @ needs a time in ms")))
+            } else {
+                to.parse().map(ResetTo::Offset).map_err(|_| {
+                    Failure::usage(format!(
+                        "--to {to:?}: expected earliest, latest, an offset or @UNIX_MS"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+fn names(partitions: &[TopicPartition]) -> Vec<String> {
+    partitions
+        .iter()
+        .map(|p| format!("{}/{}", p.topic, p.partition))
+        .collect()
+}
+
+/// The JSON form of a group description (a contract for scripts).
+pub fn group_json(g: &GroupDescription) -> Value {
+    let members: Vec<Value> = g
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id,
+                "instance_id": m.instance_id,
+                "member_epoch": m.member_epoch,
+                "topics": m.topics,
+                "topic_pattern": m.topic_pattern,
+                "assignment": names(&m.assignment),
+                "revoking": names(&m.revoking),
+                "target": names(&m.target),
+            })
+        })
+        .collect();
+    let partitions: Vec<Value> = g
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "topic": p.topic,
+                "partition": p.partition,
+                "committed_offset": p.has_committed.then_some(p.committed_offset),
+                "high_watermark": p.high_watermark,
+                "lag": p.lag,
+                "member_id": p.member_id,
+            })
+        })
+        .collect();
+    json!({
+        "group": g.group,
+        "state": g.state,
+        "coordinator": g.coordinator,
+        "group_epoch": g.group_epoch,
+        "members": members,
+        "partitions": partitions,
+    })
+}
+
+/// Runs a group command.
+pub async fn run(
+    client: &Client,
+    command: GroupCommand,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let admin = client.admin();
+    match command {
+        GroupCommand::List => {
+            let groups = admin.list_groups().await?;
+            match format {
+                Format::Json => {
+                    let groups: Vec<Value> = groups
+                        .iter()
+                        .map(|g| {
+                            json!({
+                                "group": g.group,
+                                "state": g.state,
+                                "members": g.members,
+                                "coordinator": g.coordinator,
+                            })
+                        })
+                        .collect();
+                    json_line(out, &json!({ "groups": groups }))?;
+                }
+                Format::Text => {
+                    let mut rows = vec![
+                        ["GROUP", "STATE", "MEMBERS", "COORDINATOR"]
+                            .map(String::from)
+                            .to_vec(),
+                    ];
+                    rows.extend(groups.iter().map(|g| {
+                        vec![
+                            g.group.clone(),
+                            g.state.clone(),
+                            g.members.to_string(),
+                            g.coordinator.to_string(),
+                        ]
+                    }));
+                    table(out, &rows)?;
+                }
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let g = admin.describe_group(&group).await?;
+            match format {
+                Format::Json => json_line(out, &group_json(&g))?,
+                Format::Text => {
+                    writeln!(out, "GROUP        {}", g.group)?;
+                    writeln!(out, "STATE        {}", g.state)?;
+                    writeln!(out, "COORDINATOR  {}", g.coordinator)?;
+                    writeln!(out, "EPOCH        {}", g.group_epoch)?;
+                    writeln!(out, "\nMEMBERS")?;
+                    let mut rows = vec![
+                        ["MEMBER", "INSTANCE", "EPOCH", "ASSIGNMENT", "REVOKING"]
+                            .map(String::from)
+                            .to_vec(),
+                    ];
+                    rows.extend(g.members.iter().map(|m| {
+                        vec![
+                            m.member_id.clone(),
+                            if m.instance_id.is_empty() {
+                                "-".into()
+                            } else {
+                                m.instance_id.clone()
+                            },
+                            m.member_epoch.to_string(),
+                            names(&m.assignment).join(","),
+                            names(&m.revoking).join(","),
+                        ]
+                    }));
+                    table(out, &rows)?;
+                    writeln!(out, "\nPARTITIONS")?;
+                    let mut rows = vec![
+                        [
+                            "TOPIC",
+                            "PARTITION",
+                            "COMMITTED",
+                            "HIGH-WATERMARK",
+                            "LAG",
+                            "MEMBER",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                    ];
+                    rows.extend(g.partitions.iter().map(|p| {
+                        vec![
+                            p.topic.clone(),
+                            p.partition.to_string(),
+                            if p.has_committed {
+                                p.committed_offset.to_string()
+                            } else {
+                                "-".into()
+                            },
+                            p.high_watermark.to_string(),
+                            p.lag.to_string(),
+                            if p.member_id.is_empty() {
+                                "-".into()
+                            } else {
+                                p.member_id.clone()
+                            },
+                        ]
+                    }));
+                    table(out, &rows)?;
+                }
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to,
+            partition,
+        } => {
+            let to = parse_reset_to(&to)?;
+            let partitions: Vec<u32> = partition.into_iter().collect();
+            let offsets = admin
+                .reset_group_offsets(&group, &topic, &partitions, to)
+                .await?;
+            match format {
+                Format::Json => {
+                    let offsets: Vec<Value> = offsets
+                        .iter()
+                        .map(|o| json!({"topic": o.topic, "partition": o.partition, "offset": o.offset}))
+                        .collect();
+                    json_line(out, &json!({ "group": group, "offsets": offsets }))?;
+                }
+                Format::Text => {
+                    let mut rows = vec![
+                        ["TOPIC", "PARTITION", "NEW-OFFSET"]
+                            .map(String::from)
+                            .to_vec(),
+                    ];
+                    rows.extend(offsets.iter().map(|o| {
+                        vec![
+                            o.topic.clone(),
+                            o.partition.to_string(),
+                            o.offset.to_string(),
+                        ]
+                    }));
+                    table(out, &rows)?;
+                }
+            }
+        }
+        GroupCommand::Delete { group } => {
+            admin.delete_group(&group).await?;
+            match format {
+                Format::Json => json_line(out, &json!({ "deleted": group }))?,
+                Format::Text => writeln!(out, "Deleted group {group}")?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_accepts_the_four_forms_and_refuses_the_rest() {
+        assert_eq!(parse_reset_to("earliest").ok(), Some(ResetTo::Earliest));
+        assert_eq!(parse_reset_to("latest").ok(), Some(ResetTo::Latest));
+        assert_eq!(parse_reset_to("7").ok(), Some(ResetTo::Offset(7)));
+        assert_eq!(parse_reset_to("@5").ok(), Some(ResetTo::Timestamp(5)));
+        for bad in ["", "-1", "@", "start"] {
+            assert_eq!(
+                parse_reset_to(bad).map_err(|f| f.code).err(),
+                Some(2),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! A consumer group member: joins through the group's coordinator, follows its assignment
+//! (revoked partitions are stopped, committed and released before anyone else gets them),
+//! reads its partitions with credit like the plain consumer, and commits what was
+//! processed: every `auto_commit_interval`, on `commit`, on revoke and on close.
+//!
+//! A record counts as processed once the next one is asked for (or `commit` is called):
+//! what was handed out but may still be in the caller's hands is never committed, so a
+//! crash re-delivers at most the uncommitted window (at-least-once).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use sluice_protocol::Reason;
+use sluice_protocol::v1::{
+    CommitOffsetsRequest, FetchOffsetsRequest, HeartbeatRequest, HeartbeatResponse, OffsetCommit,
+    TopicPartition,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::connection::Client;
+use crate::consumer::{
+    AutoOffsetReset, ConsumerConfig, ConsumerRecord, Offset, RecordSink, read_partition,
+};
+use crate::error::ClientError;
+use crate::groups::{backoff, groups_client, retry_elsewhere};
+
+/// A topic and partition.
+pub type Partition = (String, u32);
+
+/// Leave epochs of the heartbeat protocol.
+const LEAVE_EPOCH: i32 = -1;
+const STATIC_LEAVE_EPOCH: i32 = -2;
+
+/// How long one heartbeat may take before the member tries again.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a member subscribes to.
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    /// These topics.
+    Topics(Vec<String>),
+    /// Topics whose whole name matches this regular expression.
+    Pattern(String),
+}
+
+/// A change of what this member owns, stamped when it happened here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebalanceEvent {
+    /// When.
+    pub at: Instant,
+    /// What happened.
+    pub kind: RebalanceKind,
+    /// The partitions.
+    pub partitions: Vec<Partition>,
+}
+
+/// The kinds of [`RebalanceEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebalanceKind {
+    /// Given to this member: it reads them from here on.
+    Assigned,
+    /// Taken away: no record of them is handed out after this, and they were committed.
+    Revoked,
+    /// Lost without a commit (fenced, or the coordinator unreachable for a session).
+    Lost,
+}
+
+/// One owned partition.
+struct Owned {
+    lease: u64,
+    /// Next offset to read after what was processed; `None` until something was.
+    processed: Option<u64>,
+    /// What was last committed (or the start, if it came from a commit).
+    committed: Option<u64>,
+    reader: JoinHandle<()>,
+}
+
+struct State {
+    member_id: String,
+    member_epoch: i32,
+    owned: BTreeMap<Partition, Owned>,
+    next_lease: u64,
+}
+
+struct Shared {
+    client: Client,
+    group: String,
+    config: ConsumerConfig,
+    subscription: Subscription,
+    state: Mutex<State>,
+    /// Commits go out one at a time, so a member's commits apply in order.
+    commit_lock: tokio::sync::Mutex<()>,
+    events: mpsc::UnboundedSender<RebalanceEvent>,
+    records: mpsc::Sender<(u64, Result<ConsumerRecord, ClientError>)>,
+    close: Notify,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, kind: RebalanceKind, partitions: Vec<Partition>) {
+        if !partitions.is_empty() {
+            let _ = self.events.send(RebalanceEvent {
+                at: Instant::now(),
+                kind,
+                partitions,
+            });
+        }
+    }
+}
+
+/// Sends a partition's records, tagged with its lease, into the member's stream.
+struct LeaseSink {
+    lease: u64,
+    records: mpsc::Sender<(u64, Result<ConsumerRecord, ClientError>)>,
+}
+
+impl RecordSink for LeaseSink {
+    async fn send(&self, item: Result<ConsumerRecord, ClientError>) -> bool {
+        self.records.send((self.lease, item)).await.is_ok()
+    }
+}
+
+/// A member of a consumer group: a `Stream` of the records of the partitions it owns.
+pub struct GroupConsumer {
+    shared: Arc<Shared>,
+    records: mpsc::Receiver<(u64, Result<ConsumerRecord, ClientError>)>,
+    driver: Option<JoinHandle<()>>,
+    events: Option<mpsc::UnboundedReceiver<RebalanceEvent>>,
+    /// The last record handed out: processed once the next is asked for.
+    pending: Option<(Partition, u64, u64)>,
+}
+
+impl std::fmt::Debug for GroupConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GroupConsumer({})", self.shared.group)
+    }
+}
+
+impl GroupConsumer {
+    pub(crate) fn start(
+        client: Client,
+        config: ConsumerConfig,
+        group: &str,
+        subscription: Subscription,
+    ) -> Result<Self, ClientError> {
+        if group.is_empty() {
+            return Err(ClientError::InvalidArgument("an empty group name".into()));
+        }
+        let (records_tx, records) = mpsc::channel(config.buffer_records.max(1));
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            client,
+            group: group.to_string(),
+            config,
+            subscription,
+            state: Mutex::new(State {
+                member_id: String::new(),
+                member_epoch: 0,
+                owned: BTreeMap::new(),
+                next_lease: 1,
+            }),
+            commit_lock: tokio::sync::Mutex::new(()),
+            events: events_tx,
+            records: records_tx,
+            close: Notify::new(),
+        });
+        let driver = tokio::spawn(drive(Arc::clone(&shared)));
+        Ok(Self {
+            shared,
+            records,
+            driver: Some(driver),
+            events: Some(events),
+            pending: None,
+        })
+    }
+
+    /// The member's assignment changes, in order (once; later calls get `None`).
+    pub fn rebalance_events(&mut self) -> Option<mpsc::UnboundedReceiver<RebalanceEvent>> {
+        self.events.take()
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> Vec<Partition> {
+        self.shared.state().owned.keys().cloned().collect()
+    }
+
+    /// The member id the coordinator gave (empty until joined).
+    pub fn member_id(&self) -> String {
+        self.shared.state().member_id.clone()
+    }
+
+    /// Marks the last record handed out as processed.
+    fn settle_pending(&mut self) {
+        if let Some((tp, lease, offset)) = self.pending.take() {
+            let mut state = self.shared.state();
+            if let Some(o) = state.owned.get_mut(&tp).filter(|o| o.lease == lease) {
+                o.processed = Some(offset + 1);
+            }
+        }
+    }
+
+    /// Commits everything handed out so far (the caller processed it), and waits until
+    /// the commit is durable.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        self.settle_pending();
+        commit_owned(&self.shared, None).await
+    }
+
+    /// Commits everything handed out so far without waiting; a failure is only logged
+    /// by the next commit's outcome.
+    pub fn commit_async(&mut self) {
+        self.settle_pending();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let _ = commit_owned(&shared, None).await;
+        });
+    }
+
+    /// Commits these offsets (each the next offset to read) of partitions this member owns.
+    pub async fn commit_offsets(&self, offsets: &[(Partition, u64)]) -> Result<(), ClientError> {
+        commit(&self.shared, offsets.to_vec()).await
+    }
+
+    /// Commits what was processed, leaves the group (a static member keeps its partitions
+    /// until the session timeout), and stops.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.settle_pending();
+        self.shared.close.notify_one();
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        if let Some(driver) = self.driver.take() {
+            driver.abort();
+        }
+        for (_, o) in std::mem::take(&mut self.shared.state().owned) {
+            o.reader.abort();
+        }
+    }
+}
+
+impl Stream for GroupConsumer {
+    type Item = Result<ConsumerRecord, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.settle_pending();
+        loop {
+            let (lease, item) = match self.records.poll_recv(cx) {
+                Poll::Ready(Some(next)) => next,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match item {
+                Ok(record) => {
+                    let tp = (record.topic.to_string(), record.partition);
+                    // A revoked (or re-assigned) partition's leftovers are never handed out.
+                    let current = self
+                        .shared
+                        .state()
+                        .owned
+                        .get(&tp)
+                        .is_some_and(|o| o.lease == lease);
+                    if !current {
+                        continue;
+                    }
+                    self.pending = Some((tp, lease, record.offset));
+                    return Poll::Ready(Some(Ok(record)));
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+}
+
+/// Commits the processed offsets of the owned partitions in `only` (all when `None`)
+/// that moved since their last commit.
+async fn commit_owned(
+    shared: &Shared,
+    only: Option<&BTreeSet<Partition>>,
+) -> Result<(), ClientError> {
+    let offsets: Vec<(Partition, u64)> = shared
+        .state()
+        .owned
+        .iter()
+        .filter(|(tp, _)| only.is_none_or(|o| o.contains(*tp)))
+        .filter_map(|(tp, o)| {
+            o.processed
+                .filter(|p| o.committed != Some(*p))
+                .map(|p| (tp.clone(), p))
+        })
+        .collect();
+    commit(shared, offsets).await
+}
+
+/// Commits `offsets` with the member's id and epoch; records them as committed.
+async fn commit(shared: &Shared, offsets: Vec<(Partition, u64)>) -> Result<(), ClientError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let _serial = shared.commit_lock.lock().await;
+    let (member_id, member_epoch) = {
+        let state = shared.state();
+        (state.member_id.clone(), state.member_epoch)
+    };
+    let request = CommitOffsetsRequest {
+        group: shared.group.clone(),
+        member_id,
+        member_epoch,
+        offsets: offsets
+            .iter()
+            .map(|((topic, partition), offset)| OffsetCommit {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                leader_epoch: 0,
+                metadata: String::new(),
+            })
+            .collect(),
+    };
+    shared
+        .client
+        .at_coordinator(&shared.group, |mut c| {
+            let r = request.clone();
+            async move { c.commit_offsets(r).await }
+        })
+        .await?;
+    let mut state = shared.state();
+    for (tp, offset) in offsets {
+        if let Some(o) = state.owned.get_mut(&tp) {
+            o.committed = Some(offset);
+        }
+    }
+    Ok(())
+}
+
+/// Stops reading `partitions`, hands out none of their records from here on, and returns
+/// their processed offsets.
+fn stop(shared: &Shared, partitions: &[Partition]) -> Vec<(Partition, u64)> {
+    let mut state = shared.state();
+    let mut positions = Vec::new();
+    for tp in partitions {
+        if let Some(o) = state.owned.remove(tp) {
+            o.reader.abort();
+            if let Some(p) = o.processed.filter(|p| o.committed != Some(*p)) {
+                positions.push((tp.clone(), p));
+            }
+        }
+    }
+    positions
+}
+
+/// Where each newly assigned partition starts: its committed offset, else the reset policy.
+async fn start_positions(
+    shared: &Shared,
+    partitions: &[Partition],
+) -> Result<Vec<(Partition, u64, bool)>, ClientError> {
+    let request = FetchOffsetsRequest {
+        group: shared.group.clone(),
+        partitions: partitions
+            .iter()
+            .map(|(topic, partition)| TopicPartition {
+                topic: topic.clone(),
+                partition: *partition,
+            })
+            .collect(),
+    };
+    let committed: BTreeMap<Partition, u64> = shared
+        .client
+        .at_coordinator(&shared.group, |mut c| {
+            let r = request.clone();
+            async move { c.fetch_offsets(r).await }
+        })
+        .await?
+        .offsets
+        .into_iter()
+        .map(|c| ((c.topic, c.partition), c.offset))
+        .collect();
+    let reset = match shared.config.auto_offset_reset {
+        AutoOffsetReset::Earliest => Offset::Earliest,
+        AutoOffsetReset::Latest => Offset::Latest,
+    };
+    let resolver = shared.client.consumer(shared.config.clone());
+    let mut starts = Vec::with_capacity(partitions.len());
+    for tp in partitions {
+        match committed.get(tp) {
+            Some(offset) => {
+                // A commit below the log start (retention removed it) follows the reset
+                // policy's earliest end, as Kafka does for an out-of-range position.
+                let earliest = resolver.resolve(&tp.0, tp.1, Offset::Earliest).await?;
+                starts.push((tp.clone(), (*offset).max(earliest), true));
+            }
+            None => starts.push((
+                tp.clone(),
+                resolver.resolve(&tp.0, tp.1, reset).await?,
+                false,
+            )),
+        }
+    }
+    Ok(starts)
+}
+
+/// Starts reading newly assigned partitions.
+async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), ClientError> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let starts = start_positions(shared, &partitions).await?;
+    let mut state = shared.state();
+    for (tp, from, from_commit) in starts {
+        let lease = state.next_lease;
+        state.next_lease += 1;
+        let sink = LeaseSink {
+            lease,
+            records: shared.records.clone(),
+        };
+        let reader = tokio::spawn(read_partition(
+            shared.client.clone(),
+            shared.config.clone(),
+            tp.0.clone(),
+            tp.1,
+            from,
+            sink,
+        ));
+        state.owned.insert(
+            tp,
+            Owned {
+                lease,
+                processed: None,
+                committed: from_commit.then_some(from),
+                reader,
+            },
+        );
+    }
+    drop(state);
+    shared.emit(RebalanceKind::Assigned, partitions);
+    Ok(())
+}
+
+/// Drops every partition without committing (the member was fenced or cut off).
+fn lose_all(shared: &Shared) {
+    let lost: Vec<Partition> = shared.state().owned.keys().cloned().collect();
+    stop(shared, &lost);
+    let mut state = shared.state();
+    state.member_id.clear();
+    state.member_epoch = 0;
+    drop(state);
+    shared.emit(RebalanceKind::Lost, lost);
+}
+
+async fn heartbeat(shared: &Shared, epoch: Option<i32>) -> Result<HeartbeatResponse, ClientError> {
+    let (member_id, member_epoch, owned) = {
+        let state = shared.state();
+        let owned = state
+            .owned
+            .keys()
+            .map(|(topic, partition)| TopicPartition {
+                topic: topic.clone(),
+                partition: *partition,
+            })
+            .collect();
+        (
+            state.member_id.clone(),
+            epoch.unwrap_or(state.member_epoch),
+            owned,
+        )
+    };
+    let (topics, topic_pattern) = match &shared.subscription {
+        Subscription::Topics(t) => (t.clone(), String::new()),
+        Subscription::Pattern(p) => (Vec::new(), p.clone()),
+    };
+    let request = HeartbeatRequest {
+        group: shared.group.clone(),
+        member_id,
+        member_epoch,
+        instance_id: shared.config.instance_id.clone().unwrap_or_default(),
+        topics,
+        topic_pattern,
+        owned,
+        session_timeout_ms: shared
+            .config
+            .session_timeout
+            .as_millis()
+            .min(u32::MAX as u128) as u32,
+    };
+    let channel = shared.client.coordinator(&shared.group).await?;
+    match tokio::time::timeout(HEARTBEAT_TIMEOUT, groups_client(channel).heartbeat(request)).await {
+        Ok(answer) => Ok(answer?.into_inner()),
+        Err(_) => Err(ClientError::Refused {
+            reason: Some(Reason::Unavailable),
+            code: tonic::Code::Unavailable,
+            message: format!("no heartbeat answer within {HEARTBEAT_TIMEOUT:?}"),
+            retry_after_ms: None,
+        }),
+    }
+}
+
+/// The membership loop: heartbeats, follows the assignment, auto-commits, and on close
+/// commits and leaves.
+async fn drive(shared: Arc<Shared>) {
+    let mut last_ok = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut failures = 0u32;
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.close.notified() => {
+                leave(&shared).await;
+                return;
+            }
+        }
+        if let Some(every) = shared.config.auto_commit_interval
+            && last_commit.elapsed() >= every
+        {
+            last_commit = Instant::now();
+            if let Err(e) = commit_owned(&shared, None).await {
+                tracing::debug!(group = %shared.group, error = %e, "auto-commit failed");
+            }
+        }
+        match heartbeat(&shared, None).await {
+            Ok(answer) => {
+                failures = 0;
+                last_ok = Instant::now();
+                {
+                    let mut state = shared.state();
+                    state.member_id = answer.member_id.clone();
+                    state.member_epoch = answer.member_epoch;
+                }
+                let assigned: BTreeSet<Partition> = answer
+                    .assignment
+                    .iter()
+                    .map(|t| (t.topic.clone(), t.partition))
+                    .collect();
+                let owned: BTreeSet<Partition> = shared.state().owned.keys().cloned().collect();
+                let revoked: Vec<Partition> = owned.difference(&assigned).cloned().collect();
+                let added: Vec<Partition> = assigned.difference(&owned).cloned().collect();
+                wait = Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(10)));
+                if !revoked.is_empty() {
+                    let positions = stop(&shared, &revoked);
+                    shared.emit(RebalanceKind::Revoked, revoked);
+                    if let Err(e) = commit(&shared, positions).await {
+                        tracing::debug!(group = %shared.group, error = %e, "commit on revoke failed");
+                    }
+                    // Report the release at once: another member waits for it.
+                    wait = Duration::ZERO;
+                }
+                if let Err(e) = take(&shared, added).await {
+                    tracing::debug!(group = %shared.group, error = %e, "starting assigned partitions failed");
+                    // Perhaps a topic this client has not heard of yet.
+                    let _ = shared.client.refresh_metadata().await;
+                    wait = wait.min(Duration::from_millis(200));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.reason(),
+                    Some(Reason::UnknownMember | Reason::StaleMemberEpoch)
+                ) =>
+            {
+                // Fenced: whatever it owned is someone else's now. Rejoin.
+                lose_all(&shared);
+                wait = Duration::ZERO;
+            }
+            Err(e) if retry_elsewhere(&e) => {
+                failures += 1;
+                wait = backoff(failures);
+                if last_ok.elapsed() > shared.config.session_timeout {
+                    // The coordinator has expelled us by now: stop before another owner starts.
+                    lose_all(&shared);
+                    last_ok = Instant::now();
+                }
+            }
+            Err(e) => {
+                // Not something a retry fixes (a bad subscription): hand it to the reader.
+                let _ = shared.records.send((0, Err(e))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Commits what was processed and leaves the group.
+async fn leave(shared: &Shared) {
+    let owned: Vec<Partition> = shared.state().owned.keys().cloned().collect();
+    let positions = stop(shared, &owned);
+    if let Err(e) = commit(shared, positions).await {
+        tracing::debug!(group = %shared.group, error = %e, "commit on close failed");
+    }
+    shared.emit(RebalanceKind::Revoked, owned);
+    let epoch = if shared.config.instance_id.is_some() {
+        STATIC_LEAVE_EPOCH
+    } else {
+        LEAVE_EPOCH
+    };
+    if !shared.state().member_id.is_empty() {
+        let _ = heartbeat(shared, Some(epoch)).await;
+    }
+}

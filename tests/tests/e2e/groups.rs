@@ -1,0 +1,655 @@
+//! Consumer groups against real brokers: partitions shared one owner at a time, every
+//! record processed across members leaving, joining and crashing, static members keeping
+//! their partitions, fencing of stale commits, and commits surviving a coordinator's
+//! `kill -9` (TESTPLAN T16).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sluice_client::{
+    Client, ConsumerConfig, GroupConsumer, ProducerConfig, ProducerRecord, Reason, RebalanceKind,
+};
+use sluice_protocol::v1::consumer_groups_client::ConsumerGroupsClient;
+use sluice_protocol::v1::{
+    CommitOffsetsRequest, FetchOffsetsRequest, FindCoordinatorRequest, HeartbeatRequest,
+    OffsetCommit, ResetOffsetsRequest, TopicPartition, reset_offsets_request::To,
+};
+use sluice_tests::{TestBroker, TestCluster};
+
+use super::runtime;
+
+type Tp = (String, u32);
+
+/// One member's ownership periods of each partition: (from, until) instants.
+type Periods = Arc<Mutex<Vec<(String, Tp, Instant, Option<Instant>)>>>;
+
+/// Follows a member's rebalance events into `periods`.
+fn track(name: &str, member: &mut GroupConsumer, periods: &Periods) {
+    let mut events = member.rebalance_events().expect("events once");
+    let (name, periods) = (name.to_string(), Arc::clone(periods));
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            let mut p = periods.lock().expect("periods");
+            for tp in e.partitions {
+                match e.kind {
+                    RebalanceKind::Assigned => p.push((name.clone(), tp, e.at, None)),
+                    RebalanceKind::Revoked | RebalanceKind::Lost => {
+                        if let Some(open) = p
+                            .iter_mut()
+                            .rev()
+                            .find(|(n, t, _, end)| *n == name && *t == tp && end.is_none())
+                        {
+                            open.3 = Some(e.at);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Closes `name`'s open periods at `at` (a crashed member sends no event).
+fn end_periods(name: &str, periods: &Periods, at: Instant) {
+    for p in periods.lock().expect("periods").iter_mut() {
+        if p.0 == name && p.3.is_none() {
+            p.3 = Some(at);
+        }
+    }
+}
+
+/// Fails if two members' ownership periods of one partition overlap.
+fn check_one_owner(periods: &Periods) {
+    let periods = periods.lock().expect("periods").clone();
+    let far = Instant::now() + Duration::from_secs(3600);
+    for (i, a) in periods.iter().enumerate() {
+        for b in periods.iter().skip(i + 1) {
+            if a.1 != b.1 || a.0 == b.0 {
+                continue;
+            }
+            let (a_end, b_end) = (a.3.unwrap_or(far), b.3.unwrap_or(far));
+            assert!(
+                a_end <= b.2 || b_end <= a.2,
+                "{:?} had two owners at once: {} and {}",
+                a.1,
+                a.0,
+                b.0
+            );
+        }
+    }
+}
+
+/// What every member processed: (member, partition, offset, value).
+type Processed = Arc<Mutex<Vec<(String, u32, u64, String)>>>;
+
+/// A member that processes records into `processed` and commits every `commit_every`
+/// records; returns how many it processed since its last commit when it stops.
+struct Worker {
+    stop: tokio::sync::oneshot::Sender<bool>,
+    done: tokio::task::JoinHandle<usize>,
+}
+
+fn member_config(session: Duration) -> ConsumerConfig {
+    ConsumerConfig {
+        auto_commit_interval: None,
+        auto_offset_reset: sluice_client::AutoOffsetReset::Earliest,
+        session_timeout: session,
+        ..ConsumerConfig::default()
+    }
+}
+
+fn spawn_worker(
+    client: &Client,
+    name: &str,
+    group: &str,
+    topic: &str,
+    processed: &Processed,
+    periods: &Periods,
+) -> Worker {
+    let mut member = client
+        .consumer(member_config(Duration::from_secs(3)))
+        .subscribe(group, &[topic])
+        .expect("subscribe");
+    track(name, &mut member, periods);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<bool>();
+    let (name, processed) = (name.to_string(), Arc::clone(processed));
+    let done = tokio::spawn(async move {
+        let mut uncommitted = 0usize;
+        loop {
+            tokio::select! {
+                graceful = &mut stopped => {
+                    if graceful.unwrap_or(true) {
+                        member.close().await.expect("close");
+                    } else {
+                        // A crash: no commit, no leave; the coordinator expels it later.
+                        drop(member);
+                    }
+                    return uncommitted;
+                }
+                next = member.next() => {
+                    let Some(record) = next else { return uncommitted };
+                    let record = record.expect("record");
+                    let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).to_string();
+                    processed.lock().expect("processed").push((name.clone(), record.partition, record.offset, value));
+                    uncommitted += 1;
+                    if uncommitted >= 200 {
+                        member.commit().await.expect("commit");
+                        uncommitted = 0;
+                    }
+                }
+            }
+        }
+    });
+    Worker { stop, done }
+}
+
+impl Worker {
+    async fn stop(self, graceful: bool) -> usize {
+        let _ = self.stop.send(graceful);
+        self.done.await.expect("worker")
+    }
+}
+
+async fn wait_processed(processed: &Processed, at_least: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let distinct = processed
+            .lock()
+            .expect("processed")
+            .iter()
+            .map(|p| &p.3)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if distinct >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: only {distinct} of {at_least} processed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_group_processes_every_record_once_owned_across_leaving_joining_and_crashing_members() {
+    let cluster = TestCluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let total = 100_000usize;
+        let client = Client::connect(cluster.addresses()).await.expect("connect");
+        client
+            .admin()
+            .create_topic("work", 6, 3, Default::default())
+            .await
+            .expect("create");
+        let processed: Processed = Arc::default();
+        let periods: Periods = Arc::default();
+        let producer_client = client.clone();
+        let producing = tokio::spawn(async move {
+            let producer = producer_client
+                .producer(ProducerConfig::default())
+                .await
+                .expect("producer");
+            for chunk in 0..100 {
+                let sends: Vec<_> = (0..total / 100)
+                    .map(|i| {
+                        let n = chunk * (total / 100) + i;
+                        producer.send(
+                            ProducerRecord::new("work")
+                                .key(format!("k{n}"))
+                                .value(format!("v{n}")),
+                        )
+                    })
+                    .collect();
+                for s in futures::future::join_all(sends).await {
+                    s.expect("acked");
+                }
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        });
+        let a = spawn_worker(&client, "a", "g", "work", &processed, &periods);
+        let b = spawn_worker(&client, "b", "g", "work", &processed, &periods);
+        let c = spawn_worker(&client, "c", "g", "work", &processed, &periods);
+        wait_processed(&processed, total / 5, "three members").await;
+        let _ = c.stop(true).await;
+        wait_processed(&processed, 2 * total / 5, "after c left").await;
+        let d = spawn_worker(&client, "d", "g", "work", &processed, &periods);
+        wait_processed(&processed, 3 * total / 5, "after d joined").await;
+        let crash_window = a.stop(false).await;
+        end_periods("a", &periods, Instant::now());
+        let a2 = spawn_worker(&client, "a2", "g", "work", &processed, &periods);
+        producing.await.expect("producer");
+        wait_processed(&processed, total, "after a crashed and restarted").await;
+        for w in [b, d, a2] {
+            w.stop(true).await;
+        }
+        check_one_owner(&periods);
+        let processed = processed.lock().expect("processed").clone();
+        let mut seen: HashMap<(u32, u64), Vec<&str>> = HashMap::new();
+        for (member, partition, offset, _) in &processed {
+            seen.entry((*partition, *offset)).or_default().push(member);
+        }
+        let duplicates: Vec<_> = seen.iter().filter(|(_, m)| m.len() > 1).collect();
+        for (at, members) in &duplicates {
+            let distinct: BTreeSet<_> = members.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                members.len(),
+                "{at:?} processed twice by one member: {members:?}"
+            );
+        }
+        // Graceful moves re-deliver at most the one record in a member's hands per
+        // partition; a crash re-delivers what it processed since its last commit.
+        let moves = periods
+            .lock()
+            .expect("periods")
+            .iter()
+            .filter(|p| p.3.is_some())
+            .count();
+        assert!(
+            duplicates.len() <= crash_window + moves,
+            "{} duplicates exceed the uncommitted window ({crash_window}) + moves ({moves})",
+            duplicates.len()
+        );
+        let values: BTreeSet<&str> = processed.iter().map(|p| p.3.as_str()).collect();
+        assert_eq!(values.len(), total, "every record processed");
+        let description = client.admin().describe_group("g").await.expect("describe");
+        assert_eq!(description.state, "empty", "{description:?}");
+        let committed: u64 = description
+            .partitions
+            .iter()
+            .map(|p| p.committed_offset)
+            .sum();
+        assert_eq!(
+            committed, total as u64,
+            "final commits cover every record: {description:?}"
+        );
+    });
+}
+
+#[test]
+fn a_static_member_restarting_within_the_session_timeout_keeps_its_partitions() {
+    let broker = TestBroker::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = super::client_with_topic(&broker.address, "s", 4, &[]).await;
+        let config = |instance: &str| ConsumerConfig {
+            instance_id: Some(instance.to_string()),
+            session_timeout: Duration::from_secs(20),
+            ..member_config(Duration::from_secs(20))
+        };
+        let periods: Periods = Arc::default();
+        let mut a = client
+            .consumer(config("a"))
+            .subscribe("sg", &["s"])
+            .expect("a");
+        track("a", &mut a, &periods);
+        let mut b = client
+            .consumer(config("b"))
+            .subscribe("sg", &["s"])
+            .expect("b");
+        let stable = |client: Client| async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(d) = client.admin().describe_group("sg").await
+                    && d.state == "stable"
+                    && d.members.len() == 2
+                {
+                    return d;
+                }
+                assert!(Instant::now() < deadline, "the group never settled");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let before = stable(client.clone()).await;
+        let b_had = poll_assignment(&mut b, 2).await;
+        b.close().await.expect("static leave");
+        let events_before = periods.lock().expect("periods").len();
+        let mut b2 = client
+            .consumer(config("b"))
+            .subscribe("sg", &["s"])
+            .expect("b again");
+        let b2_has = poll_assignment(&mut b2, 2).await;
+        assert_eq!(
+            b_had, b2_has,
+            "the restarted static member got its partitions back"
+        );
+        let after = stable(client.clone()).await;
+        assert_eq!(before.group_epoch, after.group_epoch, "no rebalance");
+        assert_eq!(
+            periods.lock().expect("periods").len(),
+            events_before,
+            "member a saw no change"
+        );
+        b2.close().await.expect("close");
+        a.close().await.expect("close");
+    });
+}
+
+/// Polls the member's stream (so it runs) until it owns `n` partitions.
+async fn poll_assignment(member: &mut GroupConsumer, n: usize) -> Vec<Tp> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owned = member.assignment();
+        if owned.len() == n {
+            return owned;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "owns {owned:?}, expected {n} partitions"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), member.next()).await;
+    }
+}
+
+async fn groups_stub(address: &str) -> ConsumerGroupsClient<tonic::transport::Channel> {
+    ConsumerGroupsClient::connect(format!("http://{address}"))
+        .await
+        .expect("groups client")
+}
+
+fn reason(status: &tonic::Status) -> Option<Reason> {
+    sluice_protocol::StatusInfo::of(status).reason
+}
+
+fn join(group: &str, topic: &str) -> HeartbeatRequest {
+    HeartbeatRequest {
+        group: group.into(),
+        member_epoch: 0,
+        topics: vec![topic.into()],
+        session_timeout_ms: 30_000,
+        ..HeartbeatRequest::default()
+    }
+}
+
+fn tps(topic: &str, partitions: &[u32]) -> Vec<TopicPartition> {
+    partitions
+        .iter()
+        .map(|p| TopicPartition {
+            topic: topic.into(),
+            partition: *p,
+        })
+        .collect()
+}
+
+fn commit(
+    group: &str,
+    member: &str,
+    epoch: i32,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> CommitOffsetsRequest {
+    CommitOffsetsRequest {
+        group: group.into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        offsets: vec![OffsetCommit {
+            topic: topic.into(),
+            partition,
+            offset,
+            ..OffsetCommit::default()
+        }],
+    }
+}
+
+#[test]
+fn stale_generation_commits_and_changes_to_a_group_with_members_are_refused() {
+    let broker = TestBroker::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let _client = super::client_with_topic(&broker.address, "f", 2, &[]).await;
+        let mut stub = groups_stub(&broker.address).await;
+        let a = stub
+            .heartbeat(join("fg", "f"))
+            .await
+            .expect("a joins")
+            .into_inner();
+        assert_eq!(a.assignment.len(), 2);
+        let b = stub
+            .heartbeat(join("fg", "f"))
+            .await
+            .expect("b joins")
+            .into_inner();
+        assert!(b.assignment.is_empty(), "nothing free until a releases");
+        // a hears of the revocation, commits it (allowed while revoking), then releases.
+        let mut hb = join("fg", "f");
+        hb.member_id = a.member_id.clone();
+        hb.member_epoch = a.member_epoch;
+        hb.owned = tps("f", &[0, 1]);
+        let a2 = stub
+            .heartbeat(hb.clone())
+            .await
+            .expect("a heartbeat")
+            .into_inner();
+        assert_eq!(a2.assignment.len(), 1);
+        let kept = a2.assignment[0].partition;
+        let given = 1 - kept;
+        stub.commit_offsets(commit("fg", &a.member_id, a2.member_epoch, "f", given, 0))
+            .await
+            .expect("a revoking member commits what it gives up");
+        hb.member_epoch = a2.member_epoch;
+        hb.owned = tps("f", &[kept]);
+        stub.heartbeat(hb).await.expect("a releases");
+        // Now the partition is b's: a's commit of it is stale.
+        let refused = stub
+            .commit_offsets(commit("fg", &a.member_id, a2.member_epoch, "f", given, 0))
+            .await
+            .expect_err("stale");
+        assert_eq!(
+            reason(&refused),
+            Some(Reason::StaleMemberEpoch),
+            "{refused:?}"
+        );
+        let refused = stub
+            .commit_offsets(commit("fg", "nobody", 1, "f", kept, 0))
+            .await
+            .expect_err("unknown member");
+        assert_eq!(reason(&refused), Some(Reason::UnknownMember), "{refused:?}");
+        let refused = stub
+            .commit_offsets(commit("fg", "", 0, "f", kept, 0))
+            .await
+            .expect_err("a plain commit to a group with members");
+        assert_eq!(reason(&refused), Some(Reason::GroupNotEmpty), "{refused:?}");
+        let reset = ResetOffsetsRequest {
+            group: "fg".into(),
+            topic: "f".into(),
+            partitions: vec![],
+            to: Some(To::Earliest(true)),
+        };
+        let refused = stub
+            .reset_offsets(reset.clone())
+            .await
+            .expect_err("members");
+        assert_eq!(reason(&refused), Some(Reason::GroupNotEmpty), "{refused:?}");
+        let refused = stub
+            .delete_group(sluice_protocol::v1::DeleteGroupRequest { group: "fg".into() })
+            .await
+            .expect_err("members");
+        assert_eq!(reason(&refused), Some(Reason::GroupNotEmpty), "{refused:?}");
+        // Once both leave, the reset is taken.
+        for (id, epoch) in [(&a.member_id, -1), (&b.member_id, -1)] {
+            let mut leave = join("fg", "f");
+            leave.member_id = id.clone();
+            leave.member_epoch = epoch;
+            stub.heartbeat(leave).await.expect("leave");
+        }
+        let reset = stub.reset_offsets(reset).await.expect("reset").into_inner();
+        assert_eq!(reset.offsets.len(), 2);
+    });
+}
+
+#[test]
+fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = Client::connect(cluster.addresses()).await.expect("connect");
+        client
+            .admin()
+            .create_topic("c", 6, 3, Default::default())
+            .await
+            .expect("create");
+        let mut stub = groups_stub(&cluster.nodes[0].address).await;
+        let found = stub
+            .find_coordinator(FindCoordinatorRequest { group: "cg".into() })
+            .await
+            .expect("coordinator")
+            .into_inner();
+        let coordinator = cluster
+            .nodes
+            .iter()
+            .position(|n| n.address == found.address)
+            .expect("a node coordinates");
+        // A commit at another broker names the coordinator.
+        let other = (coordinator + 1) % 3;
+        let mut elsewhere = groups_stub(&cluster.nodes[other].address).await;
+        let refused = elsewhere
+            .commit_offsets(commit("cg", "", 0, "c", 0, 1))
+            .await
+            .expect_err("not the coordinator");
+        assert_eq!(
+            reason(&refused),
+            Some(Reason::NotCoordinator),
+            "{refused:?}"
+        );
+        assert_eq!(
+            sluice_protocol::StatusInfo::of(&refused)
+                .leader_hint
+                .as_deref(),
+            Some(found.address.as_str())
+        );
+        // A member on a client that bootstraps from the survivors commits rising offsets.
+        let survivors: Vec<String> = cluster
+            .addresses()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != coordinator)
+            .map(|(_, a)| a)
+            .collect();
+        let member_client = Client::connect(&survivors).await.expect("connect");
+        let mut member = member_client
+            .consumer(member_config(Duration::from_secs(5)))
+            .subscribe("cg", &["c"])
+            .expect("subscribe");
+        poll_assignment(&mut member, 6).await;
+        let acked: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
+        let seen: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
+        let watcher_client = Client::connect(&survivors).await.expect("connect");
+        let watching = {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                // Committed offsets as the group shows them, sampled: never backwards.
+                for _ in 0..400 {
+                    if let Ok(d) = watcher_client.admin().describe_group("cg").await {
+                        let mut seen = seen.lock().expect("seen");
+                        for (partition, before) in seen.iter() {
+                            assert!(
+                                d.partitions
+                                    .iter()
+                                    .any(|p| p.partition == *partition && p.has_committed),
+                                "c/{partition}'s commit at {before} vanished"
+                            );
+                        }
+                        for p in d.partitions.iter().filter(|p| p.has_committed) {
+                            let before = seen.insert(p.partition, p.committed_offset).unwrap_or(0);
+                            assert!(
+                                p.committed_offset >= before,
+                                "c/{} went back from {before} to {}",
+                                p.partition,
+                                p.committed_offset
+                            );
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            })
+        };
+        let mut next = 1u64;
+        let mut killed = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while next <= 200 {
+            assert!(Instant::now() < deadline, "commits stalled at {next}");
+            let owned = member.assignment();
+            if owned.len() < 6 {
+                let _ = tokio::time::timeout(Duration::from_millis(50), member.next()).await;
+                continue;
+            }
+            let offsets: Vec<(Tp, u64)> = owned.iter().map(|tp| (tp.clone(), next)).collect();
+            match member.commit_offsets(&offsets).await {
+                Ok(()) => {
+                    let mut acked = acked.lock().expect("acked");
+                    for (tp, o) in &offsets {
+                        acked.insert(tp.1, *o);
+                    }
+                    next += 1;
+                    if next == 50 && !killed {
+                        // Right after an acknowledged commit: the new coordinator has it.
+                        cluster.nodes[coordinator].kill9();
+                        killed = true;
+                        let before = acked.clone();
+                        drop(acked);
+                        check_committed(&survivors[0], &before).await;
+                    }
+                }
+                Err(e) => {
+                    // Fenced by the new coordinator: rejoin happens in the background.
+                    assert!(
+                        matches!(
+                            e.reason(),
+                            Some(Reason::UnknownMember | Reason::StaleMemberEpoch)
+                        ) || e.is_retriable(),
+                        "{e}"
+                    );
+                    let _ = tokio::time::timeout(Duration::from_millis(50), member.next()).await;
+                }
+            }
+        }
+        watching.abort();
+        let acked = acked.lock().expect("acked").clone();
+        check_committed(&survivors[0], &acked).await;
+        member.close().await.expect("close");
+    });
+}
+
+/// Asks the group's (possibly new) coordinator through `address` for the committed offsets
+/// and fails unless each partition's is exactly `acked`'s.
+async fn check_committed(address: &str, acked: &BTreeMap<u32, u64>) {
+    let mut stub = groups_stub(address).await;
+    let mut answer = None;
+    for _ in 0..200 {
+        let found = stub
+            .find_coordinator(FindCoordinatorRequest { group: "cg".into() })
+            .await;
+        // Right after the kill a broker may still name the dead coordinator.
+        let address = found.map(|f| format!("http://{}", f.into_inner().address));
+        if let Ok(address) = address
+            && let Ok(mut at) = ConsumerGroupsClient::connect(address).await
+        {
+            let request = FetchOffsetsRequest {
+                group: "cg".into(),
+                partitions: vec![],
+            };
+            if let Ok(r) = at.fetch_offsets(request).await {
+                answer = Some(r.into_inner());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fetched = answer.expect("the coordinator answers");
+    for (partition, offset) in acked {
+        let got = fetched
+            .offsets
+            .iter()
+            .find(|o| o.partition == *partition)
+            .map(|o| o.offset);
+        assert_eq!(
+            got,
+            Some(*offset),
+            "c/{partition}: the last acknowledged commit"
+        );
+    }
+}
