@@ -388,3 +388,102 @@ fn cluster_commands_work_given_any_one_node() {
     );
     assert!(!bad.status.success(), "an unknown node is refused");
 }
+
+#[test]
+fn a_group_consumer_commits_what_it_printed_and_the_group_commands_show_it() {
+    let broker = TestBroker::start();
+    let b = broker.address.as_str();
+    ok_stdout(&sluice(b, &["topic", "create", "gt", "--partitions", "2"]));
+    let lines: String = (0..20).map(|i| format!("line-{i}\n")).collect();
+    ok_stdout(&produce(b, &["gt"], lines.as_bytes()));
+    // Two runs of one group: the second starts where the first's commit left off.
+    let first = ok_stdout(&sluice(
+        b,
+        &[
+            "consume",
+            "gt",
+            "--group",
+            "cg",
+            "--from",
+            "beginning",
+            "--num",
+            "12",
+        ],
+    ));
+    assert_eq!(first.lines().count(), 12);
+    let second = ok_stdout(&sluice(
+        b,
+        &[
+            "consume",
+            "gt",
+            "--group",
+            "cg",
+            "--from",
+            "beginning",
+            "--num",
+            "8",
+        ],
+    ));
+    let mut all: Vec<&str> = first.lines().chain(second.lines()).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        20,
+        "no record twice, none missed: {first}\n{second}"
+    );
+
+    let listed = json(&sluice(b, &["--format", "json", "group", "list"]));
+    assert_eq!(listed["groups"][0]["group"], "cg", "{listed}");
+    assert_eq!(listed["groups"][0]["state"], "empty");
+    let described = json(&sluice(b, &["--format", "json", "group", "describe", "cg"]));
+    let partitions = described["partitions"].as_array().expect("partitions");
+    let lag: u64 = partitions
+        .iter()
+        .map(|p| p["lag"].as_u64().unwrap_or(99))
+        .sum();
+    assert_eq!(lag, 0, "{described}");
+    let committed: u64 = partitions
+        .iter()
+        .map(|p| p["committed_offset"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(committed, 20);
+
+    let reset = json(&sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "group",
+            "reset-offsets",
+            "cg",
+            "--topic",
+            "gt",
+            "--to",
+            "earliest",
+        ],
+    ));
+    assert_eq!(
+        reset["offsets"].as_array().map(Vec::len),
+        Some(2),
+        "{reset}"
+    );
+    let bad = sluice(
+        b,
+        &[
+            "group",
+            "reset-offsets",
+            "cg",
+            "--topic",
+            "gt",
+            "--to",
+            "soon",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2), "usage");
+    let deleted = json(&sluice(b, &["--format", "json", "group", "delete", "cg"]));
+    assert_eq!(deleted["deleted"], "cg");
+    let gone = sluice(b, &["group", "describe", "cg"]);
+    assert_eq!(gone.status.code(), Some(1), "UNKNOWN_GROUP");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("UNKNOWN_GROUP"));
+}

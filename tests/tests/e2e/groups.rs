@@ -580,18 +580,19 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
             let offsets: Vec<(Tp, u64)> = owned.iter().map(|tp| (tp.clone(), next)).collect();
             match member.commit_offsets(&offsets).await {
                 Ok(()) => {
-                    let mut acked = acked.lock().expect("acked");
-                    for (tp, o) in &offsets {
-                        acked.insert(tp.1, *o);
-                    }
+                    let now_acked = {
+                        let mut acked = acked.lock().expect("acked");
+                        for (tp, o) in &offsets {
+                            acked.insert(tp.1, *o);
+                        }
+                        acked.clone()
+                    };
                     next += 1;
                     if next == 50 && !killed {
                         // Right after an acknowledged commit: the new coordinator has it.
                         cluster.nodes[coordinator].kill9();
                         killed = true;
-                        let before = acked.clone();
-                        drop(acked);
-                        check_committed(&survivors[0], &before).await;
+                        check_committed(&survivors[0], &now_acked).await;
                     }
                 }
                 Err(e) => {
