@@ -7,7 +7,7 @@
 //! what was handed out but may still be in the caller's hands is never committed, so a
 //! crash re-delivers at most the uncommitted window (at-least-once).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -73,8 +73,6 @@ pub enum RebalanceKind {
 /// One owned partition.
 struct Owned {
     lease: u64,
-    /// Next offset to read after what was processed; `None` until something was.
-    processed: Option<u64>,
     /// What was last committed (or the start, if it came from a commit).
     committed: Option<u64>,
     reader: JoinHandle<()>,
@@ -84,7 +82,17 @@ struct State {
     member_id: String,
     member_epoch: i32,
     owned: BTreeMap<Partition, Owned>,
+    /// The owned partitions' leases, each with the next offset after what was processed
+    /// (`None` until something was): what the per-record path looks up, by number.
+    leases: HashMap<u64, Option<u64>>,
     next_lease: u64,
+}
+
+impl State {
+    /// Next offset after what was processed of an owned partition.
+    fn processed(&self, owned: &Owned) -> Option<u64> {
+        self.leases.get(&owned.lease).copied().flatten()
+    }
 }
 
 struct Shared {
@@ -134,8 +142,8 @@ pub struct GroupConsumer {
     records: mpsc::Receiver<(u64, Result<ConsumerRecord, ClientError>)>,
     driver: Option<JoinHandle<()>>,
     events: Option<mpsc::UnboundedReceiver<RebalanceEvent>>,
-    /// The last record handed out: processed once the next is asked for.
-    pending: Option<(Partition, u64, u64)>,
+    /// The last record handed out (lease, offset): processed once the next is asked for.
+    pending: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -165,6 +173,7 @@ impl GroupConsumer {
                 member_id: String::new(),
                 member_epoch: 0,
                 owned: BTreeMap::new(),
+                leases: HashMap::new(),
                 next_lease: 1,
             }),
             commit_lock: tokio::sync::Mutex::new(()),
@@ -199,11 +208,8 @@ impl GroupConsumer {
 
     /// Marks the last record handed out as processed.
     fn settle_pending(&mut self) {
-        if let Some((tp, lease, offset)) = self.pending.take() {
-            let mut state = self.shared.state();
-            if let Some(o) = state.owned.get_mut(&tp).filter(|o| o.lease == lease) {
-                o.processed = Some(offset + 1);
-            }
+        if let Some((lease, offset)) = self.pending.take() {
+            settle(&mut self.shared.state(), lease, offset);
         }
     }
 
@@ -211,7 +217,7 @@ impl GroupConsumer {
     /// the commit is durable.
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         self.settle_pending();
-        commit_owned(&self.shared, None).await
+        commit_owned(&self.shared).await
     }
 
     /// Commits everything handed out so far without waiting; a failure is only logged
@@ -220,7 +226,7 @@ impl GroupConsumer {
         self.settle_pending();
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
-            let _ = commit_owned(&shared, None).await;
+            let _ = commit_owned(&shared).await;
         });
     }
 
@@ -241,6 +247,13 @@ impl GroupConsumer {
     }
 }
 
+/// Records `offset` of the partition holding `lease` as processed, if it still owns it.
+fn settle(state: &mut State, lease: u64, offset: u64) {
+    if let Some(processed) = state.leases.get_mut(&lease) {
+        *processed = Some(offset + 1);
+    }
+}
+
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
         if let Some(driver) = self.driver.take() {
@@ -256,52 +269,61 @@ impl Stream for GroupConsumer {
     type Item = Result<ConsumerRecord, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.settle_pending();
         loop {
             let (lease, item) = match self.records.poll_recv(cx) {
                 Poll::Ready(Some(next)) => next,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.settle_pending();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    self.settle_pending();
+                    return Poll::Pending;
+                }
             };
             match item {
                 Ok(record) => {
-                    let tp = (record.topic.to_string(), record.partition);
-                    // A revoked (or re-assigned) partition's leftovers are never handed out.
-                    let current = self
-                        .shared
-                        .state()
-                        .owned
-                        .get(&tp)
-                        .is_some_and(|o| o.lease == lease);
+                    // One lock per record: the previous one is processed, and a revoked
+                    // (or re-assigned) partition's leftovers are never handed out.
+                    let pending = self.pending.take();
+                    let current = {
+                        let mut state = self.shared.state();
+                        if let Some((l, offset)) = pending {
+                            settle(&mut state, l, offset);
+                        }
+                        state.leases.contains_key(&lease)
+                    };
                     if !current {
                         continue;
                     }
-                    self.pending = Some((tp, lease, record.offset));
+                    self.pending = Some((lease, record.offset));
                     return Poll::Ready(Some(Ok(record)));
                 }
-                Err(e) => return Poll::Ready(Some(Err(e))),
+                Err(e) => {
+                    self.settle_pending();
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
     }
 }
 
-/// Commits the processed offsets of the owned partitions in `only` (all when `None`)
-/// that moved since their last commit.
-async fn commit_owned(
-    shared: &Shared,
-    only: Option<&BTreeSet<Partition>>,
-) -> Result<(), ClientError> {
-    let offsets: Vec<(Partition, u64)> = shared
-        .state()
-        .owned
-        .iter()
-        .filter(|(tp, _)| only.is_none_or(|o| o.contains(*tp)))
-        .filter_map(|(tp, o)| {
-            o.processed
-                .filter(|p| o.committed != Some(*p))
-                .map(|p| (tp.clone(), p))
-        })
-        .collect();
+/// Commits the processed offsets of the owned partitions that moved since their last
+/// commit.
+async fn commit_owned(shared: &Shared) -> Result<(), ClientError> {
+    let offsets: Vec<(Partition, u64)> = {
+        let state = shared.state();
+        state
+            .owned
+            .iter()
+            .filter_map(|(tp, o)| {
+                state
+                    .processed(o)
+                    .filter(|p| o.committed != Some(*p))
+                    .map(|p| (tp.clone(), p))
+            })
+            .collect()
+    };
     commit(shared, offsets).await
 }
 
@@ -354,7 +376,8 @@ fn stop(shared: &Shared, partitions: &[Partition]) -> Vec<(Partition, u64)> {
     for tp in partitions {
         if let Some(o) = state.owned.remove(tp) {
             o.reader.abort();
-            if let Some(p) = o.processed.filter(|p| o.committed != Some(*p)) {
+            let processed = state.leases.remove(&o.lease).flatten();
+            if let Some(p) = processed.filter(|p| o.committed != Some(*p)) {
                 positions.push((tp.clone(), p));
             }
         }
@@ -434,11 +457,11 @@ async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), Cl
             from,
             sink,
         ));
+        state.leases.insert(lease, None);
         state.owned.insert(
             tp,
             Owned {
                 lease,
-                processed: None,
                 committed: from_commit.then_some(from),
                 reader,
             },
@@ -494,6 +517,8 @@ async fn heartbeat(shared: &Shared, epoch: Option<i32>) -> Result<HeartbeatRespo
             .session_timeout
             .as_millis()
             .min(u32::MAX as u128) as u32,
+        // Parked at the coordinator until something changes: rebalances take round trips.
+        wait: epoch.is_none(),
     };
     let channel = shared.client.coordinator(&shared.group).await?;
     match tokio::time::timeout(HEARTBEAT_TIMEOUT, groups_client(channel).heartbeat(request)).await {
@@ -526,11 +551,18 @@ async fn drive(shared: Arc<Shared>) {
             && last_commit.elapsed() >= every
         {
             last_commit = Instant::now();
-            if let Err(e) = commit_owned(&shared, None).await {
+            if let Err(e) = commit_owned(&shared).await {
                 tracing::debug!(group = %shared.group, error = %e, "auto-commit failed");
             }
         }
-        match heartbeat(&shared, None).await {
+        let answer = tokio::select! {
+            answer = heartbeat(&shared, None) => answer,
+            () = shared.close.notified() => {
+                leave(&shared).await;
+                return;
+            }
+        };
+        match answer {
             Ok(answer) => {
                 failures = 0;
                 last_ok = Instant::now();

@@ -39,12 +39,6 @@ impl Subscription {
         }
         self.topics.contains(topic) || self.pattern.as_ref().is_some_and(|p| p.is_match(topic))
     }
-
-    fn same_as(&self, other: &Self) -> bool {
-        self.topics == other.topics
-            && self.pattern.as_ref().map(regex::Regex::as_str)
-                == other.pattern.as_ref().map(regex::Regex::as_str)
-    }
 }
 
 /// One member.
@@ -125,6 +119,8 @@ pub struct Group {
     pub offsets: BTreeMap<TopicPartition, Committed>,
     /// Target changes so far (rebalances), for metrics.
     pub rebalances: u64,
+    /// Any change of members, target or holdings so far: parked heartbeats wake on it.
+    pub changes: u64,
 }
 
 /// A fresh, unguessable member id (ids must not repeat across coordinators: a member the
@@ -221,7 +217,9 @@ impl Group {
 
     /// Removes a member; its partitions go to others at once (it committed before leaving).
     fn leave(&mut self, member_id: String, topics: &BTreeMap<String, u32>) -> HeartbeatAnswer {
-        self.members.remove(&member_id);
+        if self.members.remove(&member_id).is_some() {
+            self.changes += 1;
+        }
         self.retarget(topics);
         HeartbeatAnswer {
             member_id,
@@ -286,18 +284,22 @@ impl Group {
         };
         m.last_seen = now;
         m.session_timeout = hb.session_timeout;
-        let changed = !m.subscription.same_as(&hb.subscription);
         m.subscription = hb.subscription;
         // Released: revoked partitions it no longer reports. A member that just joined
         // (or took over a static predecessor) reports nothing it has not been given.
+        let revoking = m.revoking.len();
         if !joined {
             m.revoking.retain(|tp| hb.owned.contains(tp));
         }
+        let released = m.revoking.len() != revoking;
         if m.revoking.is_empty() {
             m.revoking_since = None;
         }
-        // Also without a change here: topics and partitions may have been created since.
-        let _ = changed;
+        if released || joined {
+            self.changes += 1;
+        }
+        // Also when its subscription is the same: topics and partitions may have been
+        // created since.
         self.retarget(topics);
         self.reconcile(id, now);
         let Some(m) = self.members.get(id) else {
@@ -336,6 +338,7 @@ impl Group {
         if target != self.target {
             self.target = target;
             self.epoch += 1;
+            self.changes += 1;
             self.rebalances += 1;
         }
     }
@@ -376,6 +379,7 @@ impl Group {
         }
         if changed {
             m.epoch = new_epoch;
+            self.changes += 1;
         }
     }
 
@@ -392,6 +396,7 @@ impl Group {
         });
         let expired = self.members.len() != before;
         if expired {
+            self.changes += 1;
             self.retarget(topics);
         }
         expired

@@ -37,6 +37,8 @@ pub struct Shard {
     pub groups: tokio::sync::Mutex<BTreeMap<String, Group>>,
     /// Held across a write, from its plan to its application.
     write_lock: tokio::sync::Mutex<()>,
+    /// Bumped whenever any of its groups changes: parked heartbeats wake on it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// One commit to write: where, and the value (`None`: a tombstone).
@@ -60,7 +62,18 @@ impl Shard {
             partition,
             groups: tokio::sync::Mutex::new(groups),
             write_lock: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Wakes parked heartbeats: a group changed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that sees the next change.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Groups held.
@@ -71,14 +84,19 @@ impl Shard {
     /// Expels silent members of every group.
     pub async fn expire(&self, topics: &BTreeMap<String, u32>, now: Instant) {
         let mut groups = self.groups.lock().await;
+        let mut changed = false;
         for (name, group) in groups.iter_mut() {
-            let rebalances = group.rebalances;
+            let (rebalances, changes) = (group.rebalances, group.changes);
             if group.expire(topics, now) {
                 tracing::info!(group = %name, "expelled members past their session timeout");
             }
             if group.rebalances != rebalances {
                 crate::metrics::group_rebalanced(name);
             }
+            changed |= group.changes != changes;
+        }
+        if changed {
+            self.changed();
         }
         groups.retain(|_, g| !g.is_empty());
     }

@@ -17,7 +17,7 @@ use sluice_protocol::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::error::{BrokerError, quote};
-use crate::groups::group::{Group, Heartbeat, Subscription};
+use crate::groups::group::{Group, HEARTBEAT_INTERVAL, Heartbeat, Subscription};
 use crate::groups::offset_record::{METADATA_BYTES_MAX, OffsetValue};
 use crate::groups::partition_offsets::{self, Spec};
 use crate::groups::shard::{Write, now_ms};
@@ -152,25 +152,59 @@ impl GroupsService {
                 .collect(),
             session_timeout: Duration::from_millis(u64::from(timeout_ms)),
         };
+        let owned: BTreeSet<(String, u32)> = heartbeat.owned.clone();
+        // Only a member that stays may be parked (a join or leave is answered at once).
+        let may_wait = r.wait && r.member_epoch > 0;
+        let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
+        loop {
+            let mut changes = shard.watch_changes();
+            changes.borrow_and_update();
+            let answer = self.heartbeat_once(&shard, &r.group, heartbeat.clone()).await?;
+            let nothing_to_do = answer.assignment.iter().cloned().collect::<BTreeSet<_>>() == owned;
+            let now = tokio::time::Instant::now();
+            if !may_wait || !nothing_to_do || now >= deadline {
+                return Ok(HeartbeatResponse {
+                    member_id: answer.member_id,
+                    member_epoch: answer.member_epoch,
+                    // A waiting member comes back at once (a join too: it is parked then).
+                    heartbeat_interval_ms: if r.wait && r.member_epoch >= 0 {
+                        0
+                    } else {
+                        answer.interval.as_millis() as u32
+                    },
+                    assignment: answer.assignment.iter().map(tp).collect(),
+                });
+            }
+            // Parked until the group changes (then answered again) or the interval ends.
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
+    }
+
+    /// Applies one heartbeat to its group.
+    async fn heartbeat_once(
+        &self,
+        shard: &crate::groups::shard::Shard,
+        group_name: &str,
+        heartbeat: Heartbeat,
+    ) -> Result<crate::groups::group::HeartbeatAnswer, BrokerError> {
         let topics = user_topics(&self.node.metadata());
         let mut groups = shard.groups.lock().await;
-        let group = groups.entry(r.group.clone()).or_default();
-        let rebalances = group.rebalances;
-        let answer = group.heartbeat(&r.group, heartbeat, &topics, Instant::now());
+        let group = groups.entry(group_name.to_string()).or_default();
+        let (rebalances, changes) = (group.rebalances, group.changes);
+        let answer = group.heartbeat(group_name, heartbeat, &topics, Instant::now());
         if group.rebalances != rebalances {
-            crate::metrics::group_rebalanced(&r.group);
+            crate::metrics::group_rebalanced(group_name);
         }
-        crate::metrics::group_members(&r.group, group.members.len());
+        let changed = group.changes != changes;
+        crate::metrics::group_members(group_name, group.members.len());
         if group.is_empty() {
-            groups.remove(&r.group);
+            groups.remove(group_name);
         }
-        let answer = answer?;
-        Ok(HeartbeatResponse {
-            member_id: answer.member_id,
-            member_epoch: answer.member_epoch,
-            heartbeat_interval_ms: answer.interval.as_millis() as u32,
-            assignment: answer.assignment.iter().map(tp).collect(),
-        })
+        drop(groups);
+        if changed {
+            shard.changed();
+        }
+        answer
     }
 
     async fn commit_inner(&self, r: CommitOffsetsRequest) -> Result<(), BrokerError> {
