@@ -124,3 +124,7 @@ pub const GROUP_SESSION_TIMEOUT_DEFAULT_MS: u32 = 45_000;
 pub const GROUP_SESSION_TIMEOUT_MIN_MS: u32 = 1_000;
 /// Longest session timeout.
 pub const GROUP_SESSION_TIMEOUT_MAX_MS: u32 = 300_000;
+
+/// A gauge not set for this long is dropped from the scrape (gauges are set every 2–5 s
+/// while what they describe exists on this node).
+pub const METRIC_GAUGE_IDLE: Duration = Duration::from_secs(60);

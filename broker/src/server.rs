@@ -44,6 +44,12 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| bound.clone());
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(config.metrics_listen)
+        // Gauges are set every few seconds while what they describe exists here; one not
+        // set for a minute (a deleted partition, a group coordinated elsewhere now) goes.
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(crate::limits::METRIC_GAUGE_IDLE),
+        )
         .install()
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_listen))?;
     crate::metrics::describe();

@@ -159,7 +159,9 @@ impl GroupsService {
         loop {
             let mut changes = shard.watch_changes();
             changes.borrow_and_update();
-            let answer = self.heartbeat_once(&shard, &r.group, heartbeat.clone()).await?;
+            let answer = self
+                .heartbeat_once(&shard, &r.group, heartbeat.clone())
+                .await?;
             let nothing_to_do = answer.assignment.iter().cloned().collect::<BTreeSet<_>>() == owned;
             let now = tokio::time::Instant::now();
             if !may_wait || !nothing_to_do || now >= deadline {
@@ -299,21 +301,14 @@ impl GroupsService {
         let all: BTreeSet<(String, u32)> = group.offsets.keys().cloned().chain(owned).collect();
         let mut partitions = Vec::with_capacity(all.len());
         for (topic, partition) in all {
-            let high_watermark =
-                partition_offsets::offset(&self.node, &topic, partition, Spec::Latest)
-                    .await
-                    .unwrap_or(0);
             let commit = group.offsets.get(&(topic.clone(), partition));
             let committed_offset = commit.map_or(0, |c| c.value.offset);
-            let lag = match commit {
-                Some(_) => high_watermark.saturating_sub(committed_offset),
-                None => {
-                    let start =
-                        partition_offsets::offset(&self.node, &topic, partition, Spec::Earliest)
-                            .await
-                            .unwrap_or(0);
-                    high_watermark.saturating_sub(start)
-                }
+            let (high_watermark, lag, error) = match self
+                .lag(&topic, partition, commit.is_some(), committed_offset)
+                .await
+            {
+                Ok((high_watermark, lag)) => (high_watermark, lag, String::new()),
+                Err(e) => (0, 0, e.to_string()),
             };
             partitions.push(GroupPartition {
                 member_id: group
@@ -326,6 +321,7 @@ impl GroupsService {
                 committed_offset,
                 high_watermark,
                 lag,
+                error,
             });
         }
         Ok(GroupDescription {
@@ -336,6 +332,25 @@ impl GroupsService {
             members,
             partitions,
         })
+    }
+
+    /// A partition's high watermark and the group's lag on it (the whole log when nothing
+    /// is committed).
+    async fn lag(
+        &self,
+        topic: &str,
+        partition: u32,
+        has_committed: bool,
+        committed: u64,
+    ) -> Result<(u64, u64), BrokerError> {
+        let high_watermark =
+            partition_offsets::offset(&self.node, topic, partition, Spec::Latest).await?;
+        let from = if has_committed {
+            committed
+        } else {
+            partition_offsets::offset(&self.node, topic, partition, Spec::Earliest).await?
+        };
+        Ok((high_watermark, high_watermark.saturating_sub(from)))
     }
 
     async fn reset_inner(

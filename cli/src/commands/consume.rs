@@ -12,18 +12,24 @@ use crate::output::{bytes_json, json_line};
 
 /// Parses `--from`: beginning, end, an offset, or @UNIX_MS.
 pub fn parse_from(from: &str) -> Result<Offset, Failure> {
-    match from {
+    parse_position("--from", from)
+}
+
+/// Parses a position given to `flag`: beginning (earliest), end (latest), an offset, or
+/// @UNIX_MS.
+pub fn parse_position(flag: &str, value: &str) -> Result<Offset, Failure> {
+    match value {
         "beginning" | "earliest" => Ok(Offset::Earliest),
         "end" | "latest" => Ok(Offset::Latest),
         _ => {
-            if let Some(ms) = from.strip_prefix('@') {
+            if let Some(ms) = value.strip_prefix('@') {
                 ms.parse()
                     .map(Offset::Timestamp)
-                    .map_err(|_| Failure::usage(format!("--from {from:?}: @ needs a time in ms")))
+                    .map_err(|_| Failure::usage(format!("{flag} {value:?}: @ needs a time in ms")))
             } else {
-                from.parse().map(Offset::At).map_err(|_| {
+                value.parse().map(Offset::At).map_err(|_| {
                     Failure::usage(format!(
-                        "--from {from:?}: expected beginning, end, an offset or @UNIX_MS"
+                        "{flag} {value:?}: expected beginning, end, an offset or @UNIX_MS"
                     ))
                 })
             }

@@ -3,31 +3,21 @@
 use std::io::Write;
 
 use serde_json::{Value, json};
-use sluice_client::{Client, GroupDescription, ResetTo, TopicPartition};
+use sluice_client::{Client, GroupDescription, Offset, ResetTo, TopicPartition};
 
 use crate::args::{Format, GroupCommand};
+use crate::commands::consume::parse_position;
 use crate::failure::Failure;
 use crate::output::{json_line, table};
 
-/// Parses `--to`: earliest, latest, an offset, or @UNIX_MS.
+/// Parses `--to`: earliest, latest, an offset, or @UNIX_MS (the forms of `consume --from`).
 pub fn parse_reset_to(to: &str) -> Result<ResetTo, Failure> {
-    match to {
-        "earliest" | "beginning" => Ok(ResetTo::Earliest),
-        "latest" | "end" => Ok(ResetTo::Latest),
-        _ => {
-            if let Some(ms) = to.strip_prefix('@') {
-                ms.parse()
-                    .map(ResetTo::Timestamp)
-                    .map_err(|_| Failure::usage(format!("--to {to:?}: @ needs a time in ms")))
-            } else {
-                to.parse().map(ResetTo::Offset).map_err(|_| {
-                    Failure::usage(format!(
-                        "--to {to:?}: expected earliest, latest, an offset or @UNIX_MS"
-                    ))
-                })
-            }
-        }
-    }
+    Ok(match parse_position("--to", to)? {
+        Offset::Earliest => ResetTo::Earliest,
+        Offset::Latest => ResetTo::Latest,
+        Offset::At(offset) => ResetTo::Offset(offset),
+        Offset::Timestamp(ms) => ResetTo::Timestamp(ms),
+    })
 }
 
 fn names(partitions: &[TopicPartition]) -> Vec<String> {
@@ -66,6 +56,7 @@ pub fn group_json(g: &GroupDescription) -> Value {
                 "high_watermark": p.high_watermark,
                 "lag": p.lag,
                 "member_id": p.member_id,
+                "error": p.error,
             })
         })
         .collect();
@@ -174,8 +165,16 @@ pub async fn run(
                             } else {
                                 "-".into()
                             },
-                            p.high_watermark.to_string(),
-                            p.lag.to_string(),
+                            if p.error.is_empty() {
+                                p.high_watermark.to_string()
+                            } else {
+                                "?".into()
+                            },
+                            if p.error.is_empty() {
+                                p.lag.to_string()
+                            } else {
+                                "?".into()
+                            },
                             if p.member_id.is_empty() {
                                 "-".into()
                             } else {

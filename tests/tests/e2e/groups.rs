@@ -654,3 +654,40 @@ async fn check_committed(address: &str, acked: &BTreeMap<u32, u64>) {
         );
     }
 }
+
+#[test]
+fn a_pattern_subscription_picks_up_new_topics_and_partitions_and_never_internal_ones() {
+    let broker = TestBroker::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = super::client_with_topic(&broker.address, "pat-a", 2, &[]).await;
+        client
+            .admin()
+            .create_topic("other", 3, 1, Default::default())
+            .await
+            .expect("create");
+        let mut member = client
+            .consumer(member_config(Duration::from_secs(10)))
+            .subscribe_pattern("pg", "pat-.*|__consumer_offsets")
+            .expect("subscribe");
+        let owned = poll_assignment(&mut member, 2).await;
+        assert!(owned.iter().all(|(t, _)| t == "pat-a"), "{owned:?}");
+        client
+            .admin()
+            .create_topic("pat-b", 1, 1, Default::default())
+            .await
+            .expect("create");
+        poll_assignment(&mut member, 3).await;
+        client
+            .admin()
+            .add_partitions("pat-a", 4)
+            .await
+            .expect("grow");
+        let owned = poll_assignment(&mut member, 5).await;
+        assert!(
+            owned.iter().all(|(t, _)| t.starts_with("pat-")),
+            "neither other nor an internal topic: {owned:?}"
+        );
+        member.close().await.expect("close");
+    });
+}
