@@ -128,3 +128,8 @@ pub const GROUP_SESSION_TIMEOUT_MAX_MS: u32 = 300_000;
 /// A gauge not set for this long is dropped from the scrape (gauges are set every 2–5 s
 /// while what they describe exists on this node).
 pub const METRIC_GAUGE_IDLE: Duration = Duration::from_secs(60);
+
+/// How long a new coordinator hands out no partitions: the previous coordinator's members
+/// find it gone within a heartbeat's timeout (5 s in the SDK) plus a retry, and stop reading
+/// when the new one does not know them (UNKNOWN_MEMBER); only then may others take over.
+pub const GROUP_TAKEOVER_GRACE: Duration = Duration::from_secs(6);

@@ -103,13 +103,16 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let _ = slot.set(Arc::downgrade(&node));
     let stop = Arc::new(Notify::new());
     let server = serve(Arc::clone(&node), listener, Arc::clone(&stop));
+    // Installed before the ready line: a SIGTERM sent right after it must stop the broker
+    // cleanly, not kill it with the default action (a race seen under load in tests).
+    let signals = ShutdownSignals::install()?;
     // Tests and scripts wait for this line: the broker accepts requests from here on.
     println!("sluiced listening on {address}");
     tracing::info!(%address, data_dir = %data_dir.display(), "sluiced ready");
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
-        () = shutdown_signal() => {
+        () = signals.wait() => {
             tracing::info!("shutting down");
             stop.notify_one();
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
@@ -181,20 +184,35 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, handled from the moment they are installed.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use crate::consumer::{
     AutoOffsetReset, ConsumerConfig, ConsumerRecord, Offset, RecordSink, read_partition,
 };
 use crate::error::ClientError;
-use crate::groups::{backoff, groups_client, retry_elsewhere};
+use crate::groups::{backoff, groups_client};
 
 /// A topic and partition.
 pub type Partition = (String, u32);
@@ -36,8 +37,20 @@ pub type Partition = (String, u32);
 const LEAVE_EPOCH: i32 = -1;
 const STATIC_LEAVE_EPOCH: i32 = -2;
 
-/// How long one heartbeat may take before the member tries again.
+/// How long one heartbeat (finding the coordinator included) may take before the member
+/// tries again.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rebalance events kept for a reader; later ones are dropped while it lags.
+const EVENTS_BUFFERED: usize = 1024;
+
+/// The session timeouts a coordinator takes (it clamps to these too).
+const SESSION_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// See [`SESSION_TIMEOUT_MIN`].
+const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// The least pause before trying again to start newly assigned partitions.
+const TAKE_RETRY: Duration = Duration::from_millis(200);
 
 /// What a member subscribes to.
 #[derive(Debug, Clone)]
@@ -64,7 +77,8 @@ pub struct RebalanceEvent {
 pub enum RebalanceKind {
     /// Given to this member: it reads them from here on.
     Assigned,
-    /// Taken away: no record of them is handed out after this, and they were committed.
+    /// Taken away: no record of them is handed out after this; their processed offsets are
+    /// committed next (before the coordinator hears they are released).
     Revoked,
     /// Lost without a commit (fenced, or the coordinator unreachable for a session).
     Lost,
@@ -103,9 +117,12 @@ struct Shared {
     state: Mutex<State>,
     /// Commits go out one at a time, so a member's commits apply in order.
     commit_lock: tokio::sync::Mutex<()>,
-    events: mpsc::UnboundedSender<RebalanceEvent>,
+    events: mpsc::Sender<RebalanceEvent>,
     records: mpsc::Sender<(u64, Result<ConsumerRecord, ClientError>)>,
     close: Notify,
+    /// Milliseconds after `base` when the last heartbeat that was answered was sent.
+    last_ok_ms: AtomicU64,
+    base: Instant,
 }
 
 impl Shared {
@@ -113,9 +130,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the coordinator may have expelled this member by now (its last answered
+    /// heartbeat was sent most of a session ago): then no record is handed out, since
+    /// another member may own its partitions already.
+    fn maybe_expelled(&self) -> bool {
+        let since = (self.base.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_ok_ms.load(Ordering::Acquire));
+        Duration::from_millis(since) > self.config.session_timeout * 4 / 5
+    }
+
     fn emit(&self, kind: RebalanceKind, partitions: Vec<Partition>) {
         if !partitions.is_empty() {
-            let _ = self.events.send(RebalanceEvent {
+            let _ = self.events.try_send(RebalanceEvent {
                 at: Instant::now(),
                 kind,
                 partitions,
@@ -141,7 +167,7 @@ pub struct GroupConsumer {
     shared: Arc<Shared>,
     records: mpsc::Receiver<(u64, Result<ConsumerRecord, ClientError>)>,
     driver: Option<JoinHandle<()>>,
-    events: Option<mpsc::UnboundedReceiver<RebalanceEvent>>,
+    events: Option<mpsc::Receiver<RebalanceEvent>>,
     /// The last record handed out (lease, offset): processed once the next is asked for.
     pending: Option<(u64, u64)>,
 }
@@ -163,7 +189,12 @@ impl GroupConsumer {
             return Err(ClientError::InvalidArgument("an empty group name".into()));
         }
         let (records_tx, records) = mpsc::channel(config.buffer_records.max(1));
-        let (events_tx, events) = mpsc::unbounded_channel();
+        // Bounded: events nobody reads are dropped past this many.
+        let (events_tx, events) = mpsc::channel(EVENTS_BUFFERED);
+        let mut config = config;
+        config.session_timeout = config
+            .session_timeout
+            .clamp(SESSION_TIMEOUT_MIN, SESSION_TIMEOUT_MAX);
         let shared = Arc::new(Shared {
             client,
             group: group.to_string(),
@@ -180,6 +211,8 @@ impl GroupConsumer {
             events: events_tx,
             records: records_tx,
             close: Notify::new(),
+            last_ok_ms: AtomicU64::new(0),
+            base: Instant::now(),
         });
         let driver = tokio::spawn(drive(Arc::clone(&shared)));
         Ok(Self {
@@ -192,7 +225,7 @@ impl GroupConsumer {
     }
 
     /// The member's assignment changes, in order (once; later calls get `None`).
-    pub fn rebalance_events(&mut self) -> Option<mpsc::UnboundedReceiver<RebalanceEvent>> {
+    pub fn rebalance_events(&mut self) -> Option<mpsc::Receiver<RebalanceEvent>> {
         self.events.take()
     }
 
@@ -292,7 +325,7 @@ impl Stream for GroupConsumer {
                             settle(&mut state, l, offset);
                         }
                         state.leases.contains_key(&lease)
-                    };
+                    } && !self.shared.maybe_expelled();
                     if !current {
                         continue;
                     }
@@ -309,8 +342,10 @@ impl Stream for GroupConsumer {
 }
 
 /// Commits the processed offsets of the owned partitions that moved since their last
-/// commit.
+/// commit. The snapshot is taken under the commit lock, so a later snapshot is never
+/// committed before an earlier one.
 async fn commit_owned(shared: &Shared) -> Result<(), ClientError> {
+    let _serial = shared.commit_lock.lock().await;
     let offsets: Vec<(Partition, u64)> = {
         let state = shared.state();
         state
@@ -324,19 +359,35 @@ async fn commit_owned(shared: &Shared) -> Result<(), ClientError> {
             })
             .collect()
     };
-    commit(shared, offsets).await
+    send_commit(shared, offsets).await
 }
 
-/// Commits `offsets` with the member's id and epoch; records them as committed.
+/// Commits `offsets` with the member's id and epoch (one commit at a time); records them
+/// as committed. With nothing to commit it still waits for a commit in flight, so a
+/// release reported after it never overtakes that commit.
 async fn commit(shared: &Shared, offsets: Vec<(Partition, u64)>) -> Result<(), ClientError> {
+    let _serial = shared.commit_lock.lock().await;
+    send_commit(shared, offsets).await
+}
+
+/// Sends one commit; the caller holds the commit lock.
+async fn send_commit(shared: &Shared, offsets: Vec<(Partition, u64)>) -> Result<(), ClientError> {
     if offsets.is_empty() {
         return Ok(());
     }
-    let _serial = shared.commit_lock.lock().await;
     let (member_id, member_epoch) = {
         let state = shared.state();
         (state.member_id.clone(), state.member_epoch)
     };
+    if member_id.is_empty() {
+        // Not a member now (fenced, or not joined yet): the commit would not be fenced.
+        return Err(ClientError::Refused {
+            reason: Some(Reason::UnknownMember),
+            code: tonic::Code::FailedPrecondition,
+            message: format!("not a member of group {} now", shared.group),
+            retry_after_ms: None,
+        });
+    }
     let request = CommitOffsetsRequest {
         group: shared.group.clone(),
         member_id,
@@ -352,13 +403,15 @@ async fn commit(shared: &Shared, offsets: Vec<(Partition, u64)>) -> Result<(), C
             })
             .collect(),
     };
-    shared
-        .client
-        .at_coordinator(&shared.group, |mut c| {
-            let r = request.clone();
-            async move { c.commit_offsets(r).await }
-        })
-        .await?;
+    let sent = shared.client.at_coordinator(&shared.group, |mut c| {
+        let r = request.clone();
+        async move { c.commit_offsets(r).await }
+    });
+    // Bounded well inside the session: a commit must not stall the heartbeats for long.
+    match tokio::time::timeout(shared.config.session_timeout / 3, sent).await {
+        Ok(answer) => answer?,
+        Err(_) => return Err(unavailable("no commit answer in a third of the session")),
+    };
     let mut state = shared.state();
     for (tp, offset) in offsets {
         if let Some(o) = state.owned.get_mut(&tp) {
@@ -366,6 +419,15 @@ async fn commit(shared: &Shared, offsets: Vec<(Partition, u64)>) -> Result<(), C
         }
     }
     Ok(())
+}
+
+fn unavailable(message: &str) -> ClientError {
+    ClientError::Refused {
+        reason: Some(Reason::Unavailable),
+        code: tonic::Code::Unavailable,
+        message: message.to_string(),
+        retry_after_ms: None,
+    }
 }
 
 /// Stops reading `partitions`, hands out none of their records from here on, and returns
@@ -520,22 +582,24 @@ async fn heartbeat(shared: &Shared, epoch: Option<i32>) -> Result<HeartbeatRespo
         // Parked at the coordinator until something changes: rebalances take round trips.
         wait: epoch.is_none(),
     };
-    let channel = shared.client.coordinator(&shared.group).await?;
-    match tokio::time::timeout(HEARTBEAT_TIMEOUT, groups_client(channel).heartbeat(request)).await {
-        Ok(answer) => Ok(answer?.into_inner()),
-        Err(_) => Err(ClientError::Refused {
-            reason: Some(Reason::Unavailable),
-            code: tonic::Code::Unavailable,
-            message: format!("no heartbeat answer within {HEARTBEAT_TIMEOUT:?}"),
-            retry_after_ms: None,
-        }),
+    let call = async {
+        let channel = shared.client.coordinator(&shared.group).await?;
+        Ok::<_, ClientError>(
+            groups_client(channel)
+                .heartbeat(request)
+                .await?
+                .into_inner(),
+        )
+    };
+    match tokio::time::timeout(HEARTBEAT_TIMEOUT, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(unavailable("no heartbeat answer in time")),
     }
 }
 
 /// The membership loop: heartbeats, follows the assignment, auto-commits, and on close
 /// commits and leaves.
 async fn drive(shared: Arc<Shared>) {
-    let mut last_ok = Instant::now();
     let mut last_commit = Instant::now();
     let mut failures = 0u32;
     let mut wait = Duration::ZERO;
@@ -555,6 +619,7 @@ async fn drive(shared: Arc<Shared>) {
                 tracing::debug!(group = %shared.group, error = %e, "auto-commit failed");
             }
         }
+        let sent_ms = shared.base.elapsed().as_millis() as u64;
         let answer = tokio::select! {
             answer = heartbeat(&shared, None) => answer,
             () = shared.close.notified() => {
@@ -565,7 +630,7 @@ async fn drive(shared: Arc<Shared>) {
         match answer {
             Ok(answer) => {
                 failures = 0;
-                last_ok = Instant::now();
+                shared.last_ok_ms.store(sent_ms, Ordering::Release);
                 {
                     let mut state = shared.state();
                     state.member_id = answer.member_id.clone();
@@ -593,7 +658,7 @@ async fn drive(shared: Arc<Shared>) {
                     tracing::debug!(group = %shared.group, error = %e, "starting assigned partitions failed");
                     // Perhaps a topic this client has not heard of yet.
                     let _ = shared.client.refresh_metadata().await;
-                    wait = wait.min(Duration::from_millis(200));
+                    wait = wait.max(TAKE_RETRY);
                 }
             }
             Err(e)
@@ -606,19 +671,22 @@ async fn drive(shared: Arc<Shared>) {
                 lose_all(&shared);
                 wait = Duration::ZERO;
             }
-            Err(e) if retry_elsewhere(&e) => {
-                failures += 1;
-                wait = backoff(failures);
-                if last_ok.elapsed() > shared.config.session_timeout {
-                    // The coordinator has expelled us by now: stop before another owner starts.
-                    lose_all(&shared);
-                    last_ok = Instant::now();
-                }
+            Err(e) if e.reason() == Some(Reason::InvalidRequest) => {
+                // Not something a retry fixes (a bad subscription): hand it to the reader.
+                lose_all(&shared);
+                let _ = shared.records.try_send((0, Err(e)));
+                return;
             }
             Err(e) => {
-                // Not something a retry fixes (a bad subscription): hand it to the reader.
-                let _ = shared.records.send((0, Err(e))).await;
-                return;
+                // The coordinator moving, loading or unreachable, or anything else a later
+                // attempt may get past.
+                tracing::debug!(group = %shared.group, error = %e, "heartbeat failed");
+                failures += 1;
+                wait = backoff(failures);
+                if shared.maybe_expelled() && !shared.state().owned.is_empty() {
+                    // Expelled by now, or nearly: stop before another owner starts.
+                    lose_all(&shared);
+                }
             }
         }
     }

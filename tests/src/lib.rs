@@ -235,8 +235,18 @@ fn try_await_ready(
             let _ = child.kill();
             let _ = child.wait();
             let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+            // A panic's message comes before its backtrace, which a tail alone would show.
+            let panic: Vec<&str> = log
+                .lines()
+                .skip_while(|l| !l.contains("panicked at"))
+                .take(3)
+                .collect();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: String = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = panic
+                .into_iter()
+                .chain(tail.into_iter().rev())
+                .collect::<Vec<_>>()
+                .join("\n");
             Err(format!(
                 "sluiced did not become ready within {START_TIMEOUT:?} (log: {}):\n{tail}",
                 data_dir.with_extension("log").display()

@@ -82,6 +82,9 @@ pub struct Heartbeat {
     pub owned: BTreeSet<TopicPartition>,
     /// Session timeout.
     pub session_timeout: Duration,
+    /// Whether partitions may be handed out now (not while a new coordinator waits for the
+    /// previous one's members to notice it is gone).
+    pub assign: bool,
 }
 
 /// The coordinator's answer.
@@ -301,7 +304,7 @@ impl Group {
         // Also when its subscription is the same: topics and partitions may have been
         // created since.
         self.retarget(topics);
-        self.reconcile(id, now);
+        self.reconcile(id, now, hb.assign);
         let Some(m) = self.members.get(id) else {
             return Err(BrokerError::Internal(format!("member {id} vanished")));
         };
@@ -345,7 +348,7 @@ impl Group {
 
     /// Moves member `id` towards its target: revokes what it should not own, and gives it
     /// what it should own once no other member holds it.
-    fn reconcile(&mut self, id: &str, now: Instant) {
+    fn reconcile(&mut self, id: &str, now: Instant, assign: bool) {
         let target = self.target.get(id).cloned().unwrap_or_default();
         let held_elsewhere: BTreeSet<TopicPartition> = self
             .members
@@ -371,7 +374,7 @@ impl Group {
             changed = true;
         }
         let new_epoch = (m.epoch + 1).max(group_epoch);
-        for tp in target {
+        for tp in target.into_iter().filter(|_| assign) {
             if !m.holds(&tp) && !held_elsewhere.contains(&tp) {
                 m.assigned.insert(tp, new_epoch);
                 changed = true;
@@ -491,6 +494,7 @@ mod tests {
             },
             owned: owned.iter().map(|p| ("t".to_string(), *p)).collect(),
             session_timeout: Duration::from_secs(10),
+            assign: true,
         }
     }
 

@@ -78,6 +78,8 @@ pub struct Coordinator {
     channels: std::sync::Mutex<HashMap<String, Channel>>,
     /// Set while a gauge pass runs: a slow one is not stacked on.
     publishing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Held while a shard loads: a request and the background pass never load one twice.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -104,6 +106,40 @@ impl Coordinator {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The shard of offsets partition `index` for this leadership of it, loading it from
+    /// the partition's log if it is not loaded yet (or was loaded in an earlier term).
+    pub async fn ensure_loaded(
+        &self,
+        index: u32,
+        partition: &Arc<crate::partition::Partition>,
+    ) -> Result<Arc<Shard>, BrokerError> {
+        let term = shard::leader_term(partition);
+        if let Some(s) = self.shard(index).filter(|s| s.term == term) {
+            return Ok(s);
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(s) = self.shard(index).filter(|s| s.term == term) {
+            return Ok(s);
+        }
+        self.set(index, None);
+        let shard = Arc::new(Shard::load(index, term, Arc::clone(partition)).await?);
+        // Leadership may have moved on while loading: only a still-current load is kept.
+        if !partition.is_leader() || shard::leader_term(partition) != term {
+            return Err(BrokerError::Unavailable(format!(
+                "{OFFSETS_TOPIC}/{index} changed leaders while its groups loaded"
+            )));
+        }
+        let groups = shard.group_count().await;
+        tracing::info!(
+            partition = index,
+            term,
+            groups,
+            "coordinating the groups of {OFFSETS_TOPIC}/{index}"
+        );
+        self.set(index, Some(Arc::clone(&shard)));
+        Ok(shard)
     }
 
     fn set(&self, index: u32, shard: Option<Arc<Shard>>) {
@@ -220,13 +256,7 @@ impl Node {
         partition
             .require_leader()
             .map_err(|e| not_coordinator(group, e))?;
-        match self.coordinator.shard(index) {
-            Some(shard) if shard.term == shard::leader_term(&partition) => Ok(shard),
-            _ => Err(BrokerError::Unavailable(format!(
-                "the coordinator of group {} is loading its groups",
-                quote(group)
-            ))),
-        }
+        self.coordinator.ensure_loaded(index, &partition).await
     }
 }
 
@@ -254,29 +284,8 @@ pub async fn run(node: Weak<Node>) {
                 }
                 continue;
             };
-            let term = shard::leader_term(&partition);
-            if node
-                .coordinator
-                .shard(index)
-                .is_some_and(|s| s.term == term)
-            {
-                continue;
-            }
-            node.coordinator.set(index, None);
-            match Shard::load(index, term, Arc::clone(&partition)).await {
-                Ok(shard) => {
-                    let groups = shard.group_count().await;
-                    tracing::info!(
-                        partition = index,
-                        term,
-                        groups,
-                        "coordinating the groups of {OFFSETS_TOPIC}/{index}"
-                    );
-                    node.coordinator.set(index, Some(Arc::new(shard)));
-                }
-                Err(e) => {
-                    tracing::warn!(partition = index, error = %e, "loading groups failed; trying again");
-                }
+            if let Err(e) = node.coordinator.ensure_loaded(index, &partition).await {
+                tracing::warn!(partition = index, error = %e, "loading groups failed; trying again");
             }
         }
         let topics = user_topics(&metadata);

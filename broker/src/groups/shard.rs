@@ -39,6 +39,9 @@ pub struct Shard {
     write_lock: tokio::sync::Mutex<()>,
     /// Bumped whenever any of its groups changes: parked heartbeats wake on it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Until then no partition is handed out: the previous coordinator's members (whom this
+    /// one does not know) are given time to find it gone and stop reading (`TAKEOVER_GRACE`).
+    pub hold_until: Option<tokio::time::Instant>,
 }
 
 /// One commit to write: where, and the value (`None`: a tombstone).
@@ -56,6 +59,13 @@ impl Shard {
         let groups = tokio::task::spawn_blocking(move || read_groups(&reader))
             .await
             .map_err(|e| BrokerError::Internal(format!("loading groups: {e}")))??;
+        // The group's first leadership writes its blank entry at Raft index 1 (after the
+        // initial membership at 0); a log beyond that had an earlier leadership, whose
+        // coordinator's members may still be reading.
+        let last_log = partition.group.raft.metrics().borrow().last_log_index;
+        let earlier_leader = last_log.is_some_and(|i| i > 1);
+        let hold_until = earlier_leader
+            .then(|| tokio::time::Instant::now() + crate::limits::GROUP_TAKEOVER_GRACE);
         Ok(Self {
             index,
             term,
@@ -63,7 +73,14 @@ impl Shard {
             groups: tokio::sync::Mutex::new(groups),
             write_lock: tokio::sync::Mutex::new(()),
             changes: tokio::sync::watch::Sender::new(0),
+            hold_until,
         })
+    }
+
+    /// Whether partitions may be handed out now.
+    pub fn assigns(&self) -> bool {
+        self.hold_until
+            .is_none_or(|until| tokio::time::Instant::now() >= until)
     }
 
     /// Wakes parked heartbeats: a group changed.
@@ -176,6 +193,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The committed offsets in the partition's log.
 fn read_groups(partition: &Partition) -> Result<BTreeMap<String, Group>, BrokerError> {
     let (start, high_watermark, _) = partition.offsets()?;
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();

@@ -151,17 +151,24 @@ impl GroupsService {
                 .map(|t| (t.topic, t.partition))
                 .collect(),
             session_timeout: Duration::from_millis(u64::from(timeout_ms)),
+            assign: true,
         };
         let owned: BTreeSet<(String, u32)> = heartbeat.owned.clone();
         // Only a member that stays may be parked (a join or leave is answered at once).
         let may_wait = r.wait && r.member_epoch > 0;
-        let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
+        // Parked for at most a third of the session, so a parked member is never expelled.
+        let park = HEARTBEAT_INTERVAL.min(Duration::from_millis(u64::from(timeout_ms / 3)));
+        let mut deadline = tokio::time::Instant::now() + park;
+        let mut shard = shard;
         loop {
             let mut changes = shard.watch_changes();
             changes.borrow_and_update();
-            let answer = self
-                .heartbeat_once(&shard, &r.group, heartbeat.clone())
-                .await?;
+            let mut heartbeat = heartbeat.clone();
+            heartbeat.assign = shard.assigns();
+            if let Some(until) = shard.hold_until.filter(|_| !heartbeat.assign) {
+                deadline = deadline.min(until);
+            }
+            let answer = self.heartbeat_once(&shard, &r.group, heartbeat).await?;
             let nothing_to_do = answer.assignment.iter().cloned().collect::<BTreeSet<_>>() == owned;
             let now = tokio::time::Instant::now();
             if !may_wait || !nothing_to_do || now >= deadline {
@@ -179,6 +186,8 @@ impl GroupsService {
             }
             // Parked until the group changes (then answered again) or the interval ends.
             let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+            // Still the coordinator? A deposed one must not keep answering from old state.
+            shard = self.node.group_shard(&r.group).await?;
         }
     }
 

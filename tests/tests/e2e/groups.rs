@@ -534,7 +534,17 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
             .consumer(member_config(Duration::from_secs(5)))
             .subscribe("cg", &["c"])
             .expect("subscribe");
+        // A second member: ownership must not overlap across the coordinator's failover.
+        let periods: Periods = Arc::default();
+        track("a", &mut member, &periods);
         poll_assignment(&mut member, 6).await;
+        let mut other = member_client
+            .consumer(member_config(Duration::from_secs(5)))
+            .subscribe("cg", &["c"])
+            .expect("subscribe");
+        track("b", &mut other, &periods);
+        poll_assignment(&mut other, 3).await;
+        poll_assignment(&mut member, 3).await;
         let acked: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
         let seen: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
         let watcher_client = Client::connect(&survivors).await.expect("connect");
@@ -573,7 +583,7 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
         while next <= 200 {
             assert!(Instant::now() < deadline, "commits stalled at {next}");
             let owned = member.assignment();
-            if owned.len() < 6 {
+            if owned.is_empty() {
                 let _ = tokio::time::timeout(Duration::from_millis(50), member.next()).await;
                 continue;
             }
@@ -612,6 +622,8 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
         let acked = acked.lock().expect("acked").clone();
         check_committed(&survivors[0], &acked).await;
         member.close().await.expect("close");
+        other.close().await.expect("close");
+        check_one_owner(&periods);
     });
 }
 
@@ -689,5 +701,82 @@ fn a_pattern_subscription_picks_up_new_topics_and_partitions_and_never_internal_
             "neither other nor an internal topic: {owned:?}"
         );
         member.close().await.expect("close");
+    });
+}
+
+#[test]
+fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stopped_reading() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = Client::connect(cluster.addresses()).await.expect("connect");
+        client
+            .admin()
+            .create_topic("h", 4, 3, Default::default())
+            .await
+            .expect("create");
+        // Member b, driven by hand: it owns every partition and then falls silent, as a
+        // member still within its session would when its coordinator dies.
+        let mut stub = groups_stub(&cluster.nodes[0].address).await;
+        let found = stub
+            .find_coordinator(FindCoordinatorRequest { group: "hg".into() })
+            .await
+            .expect("coordinator")
+            .into_inner();
+        let coordinator = cluster
+            .nodes
+            .iter()
+            .position(|n| n.address == found.address)
+            .expect("a node coordinates");
+        let mut at = groups_stub(&found.address).await;
+        let mut hb = join("hg", "h");
+        hb.session_timeout_ms = 5000;
+        let mut b = at.heartbeat(hb.clone()).await;
+        for _ in 0..50 {
+            if b.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            b = at.heartbeat(hb.clone()).await;
+        }
+        let b = b.expect("b joins").into_inner();
+        assert_eq!(b.assignment.len(), 4);
+        hb.member_id = b.member_id.clone();
+        hb.member_epoch = b.member_epoch;
+        hb.owned = tps("h", &[0, 1, 2, 3]);
+        let last_sent = Instant::now();
+        at.heartbeat(hb).await.expect("b stays");
+        // b's SDK would stop reading 4/5 of its session after that heartbeat was sent.
+        let b_stops = last_sent + Duration::from_millis(4000);
+        cluster.nodes[coordinator].kill9();
+
+        let survivors: Vec<String> = cluster
+            .addresses()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != coordinator)
+            .map(|(_, a)| a)
+            .collect();
+        let member_client = Client::connect(&survivors).await.expect("connect");
+        let periods: Periods = Arc::default();
+        let mut a = member_client
+            .consumer(member_config(Duration::from_secs(5)))
+            .subscribe("hg", &["h"])
+            .expect("subscribe");
+        track("a", &mut a, &periods);
+        poll_assignment(&mut a, 4).await;
+        let first = periods
+            .lock()
+            .expect("periods")
+            .iter()
+            .map(|p| p.2)
+            .min()
+            .expect("a was assigned");
+        assert!(
+            first >= b_stops,
+            "a got partitions {:?} before b stopped reading them",
+            b_stops.saturating_duration_since(first)
+        );
+        a.close().await.expect("close");
     });
 }
