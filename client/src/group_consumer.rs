@@ -87,6 +87,8 @@ pub enum RebalanceKind {
 /// One owned partition.
 struct Owned {
     lease: u64,
+    /// Where its reading started.
+    start: u64,
     /// What was last committed (or the start, if it came from a commit).
     committed: Option<u64>,
     reader: JoinHandle<()>,
@@ -524,6 +526,7 @@ async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), Cl
             tp,
             Owned {
                 lease,
+                start: from,
                 committed: from_commit.then_some(from),
                 reader,
             },
@@ -532,6 +535,43 @@ async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), Cl
     drop(state);
     shared.emit(RebalanceKind::Assigned, partitions);
     Ok(())
+}
+
+/// Starts again, after what was processed, the readers that ended (an error they handed
+/// to the stream, or their retries ran out): an owned partition is never left unread.
+fn restart_ended_readers(shared: &Shared) {
+    let mut state = shared.state();
+    let ended: Vec<(Partition, u64, u64)> = state
+        .owned
+        .iter()
+        .filter(|(_, o)| o.reader.is_finished())
+        .map(|(tp, o)| (tp.clone(), o.lease, o.start))
+        .collect();
+    for (tp, old, start) in ended {
+        // A new lease: what the old reader left in the buffer is dropped, not handed out
+        // twice, since the new reader reads it again.
+        let processed = state.leases.remove(&old).flatten();
+        let from = processed.unwrap_or(start);
+        let lease = state.next_lease;
+        state.next_lease += 1;
+        state.leases.insert(lease, processed);
+        let sink = LeaseSink {
+            lease,
+            records: shared.records.clone(),
+        };
+        let reader = tokio::spawn(read_partition(
+            shared.client.clone(),
+            shared.config.clone(),
+            tp.0.clone(),
+            tp.1,
+            from,
+            sink,
+        ));
+        if let Some(o) = state.owned.get_mut(&tp) {
+            o.reader = reader;
+            o.lease = lease;
+        }
+    }
 }
 
 /// Drops every partition without committing (the member was fenced or cut off).
@@ -654,6 +694,7 @@ async fn drive(shared: Arc<Shared>) {
                     // Report the release at once: another member waits for it.
                     wait = Duration::ZERO;
                 }
+                restart_ended_readers(&shared);
                 if let Err(e) = take(&shared, added).await {
                     tracing::debug!(group = %shared.group, error = %e, "starting assigned partitions failed");
                     // Perhaps a topic this client has not heard of yet.

@@ -17,9 +17,10 @@ use sluice_protocol::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::error::{BrokerError, quote};
-use crate::groups::group::{Group, HEARTBEAT_INTERVAL, Heartbeat, Subscription};
+use crate::groups::group::{Group, HEARTBEAT_INTERVAL, Heartbeat, HeartbeatAnswer, Subscription};
 use crate::groups::offset_record::{METADATA_BYTES_MAX, OffsetValue};
 use crate::groups::partition_offsets::{self, Spec};
+use crate::groups::shard::Shard;
 use crate::groups::shard::{Write, now_ms};
 use crate::groups::{user_topics, validate_group_name};
 use crate::limits::{
@@ -82,6 +83,26 @@ fn subscription(r: &HeartbeatRequest) -> Result<Subscription, BrokerError> {
         topics: r.topics.iter().cloned().collect(),
         pattern,
     })
+}
+
+/// Waits until `group` changes past `seen` (a change elsewhere in the shard wakes it only
+/// to look) or `deadline` passes.
+async fn park(
+    shard: &Shard,
+    group: &str,
+    seen: u64,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+) {
+    while tokio::time::timeout_at(deadline, changes.changed())
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        let now = shard.groups.lock().await.get(group).map(|g| g.changes);
+        if now != Some(seen) {
+            return;
+        }
+    }
 }
 
 fn tp(t: &(String, u32)) -> TopicPartition {
@@ -157,8 +178,8 @@ impl GroupsService {
         // Only a member that stays may be parked (a join or leave is answered at once).
         let may_wait = r.wait && r.member_epoch > 0;
         // Parked for at most a third of the session, so a parked member is never expelled.
-        let park = HEARTBEAT_INTERVAL.min(Duration::from_millis(u64::from(timeout_ms / 3)));
-        let mut deadline = tokio::time::Instant::now() + park;
+        let longest = HEARTBEAT_INTERVAL.min(Duration::from_millis(u64::from(timeout_ms / 3)));
+        let mut deadline = tokio::time::Instant::now() + longest;
         let mut shard = shard;
         loop {
             let mut changes = shard.watch_changes();
@@ -168,7 +189,7 @@ impl GroupsService {
             if let Some(until) = shard.hold_until.filter(|_| !heartbeat.assign) {
                 deadline = deadline.min(until);
             }
-            let answer = self.heartbeat_once(&shard, &r.group, heartbeat).await?;
+            let (answer, seen) = self.heartbeat_once(&shard, &r.group, heartbeat).await?;
             let nothing_to_do = answer.assignment.iter().cloned().collect::<BTreeSet<_>>() == owned;
             let now = tokio::time::Instant::now();
             if !may_wait || !nothing_to_do || now >= deadline {
@@ -184,20 +205,19 @@ impl GroupsService {
                     assignment: answer.assignment.iter().map(tp).collect(),
                 });
             }
-            // Parked until the group changes (then answered again) or the interval ends.
-            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+            park(&shard, &r.group, seen, &mut changes, deadline).await;
             // Still the coordinator? A deposed one must not keep answering from old state.
             shard = self.node.group_shard(&r.group).await?;
         }
     }
 
-    /// Applies one heartbeat to its group.
+    /// Applies one heartbeat to its group; answers with the group's change count after it.
     async fn heartbeat_once(
         &self,
-        shard: &crate::groups::shard::Shard,
+        shard: &Shard,
         group_name: &str,
         heartbeat: Heartbeat,
-    ) -> Result<crate::groups::group::HeartbeatAnswer, BrokerError> {
+    ) -> Result<(HeartbeatAnswer, u64), BrokerError> {
         let topics = user_topics(&self.node.metadata());
         let mut groups = shard.groups.lock().await;
         let group = groups.entry(group_name.to_string()).or_default();
@@ -207,6 +227,7 @@ impl GroupsService {
             crate::metrics::group_rebalanced(group_name);
         }
         let changed = group.changes != changes;
+        let seen = group.changes;
         crate::metrics::group_members(group_name, group.members.len());
         if group.is_empty() {
             groups.remove(group_name);
@@ -215,7 +236,7 @@ impl GroupsService {
         if changed {
             shard.changed();
         }
-        answer
+        Ok((answer?, seen))
     }
 
     async fn commit_inner(&self, r: CommitOffsetsRequest) -> Result<(), BrokerError> {
