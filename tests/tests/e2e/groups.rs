@@ -546,37 +546,8 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
         poll_assignment(&mut other, 3).await;
         poll_assignment(&mut member, 3).await;
         let acked: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
-        let seen: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
         let watcher_client = Client::connect(&survivors).await.expect("connect");
-        let watching = {
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                // Committed offsets as the group shows them, sampled: never backwards.
-                for _ in 0..400 {
-                    if let Ok(d) = watcher_client.admin().describe_group("cg").await {
-                        let mut seen = seen.lock().expect("seen");
-                        for (partition, before) in seen.iter() {
-                            assert!(
-                                d.partitions
-                                    .iter()
-                                    .any(|p| p.partition == *partition && p.has_committed),
-                                "c/{partition}'s commit at {before} vanished"
-                            );
-                        }
-                        for p in d.partitions.iter().filter(|p| p.has_committed) {
-                            let before = seen.insert(p.partition, p.committed_offset).unwrap_or(0);
-                            assert!(
-                                p.committed_offset >= before,
-                                "c/{} went back from {before} to {}",
-                                p.partition,
-                                p.committed_offset
-                            );
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-            })
-        };
+        let watching = watch_commits(watcher_client, "cg");
         let mut next = 1u64;
         let mut killed = false;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -618,7 +589,7 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
                 }
             }
         }
-        watching.abort();
+        watching.finish().await;
         let acked = acked.lock().expect("acked").clone();
         check_committed(&survivors[0], &acked).await;
         member.close().await.expect("close");
@@ -778,5 +749,132 @@ fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stoppe
             b_stops.saturating_duration_since(first)
         );
         a.close().await.expect("close");
+    });
+}
+
+/// Samples a group's committed offsets until finished, failing the test (at `finish`) if a
+/// partition's commit ever goes backwards or vanishes.
+struct CommitWatcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn watch_commits(client: Client, group: &str) -> CommitWatcher {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, group) = (Arc::clone(&stop), group.to_string());
+    let task = tokio::spawn(async move {
+        let mut seen: BTreeMap<Tp, u64> = BTreeMap::new();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(d) = client.admin().describe_group(&group).await {
+                let now: BTreeMap<Tp, u64> = d
+                    .partitions
+                    .iter()
+                    .filter(|p| p.has_committed)
+                    .map(|p| ((p.topic.clone(), p.partition), p.committed_offset))
+                    .collect();
+                for (tp, before) in &seen {
+                    let after = now.get(tp).copied();
+                    assert!(
+                        after.is_some_and(|a| a >= *before),
+                        "{tp:?}'s commit went from {before} to {after:?}"
+                    );
+                }
+                seen = now;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    CommitWatcher { stop, task }
+}
+
+impl CommitWatcher {
+    async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task
+            .await
+            .expect("committed offsets never went backwards");
+    }
+}
+
+fn rounds(ci: usize, long: usize) -> usize {
+    if std::env::var_os("SLUICE_LONG").is_some() {
+        long
+    } else {
+        ci
+    }
+}
+
+#[test]
+fn a_group_under_member_churn_keeps_one_owner_and_processes_every_record() {
+    // TESTPLAN T16: members crash (dropped without a commit or a leave) one after another
+    // while records flow; CI runs a few crashes, SLUICE_LONG=1 two minutes of them.
+    let (crashes, every) = (rounds(4, 12), Duration::from_secs(rounds(2, 10) as u64));
+    let broker = TestBroker::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = super::client_with_topic(&broker.address, "churn", 8, &[]).await;
+        let processed: Processed = Arc::default();
+        let periods: Periods = Arc::default();
+        let stop_producing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producing = {
+            let (client, stop) = (client.clone(), Arc::clone(&stop_producing));
+            tokio::spawn(async move {
+                let producer = client
+                    .producer(ProducerConfig::default())
+                    .await
+                    .expect("producer");
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sends: Vec<_> = (n..n + 200)
+                        .map(|i| producer.send(ProducerRecord::new("churn").key(format!("k{i}")).value(format!("v{i}"))))
+                        .collect();
+                    for s in futures::future::join_all(sends).await {
+                        s.expect("acked");
+                    }
+                    n += 200;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                n
+            })
+        };
+        let watcher = watch_commits(client.clone(), "churn-g");
+        let mut workers: Vec<(String, Worker)> = (0..4)
+            .map(|i| {
+                let name = format!("m{i}");
+                let w = spawn_worker(&client, &name, "churn-g", "churn", &processed, &periods);
+                (name, w)
+            })
+            .collect();
+        let mut window = 0usize;
+        for round in 0..crashes {
+            tokio::time::sleep(every).await;
+            let (name, victim) = workers.remove(round % workers.len());
+            window += victim.stop(false).await;
+            end_periods(&name, &periods, Instant::now());
+            let name = format!("m{}", 4 + round);
+            let w = spawn_worker(&client, &name, "churn-g", "churn", &processed, &periods);
+            workers.push((name, w));
+        }
+        stop_producing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let total = producing.await.expect("producer") as usize;
+        wait_processed(&processed, total, "after the churn").await;
+        for (_, w) in workers {
+            w.stop(true).await;
+        }
+        watcher.finish().await;
+        check_one_owner(&periods);
+        let processed = processed.lock().expect("processed").clone();
+        let values: BTreeSet<&str> = processed.iter().map(|p| p.3.as_str()).collect();
+        assert_eq!(values.len(), total, "every record processed");
+        let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
+        for (_, partition, offset, _) in &processed {
+            *seen.entry((*partition, *offset)).or_default() += 1;
+        }
+        let duplicates = seen.values().filter(|n| **n > 1).count();
+        let moves = periods.lock().expect("periods").iter().filter(|p| p.3.is_some()).count();
+        assert!(
+            duplicates <= window + moves,
+            "{duplicates} duplicates exceed the crashed members' uncommitted windows ({window}) + moves ({moves})"
+        );
     });
 }
