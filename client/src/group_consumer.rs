@@ -507,21 +507,7 @@ async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), Cl
     let starts = start_positions(shared, &partitions).await?;
     let mut state = shared.state();
     for (tp, from, from_commit) in starts {
-        let lease = state.next_lease;
-        state.next_lease += 1;
-        let sink = LeaseSink {
-            lease,
-            records: shared.records.clone(),
-        };
-        let reader = tokio::spawn(read_partition(
-            shared.client.clone(),
-            shared.config.clone(),
-            tp.0.clone(),
-            tp.1,
-            from,
-            sink,
-        ));
-        state.leases.insert(lease, None);
+        let (lease, reader) = start_reader(shared, &mut state, &tp, from, None);
         state.owned.insert(
             tp,
             Owned {
@@ -535,6 +521,32 @@ async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), Cl
     drop(state);
     shared.emit(RebalanceKind::Assigned, partitions);
     Ok(())
+}
+
+/// Starts reading `tp` from `from` under a new lease (processed up to `processed`).
+fn start_reader(
+    shared: &Shared,
+    state: &mut State,
+    tp: &Partition,
+    from: u64,
+    processed: Option<u64>,
+) -> (u64, JoinHandle<()>) {
+    let lease = state.next_lease;
+    state.next_lease += 1;
+    state.leases.insert(lease, processed);
+    let sink = LeaseSink {
+        lease,
+        records: shared.records.clone(),
+    };
+    let reader = tokio::spawn(read_partition(
+        shared.client.clone(),
+        shared.config.clone(),
+        tp.0.clone(),
+        tp.1,
+        from,
+        sink,
+    ));
+    (lease, reader)
 }
 
 /// Starts again, after what was processed, the readers that ended (an error they handed
@@ -552,21 +564,7 @@ fn restart_ended_readers(shared: &Shared) {
         // twice, since the new reader reads it again.
         let processed = state.leases.remove(&old).flatten();
         let from = processed.unwrap_or(start);
-        let lease = state.next_lease;
-        state.next_lease += 1;
-        state.leases.insert(lease, processed);
-        let sink = LeaseSink {
-            lease,
-            records: shared.records.clone(),
-        };
-        let reader = tokio::spawn(read_partition(
-            shared.client.clone(),
-            shared.config.clone(),
-            tp.0.clone(),
-            tp.1,
-            from,
-            sink,
-        ));
+        let (lease, reader) = start_reader(shared, &mut state, &tp, from, processed);
         if let Some(o) = state.owned.get_mut(&tp) {
             o.reader = reader;
             o.lease = lease;

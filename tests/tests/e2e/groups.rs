@@ -13,8 +13,8 @@ use sluice_client::{
 };
 use sluice_protocol::v1::consumer_groups_client::ConsumerGroupsClient;
 use sluice_protocol::v1::{
-    CommitOffsetsRequest, FetchOffsetsRequest, FindCoordinatorRequest, HeartbeatRequest,
-    OffsetCommit, ResetOffsetsRequest, TopicPartition, reset_offsets_request::To,
+    CommitOffsetsRequest, FetchOffsetsRequest, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, OffsetCommit, ResetOffsetsRequest, TopicPartition, reset_offsets_request::To,
 };
 use sluice_tests::{TestBroker, TestCluster};
 
@@ -492,17 +492,7 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
             .create_topic("c", 6, 3, Default::default())
             .await
             .expect("create");
-        let mut stub = groups_stub(&cluster.nodes[0].address).await;
-        let found = stub
-            .find_coordinator(FindCoordinatorRequest { group: "cg".into() })
-            .await
-            .expect("coordinator")
-            .into_inner();
-        let coordinator = cluster
-            .nodes
-            .iter()
-            .position(|n| n.address == found.address)
-            .expect("a node coordinates");
+        let (coordinator, found) = coordinator_of(&cluster, "cg").await;
         // A commit at another broker names the coordinator.
         let other = (coordinator + 1) % 3;
         let mut elsewhere = groups_stub(&cluster.nodes[other].address).await;
@@ -522,13 +512,7 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
             Some(found.address.as_str())
         );
         // A member on a client that bootstraps from the survivors commits rising offsets.
-        let survivors: Vec<String> = cluster
-            .addresses()
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| *i != coordinator)
-            .map(|(_, a)| a)
-            .collect();
+        let survivors = all_but(&cluster, coordinator);
         let member_client = Client::connect(&survivors).await.expect("connect");
         let mut member = member_client
             .consumer(member_config(Duration::from_secs(5)))
@@ -688,17 +672,7 @@ fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stoppe
             .expect("create");
         // Member b, driven by hand: it owns every partition and then falls silent, as a
         // member still within its session would when its coordinator dies.
-        let mut stub = groups_stub(&cluster.nodes[0].address).await;
-        let found = stub
-            .find_coordinator(FindCoordinatorRequest { group: "hg".into() })
-            .await
-            .expect("coordinator")
-            .into_inner();
-        let coordinator = cluster
-            .nodes
-            .iter()
-            .position(|n| n.address == found.address)
-            .expect("a node coordinates");
+        let (coordinator, found) = coordinator_of(&cluster, "hg").await;
         let mut at = groups_stub(&found.address).await;
         let mut hb = join("hg", "h");
         hb.session_timeout_ms = 5000;
@@ -721,13 +695,7 @@ fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stoppe
         let b_stops = last_sent + Duration::from_millis(4000);
         cluster.nodes[coordinator].kill9();
 
-        let survivors: Vec<String> = cluster
-            .addresses()
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| *i != coordinator)
-            .map(|(_, a)| a)
-            .collect();
+        let survivors = all_but(&cluster, coordinator);
         let member_client = Client::connect(&survivors).await.expect("connect");
         let periods: Periods = Arc::default();
         let mut a = member_client
@@ -794,6 +762,35 @@ impl CommitWatcher {
             .await
             .expect("committed offsets never went backwards");
     }
+}
+
+/// The index of the node coordinating `group`, and its address.
+async fn coordinator_of(cluster: &TestCluster, group: &str) -> (usize, FindCoordinatorResponse) {
+    let mut stub = groups_stub(&cluster.nodes[0].address).await;
+    let found = stub
+        .find_coordinator(FindCoordinatorRequest {
+            group: group.into(),
+        })
+        .await
+        .expect("coordinator")
+        .into_inner();
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.address == found.address)
+        .expect("a node coordinates");
+    (index, found)
+}
+
+/// Every node's client address but node `except`'s.
+fn all_but(cluster: &TestCluster, except: usize) -> Vec<String> {
+    cluster
+        .addresses()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != except)
+        .map(|(_, a)| a)
+        .collect()
 }
 
 fn rounds(ci: usize, long: usize) -> usize {
