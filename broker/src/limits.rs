@@ -133,3 +133,6 @@ pub const METRIC_GAUGE_IDLE: Duration = Duration::from_secs(60);
 /// find it gone within a heartbeat's timeout (5 s in the SDK) plus a retry, and stop reading
 /// when the new one does not know them (UNKNOWN_MEMBER); only then may others take over.
 pub const GROUP_TAKEOVER_GRACE: Duration = Duration::from_secs(6);
+
+/// Longest member id a client may choose (the coordinator's own are 32 hex digits).
+pub const MEMBER_ID_LEN_MAX: usize = 64;

@@ -114,6 +114,8 @@ impl State {
 struct Shared {
     client: Client,
     group: String,
+    /// The id this member joins with, for its whole life (a join sent twice is one member).
+    own_id: String,
     config: ConsumerConfig,
     subscription: Subscription,
     state: Mutex<State>,
@@ -150,6 +152,23 @@ impl Shared {
             });
         }
     }
+}
+
+/// 32 hex digits no other member will pick.
+fn random_member_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = String::with_capacity(32);
+    for salt in 0..2u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(salt);
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        id.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    id
 }
 
 /// Sends a partition's records, tagged with its lease, into the member's stream.
@@ -200,6 +219,7 @@ impl GroupConsumer {
         let shared = Arc::new(Shared {
             client,
             group: group.to_string(),
+            own_id: random_member_id(),
             config,
             subscription,
             state: Mutex::new(State {
@@ -594,11 +614,13 @@ async fn heartbeat(shared: &Shared, epoch: Option<i32>) -> Result<HeartbeatRespo
                 partition: *partition,
             })
             .collect();
-        (
-            state.member_id.clone(),
-            epoch.unwrap_or(state.member_epoch),
-            owned,
-        )
+        // Not a member now: join, under this member's own id.
+        let member_id = if state.member_id.is_empty() {
+            shared.own_id.clone()
+        } else {
+            state.member_id.clone()
+        };
+        (member_id, epoch.unwrap_or(state.member_epoch), owned)
     };
     let (topics, topic_pattern) = match &shared.subscription {
         Subscription::Topics(t) => (t.clone(), String::new()),

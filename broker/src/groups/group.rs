@@ -240,12 +240,16 @@ impl Group {
         topics: &BTreeMap<String, u32>,
         now: Instant,
     ) -> Result<HeartbeatAnswer, BrokerError> {
-        // A member rejoining under its old id (after being fenced) leaves first.
-        if !hb.member_id.is_empty() {
+        // A member may name its own id (the SDK does: a join whose answer was lost and is
+        // sent again then makes no second member). One the group knows (a retried join, or a
+        // member rejoining after it was fenced) leaves first, freeing its partitions.
+        let id = if hb.member_id.is_empty() {
+            new_member_id()
+        } else {
             self.members.remove(&hb.member_id);
             self.target.remove(&hb.member_id);
-        }
-        let id = new_member_id();
+            hb.member_id.clone()
+        };
         let predecessor = hb.instance_id.as_ref().and_then(|instance| {
             self.members
                 .iter()
@@ -714,5 +718,22 @@ mod tests {
         );
         g.apply_commit(tp.clone(), None, 6);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_join_sent_again_under_the_members_own_id_makes_no_second_member() {
+        let now = Instant::now();
+        let mut g = Group::default();
+        let first = g
+            .heartbeat("g", hb("own-1", 0, &[]), &topics(2), now)
+            .expect("join");
+        assert_eq!(first.member_id, "own-1");
+        // The answer was lost; the same join again.
+        let again = g
+            .heartbeat("g", hb("own-1", 0, &[]), &topics(2), now)
+            .expect("join");
+        assert_eq!(again.member_id, "own-1");
+        assert_eq!(g.members.len(), 1);
+        assert_eq!(again.assignment.len(), 2, "its partitions, not a ghost's");
     }
 }

@@ -24,8 +24,9 @@ use crate::groups::shard::Shard;
 use crate::groups::shard::{Write, now_ms};
 use crate::groups::{user_topics, validate_group_name};
 use crate::limits::{
-    GROUP_PATTERN_COMPILED_MAX, GROUP_PATTERN_LEN_MAX, GROUP_REQUEST_ITEMS_MAX,
+    GROUP_NAME_LEN_MAX, GROUP_PATTERN_COMPILED_MAX, GROUP_PATTERN_LEN_MAX, GROUP_REQUEST_ITEMS_MAX,
     GROUP_SESSION_TIMEOUT_DEFAULT_MS, GROUP_SESSION_TIMEOUT_MAX_MS, GROUP_SESSION_TIMEOUT_MIN_MS,
+    MEMBER_ID_LEN_MAX,
 };
 use crate::node::Node;
 
@@ -157,6 +158,11 @@ impl GroupsService {
             subscription(&r)?
         };
         too_many("owned partitions", r.owned.len())?;
+        if r.member_id.len() > MEMBER_ID_LEN_MAX || r.instance_id.len() > GROUP_NAME_LEN_MAX {
+            return Err(BrokerError::InvalidRequest(format!(
+                "member ids are at most {MEMBER_ID_LEN_MAX} bytes, instance ids {GROUP_NAME_LEN_MAX}"
+            )));
+        }
         let timeout_ms = match r.session_timeout_ms {
             0 => GROUP_SESSION_TIMEOUT_DEFAULT_MS,
             ms => ms.clamp(GROUP_SESSION_TIMEOUT_MIN_MS, GROUP_SESSION_TIMEOUT_MAX_MS),
