@@ -504,10 +504,21 @@ async fn start_positions(
     for tp in partitions {
         match committed.get(tp) {
             Some(offset) => {
-                // A commit below the log start (retention removed it) follows the reset
-                // policy's earliest end, as Kafka does for an out-of-range position.
+                // A commit outside the log is out of range, and follows the reset policy as
+                // in Kafka: below the log start (retention removed it) from the earliest
+                // record; past the high watermark (a topic deleted and created again) as
+                // if nothing were committed.
                 let earliest = resolver.resolve(&tp.0, tp.1, Offset::Earliest).await?;
-                starts.push((tp.clone(), (*offset).max(earliest), true));
+                let latest = resolver.resolve(&tp.0, tp.1, Offset::Latest).await?;
+                if *offset > latest {
+                    starts.push((
+                        tp.clone(),
+                        resolver.resolve(&tp.0, tp.1, reset).await?,
+                        false,
+                    ));
+                } else {
+                    starts.push((tp.clone(), (*offset).max(earliest), true));
+                }
             }
             None => starts.push((
                 tp.clone(),

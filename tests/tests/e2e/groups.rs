@@ -875,3 +875,61 @@ fn a_group_under_member_churn_keeps_one_owner_and_processes_every_record() {
         );
     });
 }
+
+#[test]
+fn a_commit_past_the_end_of_a_topic_created_again_follows_the_reset_policy() {
+    let broker = TestBroker::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = super::client_with_topic(&broker.address, "again", 1, &[]).await;
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        for i in 0..10 {
+            producer
+                .send(ProducerRecord::new("again").value(format!("old-{i}")))
+                .await
+                .expect("acked");
+        }
+        let mut member = client
+            .consumer(member_config(Duration::from_secs(10)))
+            .subscribe("ag", &["again"])
+            .expect("subscribe");
+        for _ in 0..10 {
+            member.next().await.expect("open").expect("record");
+        }
+        member.commit().await.expect("commit");
+        member.close().await.expect("close");
+        client.admin().delete_topic("again").await.expect("delete");
+        client
+            .admin()
+            .create_topic("again", 1, 1, Default::default())
+            .await
+            .expect("create again");
+        // A new producer: sequence numbers belong to the old topic's partitions.
+        let producer = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        for i in 0..3 {
+            producer
+                .send(ProducerRecord::new("again").value(format!("new-{i}")))
+                .await
+                .expect("acked");
+        }
+        // The group's commit (10) is past the new topic's end (3): read from the earliest.
+        let mut member = client
+            .consumer(member_config(Duration::from_secs(10)))
+            .subscribe("ag", &["again"])
+            .expect("subscribe");
+        let first = tokio::time::timeout(Duration::from_secs(20), member.next())
+            .await
+            .expect("a record in time")
+            .expect("open")
+            .expect("record");
+        assert_eq!(first.offset, 0);
+        assert_eq!(first.value.as_deref(), Some(&b"new-0"[..]));
+        member.close().await.expect("close");
+    });
+}
