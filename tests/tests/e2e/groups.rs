@@ -16,6 +16,7 @@ use sluice_protocol::v1::{
     CommitOffsetsRequest, FetchOffsetsRequest, FindCoordinatorRequest, FindCoordinatorResponse,
     HeartbeatRequest, OffsetCommit, ResetOffsetsRequest, TopicPartition, reset_offsets_request::To,
 };
+use sluice_tests::logcheck::{self, Attempt, History, Outcome, Read};
 use sluice_tests::{TestBroker, TestCluster};
 
 use super::runtime;
@@ -192,6 +193,7 @@ fn a_group_processes_every_record_once_owned_across_leaving_joining_and_crashing
                 .producer(ProducerConfig::default())
                 .await
                 .expect("producer");
+            let mut attempts = Vec::with_capacity(total);
             for chunk in 0..100 {
                 let sends: Vec<_> = (0..total / 100)
                     .map(|i| {
@@ -203,11 +205,25 @@ fn a_group_processes_every_record_once_owned_across_leaving_joining_and_crashing
                         )
                     })
                     .collect();
-                for s in futures::future::join_all(sends).await {
-                    s.expect("acked");
+                for (i, s) in futures::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .enumerate()
+                {
+                    let acked = s.expect("acked");
+                    let n = chunk * (total / 100) + i;
+                    // Sends in flight together have no order among them: a lane each.
+                    attempts.push(Attempt {
+                        partition: acked.partition,
+                        producer: n as u32,
+                        sequence: 0,
+                        value: format!("v{n}"),
+                        outcome: Outcome::Acked(acked.offset),
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(60)).await;
             }
+            attempts
         });
         let a = spawn_worker(&client, "a", "g", "work", &processed, &periods);
         let b = spawn_worker(&client, "b", "g", "work", &processed, &periods);
@@ -220,7 +236,7 @@ fn a_group_processes_every_record_once_owned_across_leaving_joining_and_crashing
         let crash_window = a.stop(false).await;
         end_periods("a", &periods, Instant::now());
         let a2 = spawn_worker(&client, "a2", "g", "work", &processed, &periods);
-        producing.await.expect("producer");
+        let attempts = producing.await.expect("producer");
         wait_processed(&processed, total, "after a crashed and restarted").await;
         for w in [b, d, a2] {
             w.stop(true).await;
@@ -255,6 +271,18 @@ fn a_group_processes_every_record_once_owned_across_leaving_joining_and_crashing
         );
         let values: BTreeSet<&str> = processed.iter().map(|p| p.3.as_str()).collect();
         assert_eq!(values.len(), total, "every record processed");
+        // The history checker over what the members processed: nothing acknowledged lost,
+        // nothing read at another offset than acknowledged, no offset with two values.
+        let reads = processed
+            .iter()
+            .map(|(_, partition, offset, value)| Read {
+                partition: *partition,
+                offset: *offset,
+                value: value.clone(),
+            })
+            .collect();
+        let report = logcheck::check(&History { attempts, reads });
+        assert!(report.is_clean(), "{report}");
         let description = client.admin().describe_group("g").await.expect("describe");
         assert_eq!(description.state, "empty", "{description:?}");
         let committed: u64 = description
