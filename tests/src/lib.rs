@@ -326,8 +326,21 @@ impl TestCluster {
     fn try_start(size: usize, args: &[&str]) -> Result<Self, String> {
         let temp = tempfile::tempdir().expect("temp dir");
         let secret_file = temp.path().join("cluster.secret");
-        std::fs::write(&secret_file, "test-cluster-secret-0123456789\n").expect("secret file");
         let raft_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        // A secret of its own: a port a torn-down cluster's node still sends Raft messages
+        // to may already be this cluster's, and with a shared secret (the group ids and
+        // votes of two young clusters look alike) they were taken, crashing the receiver
+        // on an openraft debug assertion at start.
+        let secret = format!(
+            "test-cluster-secret-{}-{}",
+            std::process::id(),
+            raft_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join("-")
+        );
+        std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
         let initial_cluster = raft_ports
             .iter()
             .enumerate()
