@@ -20,6 +20,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::connection::Client;
 use crate::error::ClientError;
 
+/// Attempts to resolve a position while its partition's leader moves (≈ 20 s with backoff).
+const RESOLVE_ATTEMPTS: u32 = 45;
+
 /// How a consumer paces its subscriptions.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -140,16 +143,32 @@ impl Consumer {
             Offset::Latest => (OffsetSpec::Latest, 0),
             Offset::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
         };
-        let mut consumer = self
-            .client
-            .consumer_client(self.client.leader_channel(topic, partition));
         let request = ListOffsetsRequest {
             topic: topic.to_string(),
             partition,
             spec: spec as i32,
             timestamp_ms,
         };
-        Ok(consumer.list_offsets(request).await?.into_inner().offset)
+        // A leader moving or not serving yet is retried at the leader metadata names next.
+        let mut attempt = 0u32;
+        loop {
+            let mut consumer = self
+                .client
+                .consumer_client(self.client.leader_channel(topic, partition));
+            match consumer.list_offsets(request.clone()).await {
+                Ok(answer) => return Ok(answer.into_inner().offset),
+                Err(status) => {
+                    let e = ClientError::from(status);
+                    if !e.is_retriable() || attempt >= RESOLVE_ATTEMPTS {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(10))))
+                        .await;
+                    let _ = self.client.refresh_metadata().await;
+                }
+            }
+        }
     }
 
     /// Adds (or moves) a partition to read from `from`.

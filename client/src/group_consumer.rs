@@ -535,7 +535,13 @@ async fn take(shared: &Arc<Shared>, partitions: Vec<Partition>) -> Result<(), Cl
     if partitions.is_empty() {
         return Ok(());
     }
-    let starts = start_positions(shared, &partitions).await?;
+    // Bounded well inside the session: the heartbeats wait while this runs.
+    let starts = tokio::time::timeout(
+        shared.config.session_timeout / 3,
+        start_positions(shared, &partitions),
+    )
+    .await
+    .map_err(|_| unavailable("no start positions in a third of the session"))??;
     let mut state = shared.state();
     for (tp, from, from_commit) in starts {
         let (lease, reader) = start_reader(shared, &mut state, &tp, from, None);
