@@ -764,6 +764,20 @@ fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stoppe
     });
 }
 
+/// Produces `prefix-0` … `prefix-(n-1)` to `topic` with a producer of its own.
+async fn produce_values(client: &Client, topic: &str, prefix: &str, n: usize) {
+    let producer = client
+        .producer(ProducerConfig::default())
+        .await
+        .expect("producer");
+    for i in 0..n {
+        producer
+            .send(ProducerRecord::new(topic).value(format!("{prefix}-{i}")))
+            .await
+            .expect("acked");
+    }
+}
+
 /// Samples a group's committed offsets until finished, failing the test (at `finish`) if a
 /// partition's commit ever goes backwards or vanishes.
 struct CommitWatcher {
@@ -926,16 +940,7 @@ fn a_commit_past_the_end_of_a_topic_created_again_follows_the_reset_policy() {
     let rt = runtime();
     rt.block_on(async {
         let client = super::client_with_topic(&broker.address, "again", 1, &[]).await;
-        let producer = client
-            .producer(ProducerConfig::default())
-            .await
-            .expect("producer");
-        for i in 0..10 {
-            producer
-                .send(ProducerRecord::new("again").value(format!("old-{i}")))
-                .await
-                .expect("acked");
-        }
+        produce_values(&client, "again", "old", 10).await;
         let mut member = client
             .consumer(member_config(Duration::from_secs(10)))
             .subscribe("ag", &["again"])
@@ -952,16 +957,7 @@ fn a_commit_past_the_end_of_a_topic_created_again_follows_the_reset_policy() {
             .await
             .expect("create again");
         // A new producer: sequence numbers belong to the old topic's partitions.
-        let producer = client
-            .producer(ProducerConfig::default())
-            .await
-            .expect("producer");
-        for i in 0..3 {
-            producer
-                .send(ProducerRecord::new("again").value(format!("new-{i}")))
-                .await
-                .expect("acked");
-        }
+        produce_values(&client, "again", "new", 3).await;
         // The group's commit (10) is past the new topic's end (3): read from the earliest.
         let mut member = client
             .consumer(member_config(Duration::from_secs(10)))
