@@ -708,36 +708,7 @@ async fn drive(shared: Arc<Shared>) {
             Ok(answer) => {
                 failures = 0;
                 shared.last_ok_ms.store(sent_ms, Ordering::Release);
-                {
-                    let mut state = shared.state();
-                    state.member_id = answer.member_id.clone();
-                    state.member_epoch = answer.member_epoch;
-                }
-                let assigned: BTreeSet<Partition> = answer
-                    .assignment
-                    .iter()
-                    .map(|t| (t.topic.clone(), t.partition))
-                    .collect();
-                let owned: BTreeSet<Partition> = shared.state().owned.keys().cloned().collect();
-                let revoked: Vec<Partition> = owned.difference(&assigned).cloned().collect();
-                let added: Vec<Partition> = assigned.difference(&owned).cloned().collect();
-                wait = Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(10)));
-                if !revoked.is_empty() {
-                    let positions = stop(&shared, &revoked);
-                    shared.emit(RebalanceKind::Revoked, revoked);
-                    if let Err(e) = commit(&shared, positions).await {
-                        tracing::debug!(group = %shared.group, error = %e, "commit on revoke failed");
-                    }
-                    // Report the release at once: another member waits for it.
-                    wait = Duration::ZERO;
-                }
-                restart_ended_readers(&shared);
-                if let Err(e) = take(&shared, added).await {
-                    tracing::debug!(group = %shared.group, error = %e, "starting assigned partitions failed");
-                    // Perhaps a topic this client has not heard of yet.
-                    let _ = shared.client.refresh_metadata().await;
-                    wait = wait.max(TAKE_RETRY);
-                }
+                wait = follow(&shared, answer).await;
             }
             Err(e)
                 if matches!(
@@ -768,6 +739,42 @@ async fn drive(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Moves to what a heartbeat answered: stops, commits and (at the next heartbeat, sent
+/// at once) releases revoked partitions, starts assigned ones; returns when to heartbeat next.
+async fn follow(shared: &Arc<Shared>, answer: HeartbeatResponse) -> Duration {
+    {
+        let mut state = shared.state();
+        state.member_id = answer.member_id.clone();
+        state.member_epoch = answer.member_epoch;
+    }
+    let assigned: BTreeSet<Partition> = answer
+        .assignment
+        .iter()
+        .map(|t| (t.topic.clone(), t.partition))
+        .collect();
+    let owned: BTreeSet<Partition> = shared.state().owned.keys().cloned().collect();
+    let revoked: Vec<Partition> = owned.difference(&assigned).cloned().collect();
+    let added: Vec<Partition> = assigned.difference(&owned).cloned().collect();
+    let mut wait = Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(10)));
+    if !revoked.is_empty() {
+        let positions = stop(shared, &revoked);
+        shared.emit(RebalanceKind::Revoked, revoked);
+        if let Err(e) = commit(shared, positions).await {
+            tracing::debug!(group = %shared.group, error = %e, "commit on revoke failed");
+        }
+        // Report the release at once: another member waits for it.
+        wait = Duration::ZERO;
+    }
+    restart_ended_readers(shared);
+    if let Err(e) = take(shared, added).await {
+        tracing::debug!(group = %shared.group, error = %e, "starting assigned partitions failed");
+        // Perhaps a topic this client has not heard of yet.
+        let _ = shared.client.refresh_metadata().await;
+        wait = wait.max(TAKE_RETRY);
+    }
+    wait
 }
 
 /// Commits what was processed and leaves the group.

@@ -21,80 +21,91 @@ pub fn assign(
     partition_counts: &BTreeMap<String, u32>,
     previous: &Assignment,
 ) -> Assignment {
-    let mut owner: BTreeMap<TopicPartition, String> = BTreeMap::new();
-    let mut result: Assignment = members
-        .keys()
-        .map(|m| (m.clone(), BTreeSet::new()))
-        .collect();
-    let eligible = |tp: &TopicPartition| -> Vec<&String> {
-        members
-            .iter()
-            .filter(|(_, topics)| topics.contains(&tp.0))
-            .map(|(m, _)| m)
-            .collect()
-    };
     let wanted: BTreeSet<TopicPartition> = members
         .values()
         .flatten()
         .filter_map(|t| partition_counts.get(t).map(|n| (t, *n)))
         .flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p)))
         .collect();
-    // Sticky: keep what is still valid.
+    let mut result = keep_sticky(members, &wanted, previous);
+    place_unowned(members, &wanted, &mut result);
+    balance(members, wanted.len(), &mut result);
+    result
+}
+
+/// The members subscribed to `tp`'s topic.
+fn eligible<'m>(members: &'m Subscriptions, tp: &TopicPartition) -> Vec<&'m String> {
+    members
+        .iter()
+        .filter(|(_, topics)| topics.contains(&tp.0))
+        .map(|(m, _)| m)
+        .collect()
+}
+
+/// The eligible member (other than `except`) with the fewest partitions, ties by id.
+fn least_loaded<'m>(
+    members: &'m Subscriptions,
+    result: &Assignment,
+    tp: &TopicPartition,
+    except: Option<&String>,
+) -> Option<&'m String> {
+    eligible(members, tp)
+        .into_iter()
+        .filter(|m| Some(*m) != except)
+        .min_by_key(|m| (result.get(*m).map_or(0, BTreeSet::len), (*m).clone()))
+}
+
+/// What `previous` gave each member that is still wanted and still subscribed.
+fn keep_sticky(
+    members: &Subscriptions,
+    wanted: &BTreeSet<TopicPartition>,
+    previous: &Assignment,
+) -> Assignment {
+    let mut result: Assignment = members
+        .keys()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
+    let mut owned: BTreeSet<&TopicPartition> = BTreeSet::new();
     for (member, tps) in previous {
         let Some(topics) = members.get(member) else {
             continue;
         };
         for tp in tps {
-            if wanted.contains(tp) && topics.contains(&tp.0) && !owner.contains_key(tp) {
-                owner.insert(tp.clone(), member.clone());
-                if let Some(set) = result.get_mut(member) {
-                    set.insert(tp.clone());
-                }
-            }
-        }
-    }
-    // New or orphaned partitions go to the least loaded eligible member.
-    for tp in &wanted {
-        if owner.contains_key(tp) {
-            continue;
-        }
-        let least = eligible(tp)
-            .into_iter()
-            .min_by_key(|m| (result.get(*m).map_or(0, BTreeSet::len), (*m).clone()));
-        if let Some(m) = least {
-            owner.insert(tp.clone(), m.clone());
-            if let Some(set) = result.get_mut(m) {
+            if wanted.contains(tp)
+                && topics.contains(&tp.0)
+                && owned.insert(tp)
+                && let Some(set) = result.get_mut(member)
+            {
                 set.insert(tp.clone());
             }
         }
     }
-    // Balance: move from the most to the least loaded eligible member while that narrows
-    // the gap. Every move lowers the sum of squared loads, so this ends; the bound is a
-    // belt on top.
-    let bound = wanted.len() * members.len().max(1) + 1;
-    for _ in 0..bound {
-        let mut by_load: Vec<(&String, usize)> =
-            result.iter().map(|(m, set)| (m, set.len())).collect();
-        by_load.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let mut step = None;
-        'search: for (from, load) in &by_load {
-            let Some(set) = result.get(*from) else {
-                continue;
-            };
-            for tp in set.iter().rev() {
-                let to = eligible(tp)
-                    .into_iter()
-                    .filter(|m| *m != *from)
-                    .min_by_key(|m| (result.get(*m).map_or(0, BTreeSet::len), (*m).clone()));
-                if let Some(to) = to
-                    && result.get(to).map_or(0, BTreeSet::len) + 1 < *load
-                {
-                    step = Some(((*from).clone(), to.clone(), tp.clone()));
-                    break 'search;
-                }
-            }
+    result
+}
+
+/// New or orphaned partitions go to the least loaded eligible member.
+fn place_unowned(
+    members: &Subscriptions,
+    wanted: &BTreeSet<TopicPartition>,
+    result: &mut Assignment,
+) {
+    let owned: BTreeSet<TopicPartition> = result.values().flatten().cloned().collect();
+    for tp in wanted.difference(&owned) {
+        if let Some(m) = least_loaded(members, result, tp, None)
+            && let Some(set) = result.get_mut(m)
+        {
+            set.insert(tp.clone());
         }
-        let Some((from, to, tp)) = step else {
+    }
+}
+
+/// Moves partitions from the most to the least loaded eligible member while that narrows
+/// the gap. Every move lowers the sum of squared loads, so this ends; the bound is a belt on
+/// top.
+fn balance(members: &Subscriptions, partitions: usize, result: &mut Assignment) {
+    let bound = partitions * members.len().max(1) + 1;
+    for _ in 0..bound {
+        let Some((from, to, tp)) = one_move(members, result) else {
             break;
         };
         if let Some(set) = result.get_mut(&from) {
@@ -104,7 +115,28 @@ pub fn assign(
             set.insert(tp);
         }
     }
-    result
+}
+
+/// A move (from, to, partition) that narrows the load gap, from the most loaded member.
+fn one_move(
+    members: &Subscriptions,
+    result: &Assignment,
+) -> Option<(String, String, TopicPartition)> {
+    let mut by_load: Vec<(&String, usize)> = result.iter().map(|(m, set)| (m, set.len())).collect();
+    by_load.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    for (from, load) in by_load {
+        let Some(set) = result.get(from) else {
+            continue;
+        };
+        for tp in set.iter().rev() {
+            if let Some(to) = least_loaded(members, result, tp, Some(from))
+                && result.get(to).map_or(0, BTreeSet::len) + 1 < load
+            {
+                return Some((from.clone(), to.clone(), tp.clone()));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

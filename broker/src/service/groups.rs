@@ -106,6 +106,33 @@ async fn park(
     }
 }
 
+/// What DescribeGroup says of each member.
+fn describe_members(group: &Group) -> Vec<MemberDescription> {
+    group
+        .members
+        .iter()
+        .map(|(id, m)| MemberDescription {
+            member_id: id.clone(),
+            instance_id: m.instance_id.clone().unwrap_or_default(),
+            member_epoch: m.epoch,
+            topics: m.subscription.topics.iter().cloned().collect(),
+            topic_pattern: m
+                .subscription
+                .pattern
+                .as_ref()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            assignment: m.assigned.keys().map(tp).collect(),
+            revoking: m.revoking.iter().map(tp).collect(),
+            target: group
+                .target
+                .get(id)
+                .map(|t| t.iter().map(tp).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 fn tp(t: &(String, u32)) -> TopicPartition {
     TopicPartition {
         topic: t.0.clone(),
@@ -306,29 +333,7 @@ impl GroupsService {
             .get(group_name)
             .cloned()
             .ok_or_else(|| BrokerError::UnknownGroup(group_name.to_string()))?;
-        let members = group
-            .members
-            .iter()
-            .map(|(id, m)| MemberDescription {
-                member_id: id.clone(),
-                instance_id: m.instance_id.clone().unwrap_or_default(),
-                member_epoch: m.epoch,
-                topics: m.subscription.topics.iter().cloned().collect(),
-                topic_pattern: m
-                    .subscription
-                    .pattern
-                    .as_ref()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_default(),
-                assignment: m.assigned.keys().map(tp).collect(),
-                revoking: m.revoking.iter().map(tp).collect(),
-                target: group
-                    .target
-                    .get(id)
-                    .map(|t| t.iter().map(tp).collect())
-                    .unwrap_or_default(),
-            })
-            .collect();
+        let members = describe_members(&group);
         let owned: BTreeSet<(String, u32)> = group
             .members
             .values()

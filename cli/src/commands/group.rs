@@ -77,115 +77,9 @@ pub async fn run(
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let admin = client.admin();
     match command {
-        GroupCommand::List => {
-            let groups = admin.list_groups().await?;
-            match format {
-                Format::Json => {
-                    let groups: Vec<Value> = groups
-                        .iter()
-                        .map(|g| {
-                            json!({
-                                "group": g.group,
-                                "state": g.state,
-                                "members": g.members,
-                                "coordinator": g.coordinator,
-                            })
-                        })
-                        .collect();
-                    json_line(out, &json!({ "groups": groups }))?;
-                }
-                Format::Text => {
-                    let mut rows = vec![
-                        ["GROUP", "STATE", "MEMBERS", "COORDINATOR"]
-                            .map(String::from)
-                            .to_vec(),
-                    ];
-                    rows.extend(groups.iter().map(|g| {
-                        vec![
-                            g.group.clone(),
-                            g.state.clone(),
-                            g.members.to_string(),
-                            g.coordinator.to_string(),
-                        ]
-                    }));
-                    table(out, &rows)?;
-                }
-            }
-        }
-        GroupCommand::Describe { group } => {
-            let g = admin.describe_group(&group).await?;
-            match format {
-                Format::Json => json_line(out, &group_json(&g))?,
-                Format::Text => {
-                    writeln!(out, "GROUP        {}", g.group)?;
-                    writeln!(out, "STATE        {}", g.state)?;
-                    writeln!(out, "COORDINATOR  {}", g.coordinator)?;
-                    writeln!(out, "EPOCH        {}", g.group_epoch)?;
-                    writeln!(out, "\nMEMBERS")?;
-                    let mut rows = vec![
-                        ["MEMBER", "INSTANCE", "EPOCH", "ASSIGNMENT", "REVOKING"]
-                            .map(String::from)
-                            .to_vec(),
-                    ];
-                    rows.extend(g.members.iter().map(|m| {
-                        vec![
-                            m.member_id.clone(),
-                            if m.instance_id.is_empty() {
-                                "-".into()
-                            } else {
-                                m.instance_id.clone()
-                            },
-                            m.member_epoch.to_string(),
-                            names(&m.assignment).join(","),
-                            names(&m.revoking).join(","),
-                        ]
-                    }));
-                    table(out, &rows)?;
-                    writeln!(out, "\nPARTITIONS")?;
-                    let mut rows = vec![
-                        [
-                            "TOPIC",
-                            "PARTITION",
-                            "COMMITTED",
-                            "HIGH-WATERMARK",
-                            "LAG",
-                            "MEMBER",
-                        ]
-                        .map(String::from)
-                        .to_vec(),
-                    ];
-                    rows.extend(g.partitions.iter().map(|p| {
-                        vec![
-                            p.topic.clone(),
-                            p.partition.to_string(),
-                            if p.has_committed {
-                                p.committed_offset.to_string()
-                            } else {
-                                "-".into()
-                            },
-                            if p.error.is_empty() {
-                                p.high_watermark.to_string()
-                            } else {
-                                "?".into()
-                            },
-                            if p.error.is_empty() {
-                                p.lag.to_string()
-                            } else {
-                                "?".into()
-                            },
-                            if p.member_id.is_empty() {
-                                "-".into()
-                            } else {
-                                p.member_id.clone()
-                            },
-                        ]
-                    }));
-                    table(out, &rows)?;
-                }
-            }
-        }
+        GroupCommand::List => list(client, format, out).await,
+        GroupCommand::Describe { group } => describe(client, &group, format, out).await,
         GroupCommand::ResetOffsets {
             group,
             topic,
@@ -194,40 +88,168 @@ pub async fn run(
         } => {
             let to = parse_reset_to(&to)?;
             let partitions: Vec<u32> = partition.into_iter().collect();
-            let offsets = admin
+            let offsets = client
+                .admin()
                 .reset_group_offsets(&group, &topic, &partitions, to)
                 .await?;
-            match format {
-                Format::Json => {
-                    let offsets: Vec<Value> = offsets
-                        .iter()
-                        .map(|o| json!({"topic": o.topic, "partition": o.partition, "offset": o.offset}))
-                        .collect();
-                    json_line(out, &json!({ "group": group, "offsets": offsets }))?;
-                }
-                Format::Text => {
-                    let mut rows = vec![
-                        ["TOPIC", "PARTITION", "NEW-OFFSET"]
-                            .map(String::from)
-                            .to_vec(),
-                    ];
-                    rows.extend(offsets.iter().map(|o| {
-                        vec![
-                            o.topic.clone(),
-                            o.partition.to_string(),
-                            o.offset.to_string(),
-                        ]
-                    }));
-                    table(out, &rows)?;
-                }
-            }
+            print_reset(&group, &offsets, format, out)
         }
         GroupCommand::Delete { group } => {
-            admin.delete_group(&group).await?;
+            client.admin().delete_group(&group).await?;
             match format {
                 Format::Json => json_line(out, &json!({ "deleted": group }))?,
                 Format::Text => writeln!(out, "Deleted group {group}")?,
             }
+            Ok(())
+        }
+    }
+}
+
+/// `group list`.
+async fn list(client: &Client, format: Format, out: &mut impl Write) -> Result<(), Failure> {
+    let groups = client.admin().list_groups().await?;
+    match format {
+        Format::Json => {
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    json!({
+                        "group": g.group,
+                        "state": g.state,
+                        "members": g.members,
+                        "coordinator": g.coordinator,
+                    })
+                })
+                .collect();
+            json_line(out, &json!({ "groups": groups }))?;
+        }
+        Format::Text => {
+            let mut rows = vec![
+                ["GROUP", "STATE", "MEMBERS", "COORDINATOR"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            rows.extend(groups.iter().map(|g| {
+                vec![
+                    g.group.clone(),
+                    g.state.clone(),
+                    g.members.to_string(),
+                    g.coordinator.to_string(),
+                ]
+            }));
+            table(out, &rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// `group describe G`.
+async fn describe(
+    client: &Client,
+    group: &str,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let g = client.admin().describe_group(group).await?;
+    if format == Format::Json {
+        json_line(out, &group_json(&g))?;
+        return Ok(());
+    }
+    writeln!(out, "GROUP        {}", g.group)?;
+    writeln!(out, "STATE        {}", g.state)?;
+    writeln!(out, "COORDINATOR  {}", g.coordinator)?;
+    writeln!(out, "EPOCH        {}", g.group_epoch)?;
+    writeln!(out, "\nMEMBERS")?;
+    let mut rows = vec![
+        ["MEMBER", "INSTANCE", "EPOCH", "ASSIGNMENT", "REVOKING"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    rows.extend(g.members.iter().map(|m| {
+        vec![
+            m.member_id.clone(),
+            dash_if_empty(&m.instance_id),
+            m.member_epoch.to_string(),
+            names(&m.assignment).join(","),
+            names(&m.revoking).join(","),
+        ]
+    }));
+    table(out, &rows)?;
+    writeln!(out, "\nPARTITIONS")?;
+    let mut rows = vec![
+        [
+            "TOPIC",
+            "PARTITION",
+            "COMMITTED",
+            "HIGH-WATERMARK",
+            "LAG",
+            "MEMBER",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    rows.extend(g.partitions.iter().map(|p| {
+        let known = |v: u64| {
+            if p.error.is_empty() {
+                v.to_string()
+            } else {
+                "?".into()
+            }
+        };
+        vec![
+            p.topic.clone(),
+            p.partition.to_string(),
+            if p.has_committed {
+                p.committed_offset.to_string()
+            } else {
+                "-".into()
+            },
+            known(p.high_watermark),
+            known(p.lag),
+            dash_if_empty(&p.member_id),
+        ]
+    }));
+    table(out, &rows)?;
+    Ok(())
+}
+
+fn dash_if_empty(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// What `group reset-offsets` wrote.
+fn print_reset(
+    group: &str,
+    offsets: &[sluice_client::CommittedOffset],
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match format {
+        Format::Json => {
+            let offsets: Vec<Value> = offsets
+                .iter()
+                .map(|o| json!({"topic": o.topic, "partition": o.partition, "offset": o.offset}))
+                .collect();
+            json_line(out, &json!({ "group": group, "offsets": offsets }))?;
+        }
+        Format::Text => {
+            let mut rows = vec![
+                ["TOPIC", "PARTITION", "NEW-OFFSET"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            rows.extend(offsets.iter().map(|o| {
+                vec![
+                    o.topic.clone(),
+                    o.partition.to_string(),
+                    o.offset.to_string(),
+                ]
+            }));
+            table(out, &rows)?;
         }
     }
     Ok(())
