@@ -126,6 +126,8 @@ struct Shared {
     close: Notify,
     /// Milliseconds after `base` when the last heartbeat that was answered was sent.
     last_ok_ms: AtomicU64,
+    /// The reader paused while the member may have been expelled, woken by the next answer.
+    paused: Mutex<Option<std::task::Waker>>,
     base: Instant,
 }
 
@@ -141,6 +143,14 @@ impl Shared {
         let since = (self.base.elapsed().as_millis() as u64)
             .saturating_sub(self.last_ok_ms.load(Ordering::Acquire));
         Duration::from_millis(since) > self.config.session_timeout * 4 / 5
+    }
+
+    /// Records a heartbeat answered (sent at `sent_ms`) and wakes a paused reader.
+    fn answered(&self, sent_ms: u64) {
+        self.last_ok_ms.store(sent_ms, Ordering::Release);
+        if let Some(waker) = self.paused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            waker.wake();
+        }
     }
 
     fn emit(&self, kind: RebalanceKind, partitions: Vec<Partition>) {
@@ -234,6 +244,7 @@ impl GroupConsumer {
             records: records_tx,
             close: Notify::new(),
             last_ok_ms: AtomicU64::new(0),
+            paused: Mutex::new(None),
             base: Instant::now(),
         });
         let driver = tokio::spawn(drive(Arc::clone(&shared)));
@@ -324,6 +335,18 @@ impl Stream for GroupConsumer {
     type Item = Result<ConsumerRecord, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Maybe expelled: nothing is handed out (another member may own the partitions now)
+        // and nothing is taken from the buffer, so nothing is skipped if the member was not;
+        // the next answered heartbeat wakes this (or the partitions are lost, their records
+        // dropped as stale).
+        if self.shared.maybe_expelled() {
+            self.settle_pending();
+            *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(cx.waker().clone());
+            if self.shared.maybe_expelled() {
+                return Poll::Pending;
+            }
+        }
         loop {
             let (lease, item) = match self.records.poll_recv(cx) {
                 Poll::Ready(Some(next)) => next,
@@ -347,7 +370,7 @@ impl Stream for GroupConsumer {
                             settle(&mut state, l, offset);
                         }
                         state.leases.contains_key(&lease)
-                    } && !self.shared.maybe_expelled();
+                    };
                     if !current {
                         continue;
                     }
@@ -367,7 +390,7 @@ impl Stream for GroupConsumer {
 /// commit. The snapshot is taken under the commit lock, so a later snapshot is never
 /// committed before an earlier one.
 async fn commit_owned(shared: &Shared) -> Result<(), ClientError> {
-    let _serial = shared.commit_lock.lock().await;
+    let _serial = commit_turn(shared).await?;
     let offsets: Vec<(Partition, u64)> = {
         let state = shared.state();
         state
@@ -388,8 +411,16 @@ async fn commit_owned(shared: &Shared) -> Result<(), ClientError> {
 /// as committed. With nothing to commit it still waits for a commit in flight, so a
 /// release reported after it never overtakes that commit.
 async fn commit(shared: &Shared, offsets: Vec<(Partition, u64)>) -> Result<(), ClientError> {
-    let _serial = shared.commit_lock.lock().await;
+    let _serial = commit_turn(shared).await?;
     send_commit(shared, offsets).await
+}
+
+/// This member's turn to commit, waited for at most a third of the session (the heartbeats
+/// may be waiting behind it).
+async fn commit_turn(shared: &Shared) -> Result<tokio::sync::MutexGuard<'_, ()>, ClientError> {
+    tokio::time::timeout(shared.config.session_timeout / 3, shared.commit_lock.lock())
+        .await
+        .map_err(|_| unavailable("another commit held the way for a third of the session"))
 }
 
 /// Sends one commit; the caller holds the commit lock.
@@ -707,7 +738,7 @@ async fn drive(shared: Arc<Shared>) {
         match answer {
             Ok(answer) => {
                 failures = 0;
-                shared.last_ok_ms.store(sent_ms, Ordering::Release);
+                shared.answered(sent_ms);
                 wait = follow(&shared, answer).await;
             }
             Err(e)
@@ -723,7 +754,12 @@ async fn drive(shared: Arc<Shared>) {
             Err(e) if e.reason() == Some(Reason::InvalidRequest) => {
                 // Not something a retry fixes (a bad subscription): hand it to the reader.
                 lose_all(&shared);
-                let _ = shared.records.try_send((0, Err(e)));
+                // Handed to the reader as space frees (its partitions are gone), unless the
+                // member is closed first.
+                tokio::select! {
+                    _ = shared.records.send((0, Err(e))) => {}
+                    () = shared.close.notified() => {}
+                }
                 return;
             }
             Err(e) => {

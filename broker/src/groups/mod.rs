@@ -120,7 +120,15 @@ impl Coordinator {
             return Ok(s);
         }
         let _loading = self.loading.lock().await;
-        if let Some(s) = self.shard(index).filter(|s| s.term == term) {
+        // Read again under the lock: another caller may have loaded a newer leadership
+        // meanwhile, which must not be replaced by a load for the term read before.
+        let term = shard::leader_term(partition);
+        if !partition.is_leader() {
+            return Err(BrokerError::Unavailable(format!(
+                "{OFFSETS_TOPIC}/{index} lost its leader while its groups were to load"
+            )));
+        }
+        if let Some(s) = self.shard(index).filter(|s| s.term >= term) {
             return Ok(s);
         }
         self.set(index, None);
