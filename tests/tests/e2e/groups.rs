@@ -179,12 +179,7 @@ fn a_group_processes_every_record_once_owned_across_leaving_joining_and_crashing
     let rt = runtime();
     rt.block_on(async {
         let total = 100_000usize;
-        let client = Client::connect(cluster.addresses()).await.expect("connect");
-        client
-            .admin()
-            .create_topic("work", 6, 3, Default::default())
-            .await
-            .expect("create");
+        let client = rf3_topic(&cluster, "work", 6).await;
         let processed: Processed = Arc::default();
         let periods: Periods = Arc::default();
         let producer_client = client.clone();
@@ -514,12 +509,7 @@ fn acknowledged_commits_survive_killing_the_coordinator_and_never_go_backwards()
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     rt.block_on(async {
-        let client = Client::connect(cluster.addresses()).await.expect("connect");
-        client
-            .admin()
-            .create_topic("c", 6, 3, Default::default())
-            .await
-            .expect("create");
+        rf3_topic(&cluster, "c", 6).await;
         let (coordinator, found) = coordinator_of(&cluster, "cg").await;
         // A commit at another broker names the coordinator.
         let other = (coordinator + 1) % 3;
@@ -692,12 +682,7 @@ fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stoppe
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     rt.block_on(async {
-        let client = Client::connect(cluster.addresses()).await.expect("connect");
-        client
-            .admin()
-            .create_topic("h", 4, 3, Default::default())
-            .await
-            .expect("create");
+        rf3_topic(&cluster, "h", 4).await;
         // Member b, driven by hand: it owns every partition and then falls silent, as a
         // member still within its session would when its coordinator dies.
         let (coordinator, found) = coordinator_of(&cluster, "hg").await;
@@ -764,20 +749,6 @@ fn after_a_coordinator_failover_partitions_move_only_once_their_old_owner_stoppe
     });
 }
 
-/// Produces `prefix-0` … `prefix-(n-1)` to `topic` with a producer of its own.
-async fn produce_values(client: &Client, topic: &str, prefix: &str, n: usize) {
-    let producer = client
-        .producer(ProducerConfig::default())
-        .await
-        .expect("producer");
-    for i in 0..n {
-        producer
-            .send(ProducerRecord::new(topic).value(format!("{prefix}-{i}")))
-            .await
-            .expect("acked");
-    }
-}
-
 /// Samples a group's committed offsets until finished, failing the test (at `finish`) if a
 /// partition's commit ever goes backwards or vanishes.
 struct CommitWatcher {
@@ -820,6 +791,17 @@ impl CommitWatcher {
             .await
             .expect("committed offsets never went backwards");
     }
+}
+
+/// A client of every node of `cluster`, with `topic` created at replication factor 3.
+async fn rf3_topic(cluster: &TestCluster, topic: &str, partitions: u32) -> Client {
+    let client = Client::connect(cluster.addresses()).await.expect("connect");
+    client
+        .admin()
+        .create_topic(topic, partitions, 3, Default::default())
+        .await
+        .expect("create");
+    client
 }
 
 /// The index of the node coordinating `group`, and its address.
@@ -940,7 +922,7 @@ fn a_commit_past_the_end_of_a_topic_created_again_follows_the_reset_policy() {
     let rt = runtime();
     rt.block_on(async {
         let client = super::client_with_topic(&broker.address, "again", 1, &[]).await;
-        produce_values(&client, "again", "old", 10).await;
+        super::produce_values(&client, "again", "old", 10).await;
         let mut member = client
             .consumer(member_config(Duration::from_secs(10)))
             .subscribe("ag", &["again"])
@@ -957,7 +939,7 @@ fn a_commit_past_the_end_of_a_topic_created_again_follows_the_reset_policy() {
             .await
             .expect("create again");
         // A new producer: sequence numbers belong to the old topic's partitions.
-        produce_values(&client, "again", "new", 3).await;
+        super::produce_values(&client, "again", "new", 3).await;
         // The group's commit (10) is past the new topic's end (3): read from the earliest.
         let mut member = client
             .consumer(member_config(Duration::from_secs(10)))

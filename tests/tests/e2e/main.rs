@@ -20,7 +20,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset, PartitionDescription};
+use sluice_client::{
+    Client, ConsumerConfig, ConsumerRecord, Offset, PartitionDescription, ProducerConfig,
+    ProducerRecord,
+};
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use tonic::transport::Channel;
@@ -126,4 +129,18 @@ pub fn by_partition(records: &[ConsumerRecord]) -> HashMap<u32, Vec<&ConsumerRec
         map.entry(r.partition).or_default().push(r);
     }
     map
+}
+
+/// Produces `prefix-0` … `prefix-(n-1)` to `topic` with a producer of its own.
+pub async fn produce_values(client: &Client, topic: &str, prefix: &str, n: usize) {
+    let producer = client
+        .producer(ProducerConfig::default())
+        .await
+        .expect("producer");
+    for i in 0..n {
+        producer
+            .send(ProducerRecord::new(topic).value(format!("{prefix}-{i}")))
+            .await
+            .expect("acked");
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use sluice_client::{Client, ProducerConfig, ProducerRecord};
 use sluice_tests::TestBroker;
 
 use crate::{client_with_topic, high_watermark, runtime};
@@ -21,19 +20,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-async fn produce(client: &Client, topic: &str, n: u32) {
-    let producer = client
-        .producer(ProducerConfig::default())
-        .await
-        .expect("producer");
-    for i in 0..n {
-        producer
-            .send(ProducerRecord::new(topic).value(format!("old-{i}")))
-            .await
-            .expect("acked");
-    }
-}
-
 #[test]
 fn a_deleted_topic_s_leftover_directory_is_never_reopened() {
     let mut broker = TestBroker::start();
@@ -42,7 +28,7 @@ fn a_deleted_topic_s_leftover_directory_is_never_reopened() {
     let rt = runtime();
     rt.block_on(async {
         let client = client_with_topic(&broker.address, "phoenix", 1, &[]).await;
-        produce(&client, "phoenix", 5).await;
+        super::produce_values(&client, "phoenix", "old", 5).await;
         assert_eq!(high_watermark(&client, "phoenix", 0).await, 5);
         // What a crash between the controller's delete and the directory's removal leaves.
         copy_dir(&partition_dir, leftover.path());
@@ -67,7 +53,7 @@ fn a_deleted_topic_s_leftover_directory_is_never_reopened() {
             .await
             .expect("recreate");
         assert_eq!(high_watermark(&client, "phoenix", 0).await, 0);
-        produce(&client, "phoenix", 2).await;
+        super::produce_values(&client, "phoenix", "old", 2).await;
         assert_eq!(high_watermark(&client, "phoenix", 0).await, 2);
         client
             .admin()
