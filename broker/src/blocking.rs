@@ -2,16 +2,41 @@
 
 /// Runs `f` on this worker thread with the worker's other tasks handed to another thread
 /// (`block_in_place`), instead of going to the blocking pool and waking the caller again:
-/// one hand-off less on paths taken once per group commit. Runtimes that cannot do that
-/// (a current-thread runtime, as in tests) use the pool.
+/// one hand-off less on paths taken once per group commit. A current-thread runtime (tests,
+/// the deterministic simulation) runs `f` inline: no pool thread whose timing would differ
+/// between runs.
 pub async fn run_in_place<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
+    if on_multi_thread() {
         Ok(tokio::task::block_in_place(f))
     } else {
-        tokio::task::spawn_blocking(f).await
+        Ok(f())
     }
+}
+
+/// Runs `f` on the blocking pool (inline on a current-thread runtime, for the same reason as
+/// [`run_in_place`]).
+pub async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if on_multi_thread() {
+        tokio::task::spawn_blocking(f).await
+    } else {
+        Ok(f())
+    }
+}
+
+/// Starts `f` on the blocking pool without waiting for it (inline on a current-thread
+/// runtime).
+pub fn detach(f: impl FnOnce() + Send + 'static) {
+    if on_multi_thread() {
+        drop(tokio::task::spawn_blocking(f));
+    } else {
+        f();
+    }
+}
+
+fn on_multi_thread() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
 }

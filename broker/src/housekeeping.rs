@@ -110,7 +110,7 @@ async fn compaction_pass(partition: &Partition) {
     }
     let log = std::sync::Arc::clone(&partition.group.log);
     let committed = partition.high_watermark();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = crate::blocking::run(move || {
         let plan = log
             .read()
             .map_err(|_| "log lock poisoned".to_string())?

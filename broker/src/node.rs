@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use sluice_storage::io::FsIo;
+use sluice_storage::io::{FsIo, Io};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::identity::{ClusterId, IdentityError, NodeIdentity};
@@ -70,6 +70,8 @@ pub struct Node {
     leader_reports: mpsc::UnboundedSender<LeaderReport>,
     /// The consumer groups this node coordinates.
     pub coordinator: crate::groups::Coordinator,
+    io: Arc<dyn Io>,
+    clock: Arc<dyn sluice_storage::Clock>,
 }
 
 impl Node {
@@ -136,6 +138,11 @@ pub struct Wiring {
     /// peers' forwarded changes are taken while this node is still starting (when a whole
     /// cluster restarts, every other node waits on the controller leader's).
     pub node_slot: crate::raft::service::NodeSlot,
+    /// The file system the Raft logs, votes and snapshots live on (the simulation's own
+    /// in-memory one under simulation).
+    pub io: Arc<dyn Io>,
+    /// Wall-clock time of the logs.
+    pub clock: Arc<dyn sluice_storage::Clock>,
 }
 
 impl Wiring {
@@ -154,7 +161,14 @@ impl Wiring {
             identity,
             raft_address,
             node_slot: Arc::default(),
+            io: Arc::new(FsIo),
+            clock: Arc::new(sluice_storage::SystemClock),
         })
+    }
+
+    /// The same wiring with the logs on `io`.
+    pub fn with_io(self, io: Arc<dyn Io>) -> Self {
+        Self { io, ..self }
     }
 }
 
@@ -176,6 +190,8 @@ impl Node {
             identity,
             raft_address,
             node_slot,
+            io,
+            clock,
         } = wiring;
         let raft_address = raft_address.unwrap_or_default();
         if let Some(auth) = &auth {
@@ -201,7 +217,8 @@ impl Node {
                 retention_ms: None,
                 ..Default::default()
             },
-            io: Arc::new(FsIo),
+            io: Arc::clone(&io),
+            clock: Arc::clone(&clock),
             members: members.clone(),
             elect,
             snapshots: SnapshotSchedule::for_kind(GroupKind::Controller),
@@ -271,6 +288,8 @@ impl Node {
             broker_budget,
             leader_reports,
             coordinator: crate::groups::Coordinator::default(),
+            io,
+            clock,
         });
         // Wait for the controller to re-apply its log, so restarts see every topic.
         // Read in its own statement: a watch borrow held across an await blocks the sender.

@@ -1,5 +1,6 @@
 //! Binding, serving, and shutting down.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +14,13 @@ use sluice_protocol::{
     HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
     MESSAGE_BYTES_MAX,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 
 use crate::cluster::internal_auth::{ClusterAuth, RequireSecret};
 use crate::config::{Bootstrap, BrokerConfig};
@@ -78,10 +82,59 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     };
     let wiring = Wiring::new(&config, raft_address.clone())
         .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
+    let running = start(
+        config,
+        address.clone(),
+        raft_address,
+        wiring,
+        incoming(listener),
+        raft_listener.map(incoming),
+    )
+    .await?;
+    // Installed before the ready line: a SIGTERM sent right after it must stop the broker
+    // cleanly, not kill it with the default action (a race seen under load in tests).
+    let signals = ShutdownSignals::install()?;
+    // Tests and scripts wait for this line: the broker accepts requests from here on.
+    println!("sluiced listening on {address}");
+    tracing::info!(%address, data_dir = %data_dir.display(), "sluiced ready");
+    running.until_stopped(signals.wait()).await
+}
+
+/// A started broker: its node and the servers in front of it.
+pub struct Running {
+    /// The node.
+    pub node: Arc<Node>,
+    server: JoinHandle<anyhow::Result<()>>,
+    stop: Arc<Notify>,
+    internal: Option<JoinHandle<anyhow::Result<()>>>,
+    stop_internal: Arc<Notify>,
+}
+
+/// Starts a node and serves it on connections from `client` (and Raft peers' from `raft`, a
+/// cluster node only): any byte streams, so the simulation serves over its own network.
+pub async fn start<I, IO, IE, R, RIO, RE>(
+    config: BrokerConfig,
+    address: String,
+    raft_address: Option<String>,
+    wiring: Wiring,
+    client: I,
+    raft: Option<R>,
+) -> anyhow::Result<Running>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    R: Stream<Item = Result<RIO, RE>> + Send + 'static,
+    RIO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    RIO::ConnectInfo: Clone + Send + Sync + 'static,
+    RE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let data_dir = config.data_dir.clone();
     let slot: NodeSlot = Arc::clone(&wiring.node_slot);
     let stop_internal = Arc::new(Notify::new());
-    let internal = match raft_listener {
-        Some(listener) => {
+    let internal = match raft {
+        Some(raft) => {
             let service = RaftService::new(
                 Arc::clone(&wiring.groups),
                 Arc::clone(&slot),
@@ -89,7 +142,7 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 wiring.auth.clone(),
             );
             let auth = wiring.auth.clone().context("a cluster node has a secret")?;
-            let serving = serve_internal(service, auth, listener, Arc::clone(&stop_internal));
+            let serving = serve_internal(service, auth, raft, Arc::clone(&stop_internal));
             if let Some(raft_address) = &raft_address {
                 tracing::info!(%raft_address, "internal service listening");
             }
@@ -97,58 +150,78 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let node = Node::start(config, address.clone(), wiring)
+    let node = Node::start(config, address, wiring)
         .await
         .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
     let _ = slot.set(Arc::downgrade(&node));
     let stop = Arc::new(Notify::new());
-    let server = serve(Arc::clone(&node), listener, Arc::clone(&stop));
-    // Installed before the ready line: a SIGTERM sent right after it must stop the broker
-    // cleanly, not kill it with the default action (a race seen under load in tests).
-    let signals = ShutdownSignals::install()?;
-    // Tests and scripts wait for this line: the broker accepts requests from here on.
-    println!("sluiced listening on {address}");
-    tracing::info!(%address, data_dir = %data_dir.display(), "sluiced ready");
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
-        () = signals.wait() => {
-            tracing::info!("shutting down");
-            stop.notify_one();
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
-                tracing::warn!("requests still open after the grace period; closing them");
+    let server = tokio::spawn(serve(Arc::clone(&node), client, Arc::clone(&stop)));
+    Ok(Running {
+        node,
+        server,
+        stop,
+        internal,
+        stop_internal,
+    })
+}
+
+impl Running {
+    /// Serves until the server fails or `signal` fires, then shuts down cleanly: stop
+    /// accepting, let in-flight requests finish (bounded), stop the Raft groups, checkpoint
+    /// every log.
+    pub async fn until_stopped(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            result = &mut self.server => result.context("gRPC server task")??,
+            () = signal => {
+                tracing::info!("shutting down");
+                self.stop.notify_one();
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await.is_err() {
+                    tracing::warn!("requests still open after the grace period; closing them");
+                }
             }
         }
+        self.node.shutdown().await;
+        self.stop_internal.notify_one();
+        if let Some(internal) = self.internal {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, internal).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
-    node.shutdown().await;
-    stop_internal.notify_one();
-    if let Some(internal) = internal {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, internal).await;
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Serves the internal service on its own listener; every call must prove the cluster
 /// secret before its body is read.
-async fn serve_internal(
+async fn serve_internal<I, IO, IE>(
     service: RaftService,
     auth: ClusterAuth,
-    listener: TcpListener,
+    incoming: I,
     stop: Arc<Notify>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     let raft = RaftServer::new(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let raft = InterceptedService::new(raft, RequireSecret(auth));
     grpc_server()
         .add_service(raft)
-        .serve_with_incoming_shutdown(incoming(listener), async move { stop.notified().await })
+        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await
         .context("internal gRPC server failed")
 }
 
-async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> anyhow::Result<()> {
+async fn serve<I, IO, IE>(node: Arc<Node>, incoming: I, stop: Arc<Notify>) -> anyhow::Result<()>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     let producer = ProducerServer::new(ProducerService::new(Arc::clone(&node)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -165,7 +238,7 @@ async fn serve(node: Arc<Node>, listener: TcpListener, stop: Arc<Notify>) -> any
         .add_service(consumer)
         .add_service(admin)
         .add_service(groups)
-        .serve_with_incoming_shutdown(incoming(listener), async move { stop.notified().await })
+        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await
         .context("gRPC server failed")
 }
@@ -176,6 +249,9 @@ fn grpc_server() -> tonic::transport::Server {
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+        // Dead clients' streams (and the credit and budget they hold) are closed.
+        .http2_keepalive_interval(Some(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT))
 }
 
 /// Accepted sockets get TCP_NODELAY: a response written in several frames must not wait for

@@ -1,6 +1,6 @@
 //! `Client`: connections to brokers and the cluster metadata used to route requests.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use sluice_protocol::MESSAGE_BYTES_MAX;
@@ -30,15 +30,15 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     bootstrap: Channel,
-    channels: RwLock<HashMap<String, Channel>>,
+    channels: RwLock<BTreeMap<String, Channel>>,
     metadata: RwLock<Metadata>,
 }
 
 /// What the client knows of the cluster: partitions per topic and their leaders' addresses.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Metadata {
-    pub(crate) partitions: HashMap<String, u32>,
-    pub(crate) leaders: HashMap<(String, u32), String>,
+    pub(crate) partitions: BTreeMap<String, u32>,
+    pub(crate) leaders: BTreeMap<(String, u32), String>,
     /// Every node's client address, to ask for metadata when the bootstrap broker is down.
     pub(crate) nodes: Vec<String>,
 }
@@ -54,6 +54,10 @@ fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
             e.initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
                 .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+                .connect_timeout(sluice_protocol::CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
         })
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
 }
@@ -76,12 +80,12 @@ impl Client {
         }
         let mut last_error = String::new();
         for broker in &brokers {
-            match endpoint(broker)?.connect().await {
+            match sluice_protocol::transport::connect(endpoint(broker)?).await {
                 Ok(channel) => {
                     let client = Self {
                         inner: Arc::new(Inner {
                             bootstrap: channel.clone(),
-                            channels: RwLock::new(HashMap::from([(broker.clone(), channel)])),
+                            channels: RwLock::new(BTreeMap::from([(broker.clone(), channel)])),
                             metadata: RwLock::new(Metadata::default()),
                         }),
                     };
@@ -105,7 +109,7 @@ impl Client {
     pub async fn refresh_metadata(&self) -> Result<(), ClientError> {
         let cluster = self.describe_cluster().await?;
         let mut metadata = Metadata::default();
-        let addresses: HashMap<u64, String> = cluster
+        let addresses: BTreeMap<u64, String> = cluster
             .nodes
             .iter()
             .map(|n| (n.node_id, n.address.clone()))
@@ -240,7 +244,7 @@ impl Client {
         }
         match endpoint(address) {
             Ok(e) => {
-                let channel = e.connect_lazy();
+                let channel = sluice_protocol::transport::connect_lazy(e);
                 self.inner
                     .channels
                     .write()

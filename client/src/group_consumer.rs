@@ -7,12 +7,14 @@
 //! what was handed out but may still be in the caller's hands is never committed, so a
 //! crash re-delivers at most the uncommitted window (at-least-once).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::Stream;
 use sluice_protocol::Reason;
@@ -65,7 +67,7 @@ pub enum Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebalanceEvent {
     /// When.
-    pub at: Instant,
+    pub at: std::time::Instant,
     /// What happened.
     pub kind: RebalanceKind,
     /// The partitions.
@@ -100,7 +102,7 @@ struct State {
     owned: BTreeMap<Partition, Owned>,
     /// The owned partitions' leases, each with the next offset after what was processed
     /// (`None` until something was): what the per-record path looks up, by number.
-    leases: HashMap<u64, Option<u64>>,
+    leases: BTreeMap<u64, Option<u64>>,
     next_lease: u64,
 }
 
@@ -156,7 +158,7 @@ impl Shared {
     fn emit(&self, kind: RebalanceKind, partitions: Vec<Partition>) {
         if !partitions.is_empty() {
             let _ = self.events.try_send(RebalanceEvent {
-                at: Instant::now(),
+                at: Instant::now().into_std(),
                 kind,
                 partitions,
             });
@@ -166,19 +168,8 @@ impl Shared {
 
 /// 32 hex digits no other member will pick.
 fn random_member_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut id = String::with_capacity(32);
-    for salt in 0..2u64 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(salt);
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        id.push_str(&format!("{:016x}", hasher.finish()));
-    }
-    id
+    let random = sluice_protocol::entropy::random_u64;
+    format!("{:016x}{:016x}", random(), random())
 }
 
 /// Sends a partition's records, tagged with its lease, into the member's stream.
@@ -236,7 +227,7 @@ impl GroupConsumer {
                 member_id: String::new(),
                 member_epoch: 0,
                 owned: BTreeMap::new(),
-                leases: HashMap::new(),
+                leases: BTreeMap::new(),
                 next_lease: 1,
             }),
             commit_lock: tokio::sync::Mutex::new(()),

@@ -213,3 +213,12 @@ impl CleanerCheckpoint {
         })
     }
 }
+
+/// Where the recovery checkpoint of the log in `dir` stands: (segment base offset, byte
+/// position). Fault tests aim damage below it, where recovery must refuse, not truncate.
+pub fn recovery_checkpoint(io: &dyn Io, dir: &Path) -> Option<(u64, u64)> {
+    match RecoveryCheckpoint::read(io, dir) {
+        Ok(Some(cp)) if !cp.reset => Some((cp.segment_base, cp.position)),
+        _ => None,
+    }
+}

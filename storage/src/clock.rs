@@ -9,12 +9,23 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> i64;
 }
 
-/// The operating system's wall clock.
+/// The operating system's wall clock (or the one [`install_wall_clock`] put in its place).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+static WALL_CLOCK: std::sync::OnceLock<Box<dyn Clock>> = std::sync::OnceLock::new();
+
+/// Makes [`SystemClock`] read `clock` for the rest of the process: the deterministic
+/// simulation's clock. False if one was installed already.
+pub fn install_wall_clock(clock: Box<dyn Clock>) -> bool {
+    WALL_CLOCK.set(clock).is_ok()
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
+        if let Some(clock) = WALL_CLOCK.get() {
+            return clock.now_ms();
+        }
         // A clock before 1970 is a misconfigured host; 0 keeps time-based policies inert.
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -25,7 +25,9 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod batch;
+pub mod canary;
 mod checkpoint;
+pub use checkpoint::recovery_checkpoint;
 pub mod cleaner;
 mod clock;
 mod config;
@@ -44,7 +46,7 @@ pub mod state_file;
 
 pub use batch::{Batch, BatchBuilder, BatchHeader, Compression, RaftPosition, Record};
 pub use cleaner::{CompactionPlan, CompactionReport, PreparedCompaction};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, install_wall_clock};
 pub use config::{CleanupPolicy, LogConfig};
 pub use error::{DecodeError, StorageError};
 pub use log::{AppendInfo, Log, LogEnv, PendingSync};

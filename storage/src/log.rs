@@ -807,9 +807,11 @@ impl PendingSeal {
         if *done {
             return Ok(());
         }
-        self.file
-            .sync_data()
-            .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+        if !crate::canary::armed(crate::canary::Canary::AckBeforeFsync) {
+            self.file
+                .sync_data()
+                .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+        }
         let _ = self.index.write(io);
         *done = true;
         Ok(())
@@ -837,9 +839,11 @@ impl PendingSync {
     /// [`Log::finish_sync`].
     pub fn run(&self) -> Result<()> {
         run_seals(self.io.as_ref(), &self.dir, &self.seals, self.sync_dir)?;
-        self.file
-            .sync_data()
-            .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+        if !crate::canary::armed(crate::canary::Canary::AckBeforeFsync) {
+            self.file
+                .sync_data()
+                .map_err(|e| StorageError::io("fsync", &self.path, e))?;
+        }
         if let Some(mark) = &self.mark {
             // Only after the fsync: the checkpoint never claims bytes the disk may not hold.
             let result =

@@ -3,7 +3,6 @@
 //! another cluster, refuses to run instead of mixing two histories.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 
 use sluice_storage::io::FsIo;
@@ -19,17 +18,9 @@ const IDENTITY_FILE: &str = "node_identity";
 pub struct ClusterId(pub u128);
 
 impl ClusterId {
-    /// A fresh id from the process's random hash keys (the OS's randomness) and the clock.
+    /// A fresh id from the OS's randomness (a seeded simulation's, under simulation).
     pub fn generate() -> Self {
-        let half = || {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            hasher.write_u128(now);
-            hasher.write_u32(std::process::id());
-            hasher.finish()
-        };
+        let half = sluice_protocol::entropy::random_u64;
         Self((u128::from(half()) << 64) | u128::from(half()))
     }
 

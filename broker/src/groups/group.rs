@@ -4,8 +4,9 @@
 //! get it, so no partition ever has two owners in the coordinator's view.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::assignor::{self, Assignment, Subscriptions, TopicPartition};
 use super::offset_record::OffsetValue;
@@ -129,16 +130,8 @@ pub struct Group {
 /// A fresh, unguessable member id (ids must not repeat across coordinators: a member the
 /// previous coordinator knew must not pass for a new one).
 fn new_member_id() -> String {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    let a = hasher.finish();
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(a);
-    format!("{:016x}{:016x}", a, hasher.finish())
+    let random = sluice_protocol::entropy::random_u64;
+    format!("{:016x}{:016x}", random(), random())
 }
 
 impl Group {

@@ -12,7 +12,9 @@ pub mod shard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tonic::transport::Channel;
 
@@ -172,7 +174,10 @@ impl Coordinator {
             .map_err(|e| BrokerError::Internal(format!("bad broker address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .http2_keep_alive_interval(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = sluice_protocol::transport::connect_lazy(channel);
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{Batch, BatchBuilder, Compression};
@@ -56,7 +56,7 @@ impl Shard {
         partition: Arc<Partition>,
     ) -> Result<Self, BrokerError> {
         let reader = Arc::clone(&partition);
-        let groups = tokio::task::spawn_blocking(move || read_groups(&reader))
+        let groups = crate::blocking::run(move || read_groups(&reader))
             .await
             .map_err(|e| BrokerError::Internal(format!("loading groups: {e}")))??;
         // The group's first leadership writes its blank entry at Raft index 1 (after the
@@ -188,9 +188,7 @@ fn commit_batch(writes: &[Write]) -> Result<Batch, BrokerError> {
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    sluice_storage::Clock::now_ms(&sluice_storage::SystemClock)
 }
 
 /// The committed offsets in the partition's log.

@@ -11,10 +11,9 @@ impl Node {
         let metadata = self.metadata();
         let wanted = self.placed_here(&metadata).map(|(key, _, _)| key).collect();
         let data_dir = self.config.data_dir.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            partition_dir::sweep(&data_dir, &wanted, &[CLUSTER_DIR])
-        })
-        .await;
+        let swept =
+            crate::blocking::run(move || partition_dir::sweep(&data_dir, &wanted, &[CLUSTER_DIR]))
+                .await;
         match swept {
             Ok(Ok(removed)) => {
                 for dir in removed {
@@ -281,7 +280,7 @@ impl Node {
         };
         let prepare_dir = dir.clone();
         let prepared =
-            tokio::task::spawn_blocking(move || partition_dir::prepare(&prepare_dir, &identity))
+            crate::blocking::run(move || partition_dir::prepare(&prepare_dir, &identity))
                 .await
                 .map_err(|e| BrokerError::Internal(e.to_string()))?
                 .map_err(|e| {
@@ -310,7 +309,8 @@ impl Node {
             kind: GroupKind::Partition,
             dir: &dir,
             log_config: config.log.clone(),
-            io: Arc::new(FsIo),
+            io: Arc::clone(&self.io),
+            clock: Arc::clone(&self.clock),
             members,
             elect: replicas.first() == Some(&self.node_id()),
             snapshots: SnapshotSchedule::for_kind(GroupKind::Partition),

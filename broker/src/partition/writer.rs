@@ -7,7 +7,6 @@
 //! reaches the log.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use sluice_storage::Batch;
@@ -58,9 +57,7 @@ enum Slot {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    sluice_storage::Clock::now_ms(&sluice_storage::SystemClock)
 }
 
 /// Runs until every sender is gone. `durable_end` is how far the log store has fsynced.

@@ -1,6 +1,6 @@
 //! Starting a Raft group over a log directory, and the registry of this node's groups.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -138,6 +138,8 @@ pub struct GroupSpec<'a> {
     pub log_config: LogConfig,
     /// The file system under the log and the group's state files ([`sluice_storage::io::FsIo`] but in tests).
     pub io: Arc<dyn Io>,
+    /// Wall-clock time of the log (segment age, retention, checkpoint pacing).
+    pub clock: Arc<dyn sluice_storage::Clock>,
     /// Voters of the group with their raft addresses, for a first start; empty: this node
     /// waits to be added by the group's leader instead.
     pub members: BTreeMap<NodeId, String>,
@@ -167,9 +169,9 @@ pub async fn start_group<S: GroupState>(
     let config = spec.log_config.clone();
     let env = LogEnv {
         io: Arc::clone(&spec.io),
-        ..LogEnv::default()
+        clock: Arc::clone(&spec.clock),
     };
-    let opened = tokio::task::spawn_blocking(move || Log::open_with(log_dir, config, env))
+    let opened = crate::blocking::run(move || Log::open_with(log_dir, config, env))
         .await
         .map_err(|e| GroupError::Raft {
             group: spec.group_id,
@@ -257,6 +259,7 @@ pub async fn start_single_with<S: GroupState>(
         dir,
         log_config,
         io,
+        clock: Arc::new(sluice_storage::SystemClock),
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         elect: true,
         snapshots,
@@ -277,10 +280,23 @@ pub async fn start_single_with<S: GroupState>(
 /// This node's running groups by id, for the internal Raft service.
 #[derive(Default)]
 pub struct GroupRegistry {
-    groups: RwLock<HashMap<GroupId, (GroupRaft, SharedLog)>>,
+    groups: RwLock<BTreeMap<GroupId, (GroupRaft, SharedLog)>>,
 }
 
 impl GroupRegistry {
+    /// The ids of the registered groups, in order.
+    pub fn ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<GroupId> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Registers a started group.
     pub fn insert(&self, group: &Group) {
         self.groups

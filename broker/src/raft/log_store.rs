@@ -12,7 +12,9 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, Vote};
@@ -295,7 +297,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
 async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
 ) -> Result<T, RaftStorageError> {
-    tokio::task::spawn_blocking(f)
+    crate::blocking::run(f)
         .await
         .map_err(|e| read_logs_error(std::io::Error::other(e.to_string())))?
 }
@@ -362,7 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // `read_committed` sees the new value at once.
         self.inner.state.lock().map_err(|_| poisoned())?.committed = committed;
         let store = self.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::detach(move || {
             if let Err(e) = store.update_state(|s| s.committed = committed) {
                 tracing::warn!(error = %e, "cannot save the committed log id (a hint)");
             }
@@ -371,7 +373,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
-        Ok(self.state()?.committed)
+        let committed = self.state()?.committed;
+        // The broken broker a canary stands for trusts a log cut below its commit.
+        if sluice_storage::canary::armed(sluice_storage::canary::Canary::CutLogVotes)
+            || sluice_storage::canary::armed(sluice_storage::canary::Canary::TruncateOnCorruption)
+        {
+            let last = self.get_log_state().await?.last_log_id;
+            return Ok(committed.min(last));
+        }
+        Ok(committed)
     }
 
     async fn append<I>(

@@ -8,6 +8,7 @@ pub mod log_store;
 pub mod network;
 pub mod raft_state;
 pub mod recent_entries;
+pub mod runtime;
 pub mod service;
 pub mod state_machine;
 pub mod wire;
@@ -27,7 +28,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::SluiceRuntime,
 );
 
 /// A broker's node id.

@@ -48,13 +48,16 @@ impl PeerChannels {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
             .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
             .max_frame_size(HTTP2_MAX_FRAME_BYTES)
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy();
+            .http2_keep_alive_interval(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = sluice_protocol::transport::connect_lazy(endpoint);
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

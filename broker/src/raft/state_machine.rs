@@ -300,7 +300,7 @@ impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<S> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
 ) -> Result<T, RaftStorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(sm_error)?
+    crate::blocking::run(f).await.map_err(sm_error)?
 }
 
 impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {

@@ -1,6 +1,8 @@
 //! Reading the caller's deadline from the `grpc-timeout` header.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};

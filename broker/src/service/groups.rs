@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sluice_protocol::v1::consumer_groups_server::ConsumerGroups;
 use sluice_protocol::v1::reset_offsets_request::To;

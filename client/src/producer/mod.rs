@@ -7,10 +7,10 @@ mod outcome;
 mod partition_queue;
 mod sender;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_protocol::v1::Acks;
@@ -195,7 +195,7 @@ struct Inner {
     client: Client,
     config: ProducerConfig,
     /// Topic → partition → queue; looked up by `&str` on every send.
-    queues: RwLock<HashMap<String, HashMap<u32, Arc<PartitionQueue>>>>,
+    queues: RwLock<BTreeMap<String, BTreeMap<u32, Arc<PartitionQueue>>>>,
     /// Bytes of records buffered and not yet answered.
     buffer: Arc<Semaphore>,
     round_robin: AtomicU32,
@@ -204,16 +204,14 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let queues = self.queues.get_mut().unwrap_or_else(|p| p.into_inner());
-        for queue in queues.values().flat_map(HashMap::values) {
+        for queue in queues.values().flat_map(BTreeMap::values) {
             queue.close();
         }
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    sluice_storage::Clock::now_ms(&sluice_storage::SystemClock)
 }
 
 impl Producer {
@@ -234,7 +232,7 @@ impl Producer {
         let inner = Inner {
             client,
             config,
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(BTreeMap::new()),
             buffer,
             round_robin: AtomicU32::new(0),
         };

@@ -42,27 +42,88 @@ enum PendingOp {
     SetLen(u64),
 }
 
+/// File content whose zero tail (reserved, never written space) takes no memory: segments
+/// reserve tens of MiB at a time, and the simulation keeps two images of every file.
+#[derive(Debug, Default, Clone)]
+struct Sparse {
+    /// The content up to the last byte written; zeros from here to `len`.
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl Sparse {
+    fn from_slice(bytes: &[u8]) -> Self {
+        let written = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        Self {
+            data: bytes.get(..written).unwrap_or_default().to_vec(),
+            len: bytes.len(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.data.truncate(len);
+        self.len = len;
+    }
+
+    fn write(&mut self, start: usize, bytes: &[u8]) {
+        let end = start + bytes.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        if let Some(dst) = self.data.get_mut(start..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.len = self.len.max(end);
+    }
+
+    fn read(&self, start: usize, end: usize) -> Option<Vec<u8>> {
+        if start > end || end > self.len {
+            return None;
+        }
+        let mut out = vec![0; end - start];
+        let stored = self.data.len().min(end);
+        if start < stored
+            && let (Some(dst), Some(src)) =
+                (out.get_mut(..stored - start), self.data.get(start..stored))
+        {
+            dst.copy_from_slice(src);
+        }
+        Some(out)
+    }
+
+    fn byte_mut(&mut self, position: usize) -> Option<&mut u8> {
+        if position >= self.len {
+            return None;
+        }
+        if self.data.len() <= position {
+            self.data.resize(position + 1, 0);
+        }
+        self.data.get_mut(position)
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        let mut out = self.data.clone();
+        out.resize(self.len, 0);
+        out
+    }
+}
+
 #[derive(Debug, Default)]
 struct Image {
-    current: Vec<u8>,
-    durable: Vec<u8>,
+    current: Sparse,
+    durable: Sparse,
     pending: Vec<PendingOp>,
 }
 
 impl Image {
-    fn apply(buf: &mut Vec<u8>, op: &PendingOp) {
+    fn apply(buf: &mut Sparse, op: &PendingOp) {
         match op {
-            PendingOp::Write { position, data } => {
-                let start = *position as usize;
-                let end = start + data.len();
-                if buf.len() < end {
-                    buf.resize(end, 0);
-                }
-                if let Some(dst) = buf.get_mut(start..end) {
-                    dst.copy_from_slice(data);
-                }
-            }
-            PendingOp::SetLen(len) => buf.resize(*len as usize, 0),
+            PendingOp::Write { position, data } => buf.write(*position as usize, data),
+            PendingOp::SetLen(len) => buf.set_len(*len as usize),
         }
     }
 
@@ -214,7 +275,7 @@ impl SimIo {
         state.faults.crash_after_ops = None;
     }
 
-    fn replay_prefix(buf: &mut Vec<u8>, pending: &[PendingOp], rng: &mut u64) {
+    fn replay_prefix(buf: &mut Sparse, pending: &[PendingOp], rng: &mut u64) {
         let keep = (next_random(rng) % (pending.len() as u64 + 1)) as usize;
         for op in pending.iter().take(keep) {
             Image::apply(buf, op);
@@ -238,11 +299,16 @@ impl SimIo {
         let image = &mut *guard;
         for buf in [&mut image.current, &mut image.durable] {
             let byte = buf
-                .get_mut(position as usize)
+                .byte_mut(position as usize)
                 .ok_or(io::ErrorKind::UnexpectedEof)?;
             *byte ^= mask;
         }
         Ok(())
+    }
+
+    /// Every file's path, in order.
+    pub fn paths(&self) -> Vec<std::path::PathBuf> {
+        lock(&self.state).files.keys().cloned().collect()
     }
 
     /// The current content of a file.
@@ -251,7 +317,7 @@ impl SimIo {
         state
             .files
             .get(path)
-            .map(|image| lock(image).current.clone())
+            .map(|image| lock(image).current.to_vec())
     }
 
     /// Creates or replaces a file whose content is `data`, already durable.
@@ -263,8 +329,8 @@ impl SimIo {
             .map_or(0, |image| lock(image).current.len() as u64);
         state.used_bytes = state.used_bytes + data.len() as u64 - old_len;
         let image = Image {
-            current: data.to_vec(),
-            durable: data.to_vec(),
+            current: Sparse::from_slice(data),
+            durable: Sparse::from_slice(data),
             pending: Vec::new(),
         };
         state
@@ -407,9 +473,9 @@ impl IoFile for SimFile {
         let end = start.checked_add(len).ok_or(io::ErrorKind::UnexpectedEof)?;
         let bytes = image
             .current
-            .get(start..end)
+            .read(start, end)
             .ok_or(io::ErrorKind::UnexpectedEof)?;
-        Ok(Bytes::copy_from_slice(bytes))
+        Ok(Bytes::from(bytes))
     }
 
     fn write_at(&self, position: u64, data: &[u8]) -> io::Result<()> {

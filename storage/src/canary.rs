@@ -1,0 +1,33 @@
+//! Deliberately broken behaviours that the fault tests must catch (../shared/TESTPLAN.md,
+//! "negative controls"). Off unless a test arms one through [`arm`]; no flag, variable or
+//! file turns one on, so a broker never runs with one armed.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// A safety rule to break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Canary {
+    /// Syncs report success without `fdatasync`: writes are acknowledged before they are
+    /// durable.
+    AckBeforeFsync = 1,
+    /// Recovery truncates at any bad batch, even below the checkpoint (corruption of
+    /// durable data treated as a torn tail).
+    TruncateOnCorruption = 2,
+    /// Recovery accepts a log that lacks durable batches (cut short), so the replica runs
+    /// and votes as if it were whole.
+    CutLogVotes = 4,
+}
+
+static ARMED: AtomicU8 = AtomicU8::new(0);
+
+/// Arms exactly `canaries` (process-wide), disarming the rest.
+pub fn arm(canaries: &[Canary]) {
+    let bits = canaries.iter().fold(0u8, |bits, c| bits | *c as u8);
+    ARMED.store(bits, Ordering::SeqCst);
+}
+
+/// Whether `canary` is armed.
+pub fn armed(canary: Canary) -> bool {
+    ARMED.load(Ordering::Relaxed) & canary as u8 != 0
+}
