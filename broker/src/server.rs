@@ -177,6 +177,7 @@ impl Running {
                 self.stop.notify_one();
                 if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await.is_err() {
                     tracing::warn!("requests still open after the grace period; closing them");
+                    self.server.abort();
                 }
             }
         }
@@ -250,8 +251,8 @@ fn grpc_server() -> tonic::transport::Server {
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .max_frame_size(HTTP2_MAX_FRAME_BYTES)
         // Dead clients' streams (and the credit and budget they hold) are closed.
-        .http2_keepalive_interval(Some(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(sluice_protocol::transport::keepalive().0))
+        .http2_keepalive_timeout(Some(sluice_protocol::transport::keepalive().1))
 }
 
 /// Accepted sockets get TCP_NODELAY: a response written in several frames must not wait for

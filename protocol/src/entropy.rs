@@ -13,13 +13,15 @@ pub fn seed_thread(seed: u64) {
     STATE.with(|s| s.set(Some(seed)));
 }
 
-/// A random 64-bit number (SplitMix64 over a per-thread state; not for secrets).
+/// A random 64-bit number: from the OS's randomness, or (on a seeded thread) the next of a
+/// SplitMix64 sequence. Not for secrets.
 pub fn random_u64() -> u64 {
     STATE.with(|s| {
-        let state = s
-            .get()
-            .unwrap_or_else(os_seed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let Some(state) = s.get() else {
+            // Unseeded: fresh hash keys each time, so one id does not predict the next.
+            return os_seed();
+        };
+        let state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         s.set(Some(state));
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -37,14 +37,16 @@ pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest HTTP/2 frame either side accepts. h2's default (16 KiB) cuts a 1 MiB batch into
 /// 64 frames, each parsed and handed on by itself.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
-/// How often an idle or busy HTTP/2 connection is probed with a PING, on both sides. A peer
-/// that died with its machine, or a network that drops packets without a reset, otherwise
-/// leaves a connection that looks open and answers nothing until TCP gives up (minutes):
-/// every call on it would time out while a fresh connection would work. Found by the
-/// deterministic simulation (docs/reliability.md).
-pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long a PING may go unanswered before the connection is closed (and redialled).
-pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+/// How often an idle or busy HTTP/2 connection is probed with a PING, on both sides, unless
+/// [`transport::set_keepalive`] says otherwise. A peer that died with its machine, or a
+/// network that drops packets without a reset, otherwise leaves a connection that looks open
+/// and answers nothing until TCP gives up (minutes): every call on it would time out while a
+/// fresh connection would work. Found by the deterministic simulation (docs/reliability.md).
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a PING may go unanswered before the connection is closed (and redialled). A PING
+/// waits behind the frames already queued (a 1 MiB batch, a socket buffer): generous, so a
+/// slow but healthy link is not cut.
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long dialling a broker may take before the attempt fails (Kafka's
 /// `socket.connection.setup.timeout.ms` is 10 s): a partitioned address must not hang a
 /// client's connect for ever.

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,6 +25,21 @@ pub type Dialing = Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Sen
 pub type Dialer = Arc<dyn Fn(String) -> Dialing + Send + Sync>;
 
 static DIALER: OnceLock<Dialer> = OnceLock::new();
+static KEEPALIVE: OnceLock<(Duration, Duration)> = OnceLock::new();
+
+/// Sets the HTTP/2 keepalive (PING interval, PING timeout) of every channel and server made
+/// from now on; once per process (the simulation's network heals in seconds). False if set.
+pub fn set_keepalive(interval: Duration, timeout: Duration) -> bool {
+    KEEPALIVE.set((interval, timeout)).is_ok()
+}
+
+/// The HTTP/2 keepalive in force: (PING interval, PING timeout).
+pub fn keepalive() -> (Duration, Duration) {
+    KEEPALIVE.get().copied().unwrap_or((
+        crate::HTTP2_KEEPALIVE_INTERVAL,
+        crate::HTTP2_KEEPALIVE_TIMEOUT,
+    ))
+}
 
 /// Routes every channel made from now on through `dialer`; set once per process, before any
 /// channel exists (the simulation does, at start). False if one was set already.

@@ -1,6 +1,7 @@
 //! Deliberately broken behaviours that the fault tests must catch (../shared/TESTPLAN.md,
-//! "negative controls"). Off unless a test arms one through [`arm`]; no flag, variable or
-//! file turns one on, so a broker never runs with one armed.
+//! "negative controls"). Only a build with the `canaries` feature (the tests') can arm one,
+//! through [`arm`]; no flag, variable or file turns one on. Without the feature [`armed`] is
+//! a constant `false`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -22,6 +23,7 @@ pub enum Canary {
 static ARMED: AtomicU8 = AtomicU8::new(0);
 
 /// Arms exactly `canaries` (process-wide), disarming the rest.
+#[cfg(feature = "canaries")]
 pub fn arm(canaries: &[Canary]) {
     let bits = canaries.iter().fold(0u8, |bits, c| bits | *c as u8);
     ARMED.store(bits, Ordering::SeqCst);
@@ -29,5 +31,5 @@ pub fn arm(canaries: &[Canary]) {
 
 /// Whether `canary` is armed.
 pub fn armed(canary: Canary) -> bool {
-    ARMED.load(Ordering::Relaxed) & canary as u8 != 0
+    cfg!(feature = "canaries") && ARMED.load(Ordering::Relaxed) & canary as u8 != 0
 }

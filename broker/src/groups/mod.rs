@@ -174,8 +174,8 @@ impl Coordinator {
             .map_err(|e| BrokerError::Internal(format!("bad broker address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT)
+            .http2_keep_alive_interval(sluice_protocol::transport::keepalive().0)
+            .keep_alive_timeout(sluice_protocol::transport::keepalive().1)
             .keep_alive_while_idle(true);
         let channel = sluice_protocol::transport::connect_lazy(channel);
         channels.insert(address.to_string(), channel.clone());

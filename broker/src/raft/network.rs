@@ -54,8 +54,8 @@ impl PeerChannels {
             .max_frame_size(HTTP2_MAX_FRAME_BYTES)
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(2))
-            .http2_keep_alive_interval(sluice_protocol::HTTP2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(sluice_protocol::HTTP2_KEEPALIVE_TIMEOUT)
+            .http2_keep_alive_interval(sluice_protocol::transport::keepalive().0)
+            .keep_alive_timeout(sluice_protocol::transport::keepalive().1)
             .keep_alive_while_idle(true);
         let channel = sluice_protocol::transport::connect_lazy(endpoint);
         channels.insert(address.to_string(), channel.clone());

@@ -28,7 +28,7 @@ pub struct SimNode {
     /// The running node, while one is.
     pub node: Rc<RefCell<Weak<Node>>>,
     /// Whether an earlier crash damaged its disk.
-    pub damaged: bool,
+    pub damaged: Rc<std::cell::Cell<bool>>,
     /// Whether it is down (crashed, not restarted yet).
     pub down: bool,
     _dir: tempfile::TempDir,
@@ -74,6 +74,7 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
     let config = config(id, nodes, dir.path());
     let io = SimIo::new();
     let slot: Rc<RefCell<Weak<Node>>> = Rc::new(RefCell::new(Weak::new()));
+    let damaged = Rc::new(std::cell::Cell::new(false));
     let name = host(id);
     {
         let io = io.clone();
@@ -81,6 +82,7 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
         let recorder = recorder.clone();
         let name = name.clone();
         let dir = dir.path().to_path_buf();
+        let damaged = Rc::clone(&damaged);
         sim.host(name.clone(), move || {
             let config = config.clone();
             let io = io.clone();
@@ -88,11 +90,20 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
             let recorder = recorder.clone();
             let name = name.clone();
             let dir = dir.clone();
+            let damaged = Rc::clone(&damaged);
             async move {
                 if let Err(e) = serve(config, io, &slot).await {
                     // A node that cannot start (damaged storage, say) stays down until the
                     // next restart; the checks decide whether that broke a promise.
-                    recorder.event_in(&name, &format!("stopped: {e:#}"), &dir);
+                    let why = format!("{e:#}");
+                    recorder.event_in(&name, &format!("stopped: {why}"), &dir);
+                    // Without injected damage, only a broken promise (an acknowledged sync
+                    // that did not hold) can leave a log that fails below its checkpoint.
+                    if why.contains("corruption") && !damaged.get() {
+                        recorder.problem(format!(
+                            "{name} found its durable data damaged though none was injected"
+                        ));
+                    }
                 }
                 Ok(())
             }
@@ -103,7 +114,7 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
         name,
         io,
         node: slot,
-        damaged: false,
+        damaged,
         down: false,
         _dir: dir,
     }

@@ -407,7 +407,7 @@ impl Nemesis {
         let path = dir.join(format!("{base:020}.log"));
         let bytes = node.io.file_bytes(&path).unwrap_or_default();
         let at_byte = then + self.rng.below(position - then);
-        node.damaged = true;
+        node.damaged.set(true);
         let file = relative(&path);
         match self.rng.below(2) {
             0 => {
@@ -431,7 +431,11 @@ impl Nemesis {
     /// Damages a crashed node's partition logs (only ever one node per run: a minority).
     fn damage(&mut self, nodes: &mut [SimNode], recorder: &Recorder, i: usize, at: u128) {
         // One damaged node per run (a minority): the scenario's, when it has one.
-        if self.scenario_at.is_some() || nodes.iter().enumerate().any(|(j, n)| n.damaged && j != i)
+        if self.scenario_at.is_some()
+            || nodes
+                .iter()
+                .enumerate()
+                .any(|(j, n)| n.damaged.get() && j != i)
         {
             return;
         }
@@ -452,7 +456,7 @@ impl Nemesis {
         if bytes.is_empty() {
             return;
         }
-        node.damaged = true;
+        node.damaged.set(true);
         let position = self.rng.below(bytes.len() as u64);
         let file = relative(path);
         match self.rng.below(3) {

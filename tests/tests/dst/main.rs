@@ -77,9 +77,13 @@ fn options() -> Result<Options, String> {
                 options.canary =
                     Some(canary_named(&name).ok_or_else(|| format!("unknown canary {name:?}"))?);
             }
+            // libtest's options that take a value: not a name filter.
+            "--skip" | "--test-threads" | "--format" | "--color" | "--logfile" | "-Z" => {
+                let _ = args.next();
+            }
             // What `cargo test` passes to every test binary: a name filter that is not
             // ours means another test was asked for.
-            other if other.starts_with("--") => {}
+            other if other.starts_with('-') => {}
             filter => options.filtered_out |= !"dst".contains(filter) && !filter.contains("dst"),
         }
     }
@@ -103,6 +107,13 @@ fn main() -> ExitCode {
     if options.filtered_out {
         println!("dst: filtered out");
         return ExitCode::SUCCESS;
+    }
+    if !cfg!(tokio_unstable) {
+        // Without it turmoil cannot seed the hosts' schedulers: runs would not repeat.
+        eprintln!(
+            "dst: built without --cfg tokio_unstable (.cargo/config.toml; a RUSTFLAGS variable replaces it)"
+        );
+        return ExitCode::FAILURE;
     }
     let failed = if let Some(seed) = options.seed {
         replay(&options, seed)
@@ -240,10 +251,15 @@ fn run_all(jobs: Vec<(u64, usize, Option<Canary>)>) -> Vec<SeedRun> {
                 std::thread::spawn(move || run_child(seed, nodes, canary))
             })
             .collect();
-        for handle in handles {
-            if let Ok(run) = handle.join() {
-                results.push(run);
-            }
+        for (handle, &(seed, nodes, canary)) in handles.into_iter().zip(chunk) {
+            results.push(handle.join().unwrap_or_else(|_| SeedRun {
+                seed,
+                nodes,
+                canary,
+                trace: "none".into(),
+                output: "the thread running the seed panicked".into(),
+                failed: true,
+            }));
         }
     }
     results
@@ -308,7 +324,31 @@ fn ci(options: &Options) -> bool {
     failed
 }
 
-/// Whether some seed of the first `seeds` catches `canary`.
+/// Violations that show a broken promise about data (not a run that merely stalled): what a
+/// canary must be caught by.
+const SAFETY_MARKS: [&str; 5] = [
+    "logcheck",
+    "applied the entry",
+    "vote went back",
+    "missing from the final read",
+    "durable data damaged",
+];
+
+/// The first line of `output` showing a safety violation: a check's, or one of openraft's
+/// own invariant assertions.
+fn safety_evidence(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VIOLATION "))
+        .find(|v| SAFETY_MARKS.iter().any(|m| v.contains(m)))
+        .or_else(|| {
+            output
+                .lines()
+                .find(|l| l.contains("panicked at") && l.contains("openraft"))
+        })
+}
+
+/// Whether some seed of the first `seeds` catches `canary` with a safety violation.
 fn canary_caught(canary: Canary, seeds: u64) -> bool {
     let parallel = 2u64;
     let mut seed = 1;
@@ -317,13 +357,7 @@ fn canary_caught(canary: Canary, seeds: u64) -> bool {
             .map(|s| (s, 3, Some(canary)))
             .collect();
         for run in run_all(jobs) {
-            if run.failed {
-                let why = run
-                    .output
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("VIOLATION "))
-                    .or_else(|| run.output.lines().find(|l| l.contains("panicked at")))
-                    .unwrap_or("(the run failed without a violation line)");
+            if let Some(why) = safety_evidence(&run.output) {
                 println!(
                     "dst: canary {} caught by seed {}: {why}",
                     canary_name(canary),

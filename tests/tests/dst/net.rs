@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::Stream;
 use sluice_protocol::transport::{self, BoxStream};
@@ -15,6 +16,9 @@ pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         sluice_storage::install_wall_clock(Box::new(super::cluster::SimClock));
+        // The simulation's links heal within seconds and carry little: notice dead
+        // connections as fast as the production defaults would on a real network.
+        transport::set_keepalive(Duration::from_secs(2), Duration::from_secs(4));
         transport::install_dialer(Arc::new(|address: String| {
             Box::pin(async move {
                 let stream = turmoil::net::TcpStream::connect(address).await?;

@@ -21,6 +21,8 @@ struct Inner {
     verbose: bool,
     faults: u64,
     producers_done: u32,
+    /// Values the final reader read.
+    final_values: std::collections::BTreeSet<String>,
     /// Simulated time as the driver last saw it (for lines written outside any host).
     driver_ms: u128,
 }
@@ -39,6 +41,8 @@ pub struct Recorded {
     pub trace_len: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Values the final reader read.
+    pub final_values: std::collections::BTreeSet<String>,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -106,6 +110,9 @@ impl Recorder {
             read.partition, read.offset, read.value
         ));
         let mut inner = self.0.borrow_mut();
+        if who == "final" {
+            inner.final_values.insert(read.value.clone());
+        }
         if group {
             inner
                 .group_delivered
@@ -142,6 +149,7 @@ impl Recorder {
             trace_hash: inner.trace_hash,
             trace_len: inner.trace_len,
             faults: inner.faults,
+            final_values: std::mem::take(&mut inner.final_values),
         }
     }
 }

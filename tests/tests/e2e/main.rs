@@ -4,6 +4,7 @@ mod backpressure;
 mod bad_input;
 mod cluster;
 mod compaction;
+mod corruption;
 mod durability;
 mod error_size;
 mod groups;
