@@ -64,16 +64,25 @@ pub struct Nemesis {
     lag_checkpoints: std::collections::BTreeMap<std::path::PathBuf, (u64, u64)>,
     /// When to stage the lagging-quorum scenario (every other seed of a 3-node cluster).
     scenario_at: Option<Duration>,
+    /// The hosts of the clients whose links may be held or cut.
+    clients: Vec<String>,
 }
 
 impl Nemesis {
     /// Faults for `nodes` nodes from `from` to `until`.
-    pub fn new(seed: u64, nodes: usize, from: Duration, until: Duration) -> Self {
+    pub fn new(
+        seed: u64,
+        nodes: usize,
+        clients: Vec<String>,
+        from: Duration,
+        until: Duration,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         let scenario_at =
             (nodes == 3 && seed.is_multiple_of(2)).then(|| from + rng.millis(2000, 8000));
         Self {
             scenario_at,
+            clients,
             rng,
             from,
             until,
@@ -223,7 +232,28 @@ impl Nemesis {
                 }
             }
             // One node cut off from the others, both ways.
-            28..=56 => {
+            // A client's link to a broker held (requests and answers arrive late, after the
+            // client's timeout and retry: T15) or cut.
+            28..=37 => {
+                let Some(client) = self
+                    .clients
+                    .get(self.rng.below(self.clients.len() as u64) as usize)
+                    .cloned()
+                else {
+                    return;
+                };
+                let heal = now + self.rng.millis(500, 6000);
+                if self.rng.below(2) == 0 {
+                    recorder.fault(at, &format!("hold {client} - {name}"));
+                    sim.hold(client.clone(), name.clone());
+                    self.undo.push((heal, Undo::Release(client, name)));
+                } else {
+                    recorder.fault(at, &format!("cut {client} - {name}"));
+                    sim.partition(client.clone(), name.clone());
+                    self.undo.push((heal, Undo::Repair(client, name)));
+                }
+            }
+            38..=56 => {
                 recorder.fault(at, &format!("isolate {name}"));
                 let heal = now + self.rng.millis(500, 5000);
                 for other in others {

@@ -78,7 +78,18 @@ pub fn run(config: &RunConfig) -> RunResult {
         .map(|id| cluster::add_node(&mut sim, id, config.nodes, &recorder))
         .collect();
     let committed = add_clients(&mut sim, config.nodes, &recorder);
-    let mut nemesis = Nemesis::new(config.seed, config.nodes, FAULTS_FROM, FAULTS_UNTIL);
+    let clients = (0..workload::PRODUCERS)
+        .map(|k| format!("producer{k}"))
+        .chain((0..2).map(|c| format!("consumer{c}")))
+        .chain((0..2).map(|m| format!("member{m}")))
+        .collect();
+    let mut nemesis = Nemesis::new(
+        config.seed,
+        config.nodes,
+        clients,
+        FAULTS_FROM,
+        FAULTS_UNTIL,
+    );
     let mut checks = RaftChecks::default();
     let mut violations = Vec::new();
     let mut simulated_to_end = true;
