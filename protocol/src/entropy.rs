@@ -21,13 +21,31 @@ pub fn random_u64() -> u64 {
             // Unseeded: fresh hash keys each time, so one id does not predict the next.
             return os_seed();
         };
-        let state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set(Some(state));
-        let mut z = state;
+        let mut sequence = SplitMix64(state);
+        let next = sequence.next_u64();
+        s.set(Some(sequence.0));
+        next
+    })
+}
+
+/// A small, fast, replayable sequence of 64-bit numbers (SplitMix64); not for secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    })
+    }
+
+    /// A number in `[0, n)` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
 }
 
 fn os_seed() -> u64 {

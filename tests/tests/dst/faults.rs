@@ -4,32 +4,29 @@
 
 use std::time::Duration;
 
+use sluice_protocol::entropy::SplitMix64;
 use sluice_storage::io::PowerLoss;
 
 use super::cluster::SimNode;
 use super::record::Recorder;
 
-/// A replayable random sequence (SplitMix64).
-pub struct Rng(u64);
+/// The nemesis's replayable choices.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A sequence from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5EED_F00D_0BAD_CAFE)
+        Self(SplitMix64(seed ^ 0x5EED_F00D_0BAD_CAFE))
     }
 
     /// The next number.
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `[0, n)`.
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+        self.0.below(n)
     }
 
     /// A duration in `[lo, hi)` milliseconds.
@@ -195,10 +192,7 @@ impl Nemesis {
     }
 
     fn inject(&mut self, sim: &mut turmoil::Sim<'_>, nodes: &mut [SimNode], recorder: &Recorder) {
-        let now = sim.elapsed();
-        let at = now.as_millis();
-        let n = nodes.len();
-        let i = self.rng.below(n as u64) as usize;
+        let i = self.rng.below(nodes.len() as u64) as usize;
         let name = nodes
             .get(i)
             .map(|node| node.name.clone())
@@ -208,126 +202,166 @@ impl Nemesis {
             .filter(|node| node.name != name)
             .map(|node| node.name.clone())
             .collect();
+        let at = sim.elapsed().as_millis();
         match self.rng.below(100) {
-            // A crash with power loss, sometimes damaging the disk of a (minority) node.
-            0..=24 => {
-                if Self::down(nodes) >= self.max_down || nodes.get(i).is_none_or(|node| node.down) {
-                    return;
-                }
-                self.crash(sim, nodes, recorder, i);
-                if self.rng.below(3) == 0 {
-                    self.damage(nodes, recorder, i, at);
-                }
-                let back = now + self.rng.millis(300, 4000);
-                self.undo.push((back, Undo::Restart(i)));
-            }
-            // Every node loses power at once.
-            25..=27 => {
-                for j in 0..n {
-                    if nodes.get(j).is_some_and(|node| !node.down) {
-                        self.crash(sim, nodes, recorder, j);
-                        let back = now + self.rng.millis(500, 3000);
-                        self.undo.push((back, Undo::Restart(j)));
-                    }
-                }
-            }
-            // One node cut off from the others, both ways.
-            // A client's link to a broker held (requests and answers arrive late, after the
-            // client's timeout and retry: T15) or cut.
-            28..=37 => {
-                let Some(client) = self
-                    .clients
-                    .get(self.rng.below(self.clients.len() as u64) as usize)
-                    .cloned()
-                else {
-                    return;
-                };
-                let heal = now + self.rng.millis(500, 6000);
-                if self.rng.below(2) == 0 {
-                    recorder.fault(at, &format!("hold {client} - {name}"));
-                    sim.hold(client.clone(), name.clone());
-                    self.undo.push((heal, Undo::Release(client, name)));
-                } else {
-                    recorder.fault(at, &format!("cut {client} - {name}"));
-                    sim.partition(client.clone(), name.clone());
-                    self.undo.push((heal, Undo::Repair(client, name)));
-                }
-            }
+            0..=24 => self.power_loss_one(sim, nodes, recorder, i),
+            25..=27 => self.power_loss_all(sim, nodes, recorder),
+            28..=37 => self.client_link(sim, recorder, &name),
             38..=56 => {
                 recorder.fault(at, &format!("isolate {name}"));
-                let heal = now + self.rng.millis(500, 5000);
+                let heal = sim.elapsed() + self.rng.millis(500, 5000);
                 for other in others {
                     sim.partition(name.clone(), other.clone());
                     self.undo.push((heal, Undo::Repair(name.clone(), other)));
                 }
             }
-            // One node hears the others but they do not hear it (or the reverse).
-            57..=66 => {
-                let heal = now + self.rng.millis(500, 5000);
-                let outbound = self.rng.below(2) == 0;
-                recorder.fault(
-                    at,
-                    &format!("one-way {} {name}", if outbound { "from" } else { "to" }),
-                );
-                for other in others {
-                    let (a, b) = if outbound {
-                        (name.clone(), other)
-                    } else {
-                        (other, name.clone())
-                    };
-                    sim.partition_oneway(a.clone(), b.clone());
-                    self.undo.push((heal, Undo::RepairOneWay(a, b)));
-                }
-            }
-            // A bridge: two nodes cannot talk, both talk to the rest.
-            67..=74 => {
-                let Some(other) = others
-                    .get(self.rng.below(others.len() as u64) as usize)
-                    .cloned()
-                else {
-                    return;
-                };
-                recorder.fault(at, &format!("cut {name} - {other}"));
-                sim.partition(name.clone(), other.clone());
-                self.undo
-                    .push((now + self.rng.millis(500, 5000), Undo::Repair(name, other)));
-            }
-            // Messages between two nodes held, then delivered late in a burst.
-            75..=84 => {
-                let Some(other) = others
-                    .get(self.rng.below(others.len() as u64) as usize)
-                    .cloned()
-                else {
-                    return;
-                };
-                recorder.fault(at, &format!("hold {name} - {other}"));
-                sim.hold(name.clone(), other.clone());
-                self.undo
-                    .push((now + self.rng.millis(200, 2000), Undo::Release(name, other)));
-            }
-            // fsync fails (fsyncgate): the node must not acknowledge, then it crashes.
-            85..=92 => {
-                if Self::down(nodes) >= self.max_down || nodes.get(i).is_none_or(|node| node.down) {
-                    return;
-                }
-                recorder.fault(at, &format!("fsync errors on {name}"));
-                if let Some(node) = nodes.get(i) {
-                    node.io.set_fail_sync(true);
-                }
-                self.undo
-                    .push((now + self.rng.millis(100, 1000), Undo::CrashAndRestart(i)));
-            }
-            // The scenario that loses data if a damaged replica counts as whole.
-            // The disk fills up for a while.
+            57..=66 => self.one_way(sim, recorder, &name, others),
+            67..=74 => self.pair_fault(sim, recorder, &name, &others, false),
+            75..=84 => self.pair_fault(sim, recorder, &name, &others, true),
+            85..=92 => self.fsync_errors(sim, nodes, recorder, i),
             _ => {
                 let Some(node) = nodes.get(i) else { return };
                 recorder.fault(at, &format!("disk full on {name}"));
                 node.io
                     .set_space_limit(Some(node.io.used_bytes() + 64 * 1024));
-                self.undo
-                    .push((now + self.rng.millis(500, 3000), Undo::ClearFaults(i)));
+                let until = sim.elapsed() + self.rng.millis(500, 3000);
+                self.undo.push((until, Undo::ClearFaults(i)));
             }
         }
+    }
+
+    /// A crash with power loss, sometimes damaging the disk of a (minority) node.
+    fn power_loss_one(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        nodes: &mut [SimNode],
+        recorder: &Recorder,
+        i: usize,
+    ) {
+        if Self::down(nodes) >= self.max_down || nodes.get(i).is_none_or(|node| node.down) {
+            return;
+        }
+        self.crash(sim, nodes, recorder, i);
+        if self.rng.below(3) == 0 {
+            self.damage(nodes, recorder, i, sim.elapsed().as_millis());
+        }
+        let back = sim.elapsed() + self.rng.millis(300, 4000);
+        self.undo.push((back, Undo::Restart(i)));
+    }
+
+    /// Every running node loses power at once.
+    fn power_loss_all(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        nodes: &mut [SimNode],
+        recorder: &Recorder,
+    ) {
+        for j in 0..nodes.len() {
+            if nodes.get(j).is_some_and(|node| !node.down) {
+                self.crash(sim, nodes, recorder, j);
+                let back = sim.elapsed() + self.rng.millis(500, 3000);
+                self.undo.push((back, Undo::Restart(j)));
+            }
+        }
+    }
+
+    /// A client's link to broker `name` held (requests and answers arrive late, after the
+    /// client's timeout and retry: T15) or cut.
+    fn client_link(&mut self, sim: &mut turmoil::Sim<'_>, recorder: &Recorder, name: &str) {
+        let pick = self.rng.below(self.clients.len() as u64) as usize;
+        let Some(client) = self.clients.get(pick).cloned() else {
+            return;
+        };
+        let at = sim.elapsed().as_millis();
+        let heal = sim.elapsed() + self.rng.millis(500, 6000);
+        if self.rng.below(2) == 0 {
+            recorder.fault(at, &format!("hold {client} - {name}"));
+            sim.hold(client.clone(), name.to_string());
+            self.undo
+                .push((heal, Undo::Release(client, name.to_string())));
+        } else {
+            recorder.fault(at, &format!("cut {client} - {name}"));
+            sim.partition(client.clone(), name.to_string());
+            self.undo
+                .push((heal, Undo::Repair(client, name.to_string())));
+        }
+    }
+
+    /// A node hears the others but they do not hear it (or the reverse).
+    fn one_way(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        recorder: &Recorder,
+        name: &str,
+        others: Vec<String>,
+    ) {
+        let heal = sim.elapsed() + self.rng.millis(500, 5000);
+        let outbound = self.rng.below(2) == 0;
+        let direction = if outbound { "from" } else { "to" };
+        recorder.fault(
+            sim.elapsed().as_millis(),
+            &format!("one-way {direction} {name}"),
+        );
+        for other in others {
+            let (a, b) = if outbound {
+                (name.to_string(), other)
+            } else {
+                (other, name.to_string())
+            };
+            sim.partition_oneway(a.clone(), b.clone());
+            self.undo.push((heal, Undo::RepairOneWay(a, b)));
+        }
+    }
+
+    /// Two nodes cannot talk (a bridge: both talk to the rest), or their messages are held
+    /// and then delivered late in a burst.
+    fn pair_fault(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        recorder: &Recorder,
+        name: &str,
+        others: &[String],
+        hold: bool,
+    ) {
+        let Some(other) = others
+            .get(self.rng.below(others.len() as u64) as usize)
+            .cloned()
+        else {
+            return;
+        };
+        let (name, at) = (name.to_string(), sim.elapsed().as_millis());
+        if hold {
+            recorder.fault(at, &format!("hold {name} - {other}"));
+            sim.hold(name.clone(), other.clone());
+            let release = sim.elapsed() + self.rng.millis(200, 2000);
+            self.undo.push((release, Undo::Release(name, other)));
+        } else {
+            recorder.fault(at, &format!("cut {name} - {other}"));
+            sim.partition(name.clone(), other.clone());
+            let heal = sim.elapsed() + self.rng.millis(500, 5000);
+            self.undo.push((heal, Undo::Repair(name, other)));
+        }
+    }
+
+    /// fsync fails (fsyncgate): the node must not acknowledge, then it crashes.
+    fn fsync_errors(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        nodes: &mut [SimNode],
+        recorder: &Recorder,
+        i: usize,
+    ) {
+        if Self::down(nodes) >= self.max_down || nodes.get(i).is_none_or(|node| node.down) {
+            return;
+        }
+        let Some(node) = nodes.get(i) else { return };
+        recorder.fault(
+            sim.elapsed().as_millis(),
+            &format!("fsync errors on {}", node.name),
+        );
+        node.io.set_fail_sync(true);
+        let crash = sim.elapsed() + self.rng.millis(100, 1000);
+        self.undo.push((crash, Undo::CrashAndRestart(i)));
     }
 
     /// A replica (B) falls behind while the others (C, X) commit; C loses power and its disk

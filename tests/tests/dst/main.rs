@@ -158,12 +158,15 @@ fn replay_command(seed: u64, nodes: usize) -> String {
 fn replay(options: &Options, seed: u64) -> bool {
     let nodes = options.nodes.unwrap_or(3);
     let started = Instant::now();
-    let result = run(&config(
-        seed,
-        nodes,
-        options.canary.into_iter().collect(),
-        options.verbose,
-    ));
+    let run_once = || {
+        run(&config(
+            seed,
+            nodes,
+            options.canary.into_iter().collect(),
+            options.verbose,
+        ))
+    };
+    let result = run_once();
     println!("{}", summary(seed, nodes, &result, started.elapsed()));
     for v in &result.violations {
         println!("  VIOLATION {v}");
@@ -171,12 +174,7 @@ fn replay(options: &Options, seed: u64) -> bool {
     if options.twice {
         // In one process a second run can differ (some state outlives a run; the CI set
         // runs every seed in a process of its own, where runs repeat exactly).
-        let again = run(&config(
-            seed,
-            nodes,
-            options.canary.into_iter().collect(),
-            options.verbose,
-        ));
+        let again = run_once();
         println!("again: {}", summary(seed, nodes, &again, started.elapsed()));
     }
     println!(

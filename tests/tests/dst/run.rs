@@ -11,7 +11,7 @@ use sluice_tests::logcheck::{self, Outcome};
 use super::cluster::{self, SimNode};
 use super::faults::Nemesis;
 use super::invariants::RaftChecks;
-use super::record::Recorder;
+use super::record::{Recorded, Recorder};
 use super::workload::{self, Committed};
 
 /// Faults start here (the cluster has formed, the topic exists)…
@@ -77,72 +77,23 @@ pub fn run(config: &RunConfig) -> RunResult {
     let mut nodes: Vec<SimNode> = (1..=config.nodes as u64)
         .map(|id| cluster::add_node(&mut sim, id, config.nodes, &recorder))
         .collect();
-    let committed = add_clients(&mut sim, config.nodes, &recorder);
-    let clients = (0..workload::PRODUCERS)
-        .map(|k| format!("producer{k}"))
-        .chain((0..2).map(|c| format!("consumer{c}")))
-        .chain((0..2).map(|m| format!("member{m}")))
-        .collect();
-    let mut nemesis = Nemesis::new(
+    let (clients, committed) = add_clients(&mut sim, config.nodes, &recorder);
+    let nemesis = Nemesis::new(
         config.seed,
         config.nodes,
         clients,
         FAULTS_FROM,
         FAULTS_UNTIL,
     );
-    let mut checks = RaftChecks::default();
-    let mut violations = Vec::new();
-    let mut simulated_to_end = true;
-    loop {
-        recorder.set_now(sim.elapsed().as_millis());
-        nemesis.tick(&mut sim, &mut nodes, &recorder);
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                violations.push(format!("the simulation failed: {e}"));
-                simulated_to_end = false;
-                break;
-            }
-        }
-        recorder.set_now(sim.elapsed().as_millis());
-        checks.check(&nodes, &recorder);
-    }
+    let (mut violations, simulated_to_end) = step_to_end(&mut sim, &mut nodes, nemesis, &recorder);
     let simulated = sim.elapsed();
     drop(sim);
     canary::arm(&[]);
     let recorded = recorder.take();
-    violations.extend(checks.violations);
     violations.extend(recorded.problems.iter().cloned());
-    let report = logcheck::check(&recorded.history);
-    // A run cut short has attempts still open (never recorded): its history is not whole.
-    if !report.is_clean() && simulated_to_end {
-        violations.push(format!("logcheck: {report}"));
-    }
+    violations.extend(history_violations(&recorded, simulated_to_end));
     violations.extend(group_delivery(&recorded, &committed.borrow()));
-    // logcheck counts a value read by anyone during the run; the final read of the healed
-    // cluster must hold every acknowledged value too (one lost after a consumer saw it).
-    let missing: Vec<&str> = recorded
-        .history
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Acked(_)))
-        .filter(|a| !recorded.final_values.contains(&a.value))
-        .map(|a| a.value.as_str())
-        .collect();
-    if !missing.is_empty() && simulated_to_end {
-        violations.push(format!(
-            "{} acknowledged values missing from the final read (first {:?})",
-            missing.len(),
-            missing.first()
-        ));
-    }
-    let acked = recorded
-        .history
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Acked(_)))
-        .count();
+    let acked = acked_values(&recorded).count();
     if acked == 0 {
         violations.push("no produce was acknowledged".into());
     }
@@ -157,80 +108,153 @@ pub fn run(config: &RunConfig) -> RunResult {
     }
 }
 
+/// Steps the simulation until every client is done, with the nemesis before each step and
+/// the Raft checks after it. Returns the violations and whether it ran to the end.
+fn step_to_end(
+    sim: &mut turmoil::Sim<'_>,
+    nodes: &mut [SimNode],
+    mut nemesis: Nemesis,
+    recorder: &Recorder,
+) -> (Vec<String>, bool) {
+    let mut checks = RaftChecks::default();
+    let mut violations = Vec::new();
+    let mut to_end = true;
+    loop {
+        recorder.set_now(sim.elapsed().as_millis());
+        nemesis.tick(sim, nodes, recorder);
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                violations.push(format!("the simulation failed: {e}"));
+                to_end = false;
+                break;
+            }
+        }
+        recorder.set_now(sim.elapsed().as_millis());
+        checks.check(nodes, recorder);
+    }
+    violations.extend(checks.violations);
+    (violations, to_end)
+}
+
+fn acked_values(recorded: &Recorded) -> impl Iterator<Item = &str> {
+    recorded
+        .history
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Acked(_)))
+        .map(|a| a.value.as_str())
+}
+
+/// logcheck over the whole history, and every acknowledged value in the final read: logcheck
+/// counts a value read by anyone during the run, so one lost after a consumer saw it shows
+/// only here. A run cut short has attempts still open (never recorded): not checked.
+fn history_violations(recorded: &Recorded, whole: bool) -> Vec<String> {
+    let mut violations = Vec::new();
+    if !whole {
+        return violations;
+    }
+    let report = logcheck::check(&recorded.history);
+    if !report.is_clean() {
+        violations.push(format!("logcheck: {report}"));
+    }
+    let missing: Vec<&str> = acked_values(recorded)
+        .filter(|v| !recorded.final_values.contains(*v))
+        .collect();
+    if !missing.is_empty() {
+        violations.push(format!(
+            "{} acknowledged values missing from the final read (first {:?})",
+            missing.len(),
+            missing.first()
+        ));
+    }
+    violations
+}
+
+/// Registers the clients; returns their host names (for the nemesis) and where the final
+/// reader leaves the group's committed offsets.
 fn add_clients(
     sim: &mut turmoil::Sim<'_>,
     nodes: usize,
     recorder: &Recorder,
-) -> Rc<RefCell<Committed>> {
+) -> (Vec<String>, Rc<RefCell<Committed>>) {
     let brokers = cluster::brokers(nodes);
     let rf = 3u32.min(nodes as u32);
+    let mut hosts = Vec::new();
     for k in 0..workload::PRODUCERS {
-        let (brokers, recorder) = (brokers.clone(), recorder.clone());
-        sim.client(format!("producer{k}"), async move {
-            let done = recorder.clone();
-            let work = workload::produce(k, brokers, rf, VALUES, FAULTS_UNTIL, recorder.clone());
-            let result = bounded(
-                &format!("p{k}"),
-                FAULTS_UNTIL + Duration::from_secs(40),
-                work,
-                &recorder,
-            )
-            .await;
-            done.event(&format!("p{k}"), "done");
-            result
-        });
+        let (brokers, r) = (brokers.clone(), recorder.clone());
+        let work = async move { workload::produce(k, brokers, rf, VALUES, FAULTS_UNTIL, r).await };
+        let deadline = FAULTS_UNTIL + Duration::from_secs(40);
+        hosts.push(add_client(
+            sim,
+            format!("producer{k}"),
+            format!("p{k}"),
+            deadline,
+            work,
+            recorder,
+        ));
     }
     for c in 0..2 {
-        let (brokers, recorder) = (brokers.clone(), recorder.clone());
-        sim.client(format!("consumer{c}"), async move {
-            let done = recorder.clone();
-            let work = workload::consume(format!("c{c}"), brokers, CONSUME_UNTIL, recorder.clone());
-            let result = bounded(
-                &format!("c{c}"),
-                CONSUME_UNTIL + Duration::from_secs(15),
-                work,
-                &recorder,
-            )
-            .await;
-            done.event(&format!("c{c}"), "done");
-            result
-        });
+        let (brokers, r) = (brokers.clone(), recorder.clone());
+        let work =
+            async move { workload::consume(format!("c{c}"), brokers, CONSUME_UNTIL, r).await };
+        let deadline = CONSUME_UNTIL + Duration::from_secs(15);
+        hosts.push(add_client(
+            sim,
+            format!("consumer{c}"),
+            format!("c{c}"),
+            deadline,
+            work,
+            recorder,
+        ));
     }
     for m in 0..2 {
-        let (brokers, recorder) = (brokers.clone(), recorder.clone());
-        sim.client(format!("member{m}"), async move {
-            let done = recorder.clone();
-            let work = workload::member(format!("g{m}"), brokers, CONSUME_UNTIL, recorder.clone());
-            let result = bounded(
-                &format!("g{m}"),
-                CONSUME_UNTIL + Duration::from_secs(15),
-                work,
-                &recorder,
-            )
-            .await;
-            done.event(&format!("g{m}"), "done");
-            result
-        });
+        let (brokers, r) = (brokers.clone(), recorder.clone());
+        let work =
+            async move { workload::member(format!("g{m}"), brokers, CONSUME_UNTIL, r).await };
+        let deadline = CONSUME_UNTIL + Duration::from_secs(15);
+        hosts.push(add_client(
+            sim,
+            format!("member{m}"),
+            format!("g{m}"),
+            deadline,
+            work,
+            recorder,
+        ));
     }
     let committed = Rc::new(RefCell::new(Committed::new()));
-    let (seen, recorder) = (Rc::clone(&committed), recorder.clone());
-    sim.client("reader", async move {
-        let work = workload::read_back(
-            brokers,
-            READ_BACK_AT,
-            READ_BACK_UNTIL,
-            recorder.clone(),
-            seen,
-        );
-        bounded(
-            "the final reader",
-            READ_BACK_UNTIL + Duration::from_secs(5),
-            work,
-            &recorder,
-        )
-        .await
+    let (seen, r) = (Rc::clone(&committed), recorder.clone());
+    let work =
+        async move { workload::read_back(brokers, READ_BACK_AT, READ_BACK_UNTIL, r, seen).await };
+    let deadline = READ_BACK_UNTIL + Duration::from_secs(5);
+    add_client(
+        sim,
+        "reader".into(),
+        "the final reader".into(),
+        deadline,
+        work,
+        recorder,
+    );
+    (hosts, committed)
+}
+
+/// Registers client host `host` running `work`, bounded by `deadline`; returns `host`.
+fn add_client(
+    sim: &mut turmoil::Sim<'_>,
+    host: String,
+    who: String,
+    deadline: Duration,
+    work: impl std::future::Future<Output = turmoil::Result> + 'static,
+    recorder: &Recorder,
+) -> String {
+    let recorder = recorder.clone();
+    sim.client(host.clone(), async move {
+        let result = bounded(&who, deadline, work, &recorder).await;
+        recorder.event(&who, "done");
+        result
     });
-    committed
+    host
 }
 
 /// Runs a client until `deadline` (simulated): a client call that never returns (a cluster
@@ -253,7 +277,7 @@ async fn bounded(
 
 /// At-least-once for the group (TESTPLAN invariant 10): every record below a partition's
 /// committed offset was handed out by some member.
-fn group_delivery(recorded: &super::record::Recorded, committed: &Committed) -> Vec<String> {
+fn group_delivery(recorded: &Recorded, committed: &Committed) -> Vec<String> {
     let mut violations = Vec::new();
     for (partition, offset) in committed {
         let delivered = recorded.group_delivered.get(partition);

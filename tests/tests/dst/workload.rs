@@ -41,6 +41,20 @@ async fn connect(brokers: &[String], until: Duration) -> Option<Client> {
     None
 }
 
+/// [`connect`], or a problem recorded for `who`.
+async fn connected(
+    who: &str,
+    brokers: &[String],
+    until: Duration,
+    recorder: &Recorder,
+) -> Option<Client> {
+    let client = connect(brokers, until).await;
+    if client.is_none() {
+        recorder.problem(format!("{who} never connected"));
+    }
+    client
+}
+
 /// Creates the topic (replication factor `rf`) unless it exists; retried until `until`.
 async fn ensure_topic(client: &Client, rf: u32, until: Duration) -> bool {
     while now() < until {
@@ -79,8 +93,7 @@ pub async fn produce(
     recorder: Recorder,
 ) -> turmoil::Result {
     let who = format!("p{k}");
-    let Some(client) = connect(&brokers, until).await else {
-        recorder.problem(format!("{who} never connected"));
+    let Some(client) = connected(&who, &brokers, until, &recorder).await else {
         return Ok(());
     };
     if !ensure_topic(&client, rf, until).await {
@@ -184,8 +197,7 @@ pub async fn consume(
     until: Duration,
     recorder: Recorder,
 ) -> turmoil::Result {
-    let Some(client) = connect(&brokers, until).await else {
-        recorder.problem(format!("{who} never connected"));
+    let Some(client) = connected(&who, &brokers, until, &recorder).await else {
         return Ok(());
     };
     let mut next = vec![0u64; PARTITIONS as usize];
@@ -238,8 +250,7 @@ pub async fn member(
     until: Duration,
     recorder: Recorder,
 ) -> turmoil::Result {
-    let Some(client) = connect(&brokers, until).await else {
-        recorder.problem(format!("{who} never connected"));
+    let Some(client) = connected(&who, &brokers, until, &recorder).await else {
         return Ok(());
     };
     while now() < until {

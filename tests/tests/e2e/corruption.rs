@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sluice_client::{Client, ProducerConfig, ProducerRecord};
+// Damage positions, replayable.
+use sluice_protocol::entropy::SplitMix64 as Rng;
 use sluice_tests::TestCluster;
 use sluice_tests::logcheck::{self, Attempt, History, Outcome};
 
 use futures::StreamExt;
 use sluice_client::{ConsumerConfig, Offset};
 
-use crate::runtime;
+use crate::{rf3_topic, runtime};
 
 const TOPIC: &str = "minority";
 const PARTITIONS: u32 = 3;
@@ -27,19 +29,6 @@ const VICTIM: usize = 2;
 type FileCopy = (PathBuf, Vec<u8>);
 /// One kind of damage, given earlier copies of the segments.
 type Damage<'a> = dyn Fn(&mut Rng, &[FileCopy]) + 'a;
-
-/// A replayable sequence for damage positions (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n.max(1)
-    }
-}
 
 /// Every file of the topic's partitions on `data_dir` whose name ends with `suffix`.
 fn partition_files(data_dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -247,119 +236,125 @@ fn acked(history: &History) -> usize {
         .count()
 }
 
+/// The four damage rounds (TESTPLAN T05), each given earlier copies of the segments.
+fn damage_kinds(data_dir: &Path) -> [(&'static str, Box<Damage<'_>>); 4] {
+    [
+        (
+            "bit flips in segments",
+            Box::new(|rng, _| {
+                for f in partition_files(data_dir, ".log") {
+                    flip_bits(&f, 2, rng);
+                }
+            }),
+        ),
+        (
+            "a 4 KiB chunk rolled back",
+            Box::new(|rng, old| {
+                for (f, bytes) in old.iter().filter(|(f, _)| f.to_string_lossy().ends_with(".log")) {
+                    roll_back_chunk(f, bytes, rng);
+                }
+            }),
+        ),
+        (
+            "segments truncated",
+            Box::new(|rng, _| {
+                for f in partition_files(data_dir, ".log") {
+                    truncate(&f, rng);
+                }
+            }),
+        ),
+        (
+            "indexes, snapshots and state files damaged",
+            Box::new(|rng, _| {
+                for suffix in [".index", ".timeindex", "snapshot", "raft-state", "checkpoint"] {
+                    for f in partition_files(data_dir, suffix) {
+                        if rng.below(2) == 0 {
+                            truncate(&f, rng);
+                        } else {
+                            flip_bits(&f, 2, rng);
+                        }
+                    }
+                }
+            }),
+        ),
+    ]
+}
+
+/// Stops the victim, damages it, restarts it and reports what it says; then puts back the
+/// partitions that went offline as they were when it stopped (the operator's repair: an
+/// offline partition ran no Raft since, so nothing is rolled back).
+fn damage_round(
+    cluster: &mut TestCluster,
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    damage: &Damage<'_>,
+    rng: &mut Rng,
+    older: &[FileCopy],
+) -> Vec<FileCopy> {
+    let data_dir = cluster.nodes[VICTIM].data_dir().to_path_buf();
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+    cluster.nodes[VICTIM].stop();
+    let pristine = copy_partitions(&data_dir);
+    damage(rng, older);
+    cluster.nodes[VICTIM].restart();
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+    let states = rt.block_on(victim_view(&cluster.nodes[VICTIM].address));
+    eprintln!("damaged node {}: {what}; it reports {states:?}", VICTIM + 1);
+    cluster.nodes[VICTIM].stop();
+    for (partition, status, _) in &states {
+        if status == "offline"
+            && let Some((dir, files)) = pristine.get(*partition as usize)
+        {
+            restore(dir, files);
+        }
+    }
+    cluster.nodes[VICTIM].restart();
+    pristine.into_iter().flat_map(|(_, files)| files).collect()
+}
+
+/// Whether each of the victim's partitions is offline or caught up with its leader, waiting
+/// (bounded) for it to catch up.
+async fn victim_settled(cluster: &TestCluster, client: &Client) -> (bool, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let own = victim_view(&cluster.nodes[VICTIM].address).await;
+        let leaders = leader_watermarks(client).await;
+        let settled = own.len() == PARTITIONS as usize
+            && own.iter().all(|(p, status, hw)| {
+                status == "offline" || leaders.get(*p as usize).is_some_and(|l| hw >= l)
+            });
+        if settled || tokio::time::Instant::now() > deadline {
+            return (settled, format!("{own:?} against leaders at {leaders:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[test]
 fn a_damaged_minority_replica_serves_no_bad_bytes_and_loses_nothing_acknowledged() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
-    let client = rt.block_on(async {
-        let client = Client::connect(cluster.addresses()).await.expect("connect");
-        client
-            .admin()
-            .create_topic(TOPIC, PARTITIONS, 3, Default::default())
-            .await
-            .expect("create");
-        client
-    });
+    let client = rt.block_on(rf3_topic(&cluster, TOPIC, PARTITIONS));
     let stop = Arc::new(AtomicBool::new(false));
     let load = rt.spawn(produce_until(client.clone(), Arc::clone(&stop)));
     let mut rng = Rng(5);
     let data_dir = cluster.nodes[VICTIM].data_dir().to_path_buf();
     let mut older: Vec<FileCopy> = Vec::new();
-    let rounds: [(&str, &Damage<'_>); 4] = [
-        ("bit flips in segments", &|rng, _| {
-            for f in partition_files(&data_dir, ".log") {
-                flip_bits(&f, 2, rng);
-            }
-        }),
-        ("a 4 KiB chunk rolled back", &|rng, old| {
-            for (f, bytes) in old
-                .iter()
-                .filter(|(f, _)| f.to_string_lossy().ends_with(".log"))
-            {
-                roll_back_chunk(f, bytes, rng);
-            }
-        }),
-        ("segments truncated", &|rng, _| {
-            for f in partition_files(&data_dir, ".log") {
-                truncate(&f, rng);
-            }
-        }),
-        ("indexes, snapshots and state files damaged", &|rng, _| {
-            for suffix in [
-                ".index",
-                ".timeindex",
-                "snapshot",
-                "raft-state",
-                "checkpoint",
-            ] {
-                for f in partition_files(&data_dir, suffix) {
-                    if rng.below(2) == 0 {
-                        truncate(&f, rng);
-                    } else {
-                        flip_bits(&f, 2, rng);
-                    }
-                }
-            }
-        }),
-    ];
-    for (what, damage) in rounds {
-        rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
-        cluster.nodes[VICTIM].stop();
-        let pristine = copy_partitions(&data_dir);
-        damage(&mut rng, &older);
-        cluster.nodes[VICTIM].restart();
-        rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
-        let states = rt.block_on(victim_view(&cluster.nodes[VICTIM].address));
-        eprintln!("damaged node {}: {what}; it reports {states:?}", VICTIM + 1);
-        // The operator's repair of what went offline: its files as they were when it
-        // stopped (an offline partition ran no Raft since, so nothing is rolled back), and
-        // the next round damages a whole replica again.
-        cluster.nodes[VICTIM].stop();
-        for (partition, status, _) in &states {
-            if status == "offline"
-                && let Some((dir, files)) = pristine.get(*partition as usize)
-            {
-                restore(dir, files);
-            }
-        }
-        cluster.nodes[VICTIM].restart();
-        older = pristine.into_iter().flat_map(|(_, files)| files).collect();
+    for (what, damage) in damage_kinds(&data_dir) {
+        older = damage_round(&mut cluster, &rt, what, damage.as_ref(), &mut rng, &older);
     }
-
     rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
     stop.store(true, Ordering::SeqCst);
     let mut history = rt.block_on(load).expect("load");
-    assert!(
-        acked(&history) > 100,
-        "the majority kept acknowledging: {}",
-        acked(&history)
-    );
+    let acked = acked(&history);
+    assert!(acked > 100, "the majority kept acknowledging: {acked}");
     // Every partition read back through the cluster to its end: the reader decodes and
     // checks every batch, so a corrupt byte served fails the read.
-    let reads = rt.block_on(read_to_end(&client));
-    history.reads.extend(reads);
+    history.reads.extend(rt.block_on(read_to_end(&client)));
     let report = logcheck::check(&history);
     assert!(report.is_clean(), "{report}");
     // The damaged replica either stays out (offline, answering STORAGE_FAILED) or has
-    // repaired itself from its peers (its log reaches the leader's high watermark); it never
-    // serves as whole while it is not.
-    let settled = rt.block_on(async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let own = victim_view(&cluster.nodes[VICTIM].address).await;
-            let leaders = leader_watermarks(&client).await;
-            let settled = own.len() == PARTITIONS as usize
-                && own.iter().all(|(p, status, hw)| {
-                    status == "offline" || leaders.get(*p as usize).is_some_and(|l| hw >= l)
-                });
-            if settled || tokio::time::Instant::now() > deadline {
-                return (settled, own, leaders);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    assert!(
-        settled.0,
-        "the damaged node neither offline nor caught up: {settled:?}"
-    );
+    // repaired itself from its peers; it never serves as whole while it is not.
+    let (settled, state) = rt.block_on(victim_settled(&cluster, &client));
+    assert!(settled, "the damaged node neither offline nor caught up: {state}");
 }

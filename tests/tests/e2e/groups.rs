@@ -19,7 +19,7 @@ use sluice_protocol::v1::{
 use sluice_tests::logcheck::{self, Attempt, History, Outcome, Read};
 use sluice_tests::{TestBroker, TestCluster};
 
-use super::runtime;
+use super::{rf3_topic, runtime};
 
 type Tp = (String, u32);
 
@@ -793,16 +793,6 @@ impl CommitWatcher {
     }
 }
 
-/// A client of every node of `cluster`, with `topic` created at replication factor 3.
-async fn rf3_topic(cluster: &TestCluster, topic: &str, partitions: u32) -> Client {
-    let client = Client::connect(cluster.addresses()).await.expect("connect");
-    client
-        .admin()
-        .create_topic(topic, partitions, 3, Default::default())
-        .await
-        .expect("create");
-    client
-}
 
 /// The index of the node coordinating `group`, and its address.
 async fn coordinator_of(cluster: &TestCluster, group: &str) -> (usize, FindCoordinatorResponse) {

@@ -27,6 +27,7 @@ use sluice_client::{
 };
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::v1::producer_client::ProducerClient;
+use sluice_tests::TestCluster;
 use tonic::transport::Channel;
 
 /// A runtime for one test: the tests are synchronous around the broker process.
@@ -144,4 +145,15 @@ pub async fn produce_values(client: &Client, topic: &str, prefix: &str, n: usize
             .await
             .expect("acked");
     }
+}
+
+/// A client of every node of `cluster`, with `topic` created at replication factor 3.
+pub async fn rf3_topic(cluster: &TestCluster, topic: &str, partitions: u32) -> Client {
+    let client = Client::connect(cluster.addresses()).await.expect("connect");
+    client
+        .admin()
+        .create_topic(topic, partitions, 3, Default::default())
+        .await
+        .expect("create");
+    client
 }
