@@ -250,7 +250,10 @@ fn damage_kinds(data_dir: &Path) -> [(&'static str, Box<Damage<'_>>); 4] {
         (
             "a 4 KiB chunk rolled back",
             Box::new(|rng, old| {
-                for (f, bytes) in old.iter().filter(|(f, _)| f.to_string_lossy().ends_with(".log")) {
+                for (f, bytes) in old
+                    .iter()
+                    .filter(|(f, _)| f.to_string_lossy().ends_with(".log"))
+                {
                     roll_back_chunk(f, bytes, rng);
                 }
             }),
@@ -266,7 +269,13 @@ fn damage_kinds(data_dir: &Path) -> [(&'static str, Box<Damage<'_>>); 4] {
         (
             "indexes, snapshots and state files damaged",
             Box::new(|rng, _| {
-                for suffix in [".index", ".timeindex", "snapshot", "raft-state", "checkpoint"] {
+                for suffix in [
+                    ".index",
+                    ".timeindex",
+                    "snapshot",
+                    "raft-state",
+                    "checkpoint",
+                ] {
                     for f in partition_files(data_dir, suffix) {
                         if rng.below(2) == 0 {
                             truncate(&f, rng);
@@ -356,5 +365,8 @@ fn a_damaged_minority_replica_serves_no_bad_bytes_and_loses_nothing_acknowledged
     // The damaged replica either stays out (offline, answering STORAGE_FAILED) or has
     // repaired itself from its peers; it never serves as whole while it is not.
     let (settled, state) = rt.block_on(victim_settled(&cluster, &client));
-    assert!(settled, "the damaged node neither offline nor caught up: {state}");
+    assert!(
+        settled,
+        "the damaged node neither offline nor caught up: {state}"
+    );
 }

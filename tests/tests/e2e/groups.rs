@@ -793,7 +793,6 @@ impl CommitWatcher {
     }
 }
 
-
 /// The index of the node coordinating `group`, and its address.
 async fn coordinator_of(cluster: &TestCluster, group: &str) -> (usize, FindCoordinatorResponse) {
     let mut stub = groups_stub(&cluster.nodes[0].address).await;
