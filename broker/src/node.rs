@@ -110,6 +110,10 @@ pub enum NodeError {
     /// The controller elected no leader in time.
     #[error("the controller group elected no leader within {0:?}")]
     NoController(Duration),
+    /// The controller group stopped while this node waited for it (a storage failure,
+    /// such as an fsync error, stops a Raft group; the log says which).
+    #[error("the controller group stopped while starting (a storage failure: see the log)")]
+    ControllerStopped,
     /// The data dir belongs to another node or cluster.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -269,7 +273,10 @@ impl Node {
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a controller leader")
             .await
-            .map_err(|_| NodeError::NoController(wait))?;
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => NodeError::ControllerStopped,
+                openraft::metrics::WaitError::Timeout(..) => NodeError::NoController(wait),
+            })?;
         let broker_budget = ByteBudget::new(config.broker_inflight_bytes);
         let (leader_reports, reports) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
