@@ -44,6 +44,18 @@ pub struct Read {
     pub value: String,
 }
 
+impl Read {
+    /// The read of a consumed record (its value as text).
+    pub fn of(record: &sluice_client::ConsumerRecord) -> Self {
+        Self {
+            partition: record.partition,
+            offset: record.offset,
+            value: String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                .into_owned(),
+        }
+    }
+}
+
 /// Everything a test did and saw.
 #[derive(Debug, Default, Clone)]
 pub struct History {

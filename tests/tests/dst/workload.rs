@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sluice_client::{
-    AutoOffsetReset, Client, ConsumerConfig, ConsumerRecord, Offset, ProducerConfig,
-    ProducerRecord, Reason,
+    AutoOffsetReset, Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord, Reason,
 };
 use sluice_tests::logcheck::{Attempt, Outcome, Read};
 
@@ -69,18 +68,6 @@ async fn ensure_topic(client: &Client, rf: u32, until: Duration) -> bool {
         }
     }
     false
-}
-
-fn read_of(record: &ConsumerRecord) -> Read {
-    Read {
-        partition: record.partition,
-        offset: record.offset,
-        value: record
-            .value
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default(),
-    }
 }
 
 /// Producer `k`: `values` unique values round-robin over the partitions, a few in flight.
@@ -229,7 +216,7 @@ pub async fn consume(
                         ));
                     }
                     *expected = record.offset + 1;
-                    recorder.read(&who, read_of(&record), false);
+                    recorder.read(&who, Read::of(&record), false);
                 }
                 Ok(Some(Err(e))) => {
                     recorder.event(&who, &format!("stream error: {e}"));
@@ -271,7 +258,7 @@ pub async fn member(
         let mut failed = false;
         while now() < until {
             match tokio::time::timeout(Duration::from_secs(1), member.next()).await {
-                Ok(Some(Ok(record))) => recorder.read(&who, read_of(&record), true),
+                Ok(Some(Ok(record))) => recorder.read(&who, Read::of(&record), true),
                 Ok(Some(Err(e))) => {
                     recorder.event(&who, &format!("member error: {e}"));
                     failed = true;
@@ -374,7 +361,7 @@ async fn read_partition(
             match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
                 Ok(Some(Ok(record))) => {
                     next = record.offset + 1;
-                    recorder.read("final", read_of(&record), false);
+                    recorder.read("final", Read::of(&record), false);
                 }
                 Ok(Some(Err(_)) | None) => continue 'session,
                 Err(_) => {}

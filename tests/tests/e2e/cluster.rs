@@ -177,7 +177,7 @@ fn three_nodes_form_one_cluster_and_replicate_through_any_node() {
         }
         let reader = connect(&cluster, 0).await;
         let records = read_all(&reader, "events", 3, 3000, Duration::from_secs(60)).await;
-        history.reads.extend(records.iter().map(to_read));
+        history.reads.extend(records.iter().map(Read::of));
         let report = logcheck::check(&history);
         assert!(report.is_clean(), "{report}");
         assert!(
@@ -240,14 +240,6 @@ fn three_nodes_form_one_cluster_and_replicate_through_any_node() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-fn to_read(r: &sluice_client::ConsumerRecord) -> Read {
-    Read {
-        partition: r.partition,
-        offset: r.offset,
-        value: String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
     }
 }
 
@@ -525,7 +517,7 @@ async fn check_history(
     .await;
     let history = History {
         attempts,
-        reads: records.iter().map(to_read).collect(),
+        reads: records.iter().map(Read::of).collect(),
     };
     let report = logcheck::check(&history);
     eprintln!("logcheck: {report}");

@@ -146,12 +146,7 @@ async fn read_to_end(client: &Client) -> Vec<logcheck::Read> {
                 .expect("a record")
                 .expect("an intact record");
             next = record.offset + 1;
-            reads.push(logcheck::Read {
-                partition,
-                offset: record.offset,
-                value: String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
-                    .into_owned(),
-            });
+            reads.push(logcheck::Read::of(&record));
         }
     }
     reads

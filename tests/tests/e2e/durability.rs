@@ -112,15 +112,7 @@ fn acked_records_survive_kill_9_during_production() {
         .await;
         let history = History {
             attempts,
-            reads: records
-                .iter()
-                .map(|r| Read {
-                    partition: r.partition,
-                    offset: r.offset,
-                    value: String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
-                        .into_owned(),
-                })
-                .collect(),
+            reads: records.iter().map(Read::of).collect(),
         };
         let report = logcheck::check(&history);
         assert!(report.is_clean(), "{report}");
