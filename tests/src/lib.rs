@@ -2,6 +2,7 @@
 //! and a temp data dir, restart it, `kill -9` it, and read its anonymous memory.
 
 pub mod logcheck;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct TestBroker {
     pub address: String,
     data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's own.
+    namespace: Option<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -64,12 +67,13 @@ impl TestBroker {
     /// Starts a broker on `data_dir` (which outlives it) with extra flags.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
         let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let (child, address) = spawn(data_dir, &extra_args);
+        let (child, address) = spawn(data_dir, &extra_args, None);
         Self {
             child: Some(child),
             address,
             data_dir: data_dir.to_path_buf(),
             extra_args,
+            namespace: None,
             _temp: None,
         }
     }
@@ -117,7 +121,7 @@ impl TestBroker {
     /// address changes (new ephemeral port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
-        let (child, address) = spawn(&self.data_dir, &self.extra_args);
+        let (child, address) = spawn(&self.data_dir, &self.extra_args, self.namespace.as_deref());
         self.child = Some(child);
         self.address = address;
     }
@@ -174,20 +178,33 @@ impl Drop for TestBroker {
     }
 }
 
-fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
-    let (child, ready) = launch(data_dir, extra_args);
+fn spawn(data_dir: &Path, extra_args: &[String], namespace: Option<&str>) -> (Child, String) {
+    let (child, ready) = launch(data_dir, extra_args, namespace);
     await_ready(child, &ready, data_dir)
 }
 
-/// A started `sluiced` and the channel its ready line (the client address) arrives on.
-fn launch(data_dir: &Path, extra_args: &[String]) -> (Child, mpsc::Receiver<String>) {
+/// A started `sluiced` (in `namespace` if given) and the channel its ready line (the client
+/// address) arrives on.
+fn launch(
+    data_dir: &Path,
+    extra_args: &[String],
+    namespace: Option<&str>,
+) -> (Child, mpsc::Receiver<String>) {
     // Appended to, so a restarted node's log keeps what the previous run said.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data_dir.with_extension("log"))
         .ok();
-    let mut command = Command::new(sluiced_binary());
+    // `ip netns exec` execs the broker in place, so the child's pid is the broker's.
+    let mut command = match namespace {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(sluiced_binary());
+            c
+        }
+        None => Command::new(sluiced_binary()),
+    };
     command.arg("--data-dir").arg(data_dir);
     if !extra_args.iter().any(|a| a == "--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
@@ -260,7 +277,7 @@ fn try_await_ready(
 /// what it wrote to its log.
 pub fn start_expecting_refusal(data_dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let (mut child, ready) = launch(data_dir, &extra_args);
+    let (mut child, ready) = launch(data_dir, &extra_args, None);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let code = loop {
         if ready.try_recv().is_ok() {
@@ -315,7 +332,7 @@ impl TestCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::try_start(size, args) {
+            match Self::try_start(size, args, None) {
                 Ok(cluster) => return cluster,
                 Err(why) if attempt < 3 && why.contains("cannot listen") => continue,
                 Err(why) => panic!("the cluster did not start: {why}"),
@@ -323,10 +340,30 @@ impl TestCluster {
         }
     }
 
-    fn try_start(size: usize, args: &[&str]) -> Result<Self, String> {
+    /// One node in each of `network`'s namespaces (client port 9092 and raft port 9093 on
+    /// the node's own address), with extra flags for every node.
+    pub fn start_in_network(network: &netns::Network, size: usize, args: &[&str]) -> Self {
+        Self::try_start(size, args, Some(network))
+            .unwrap_or_else(|why| panic!("the cluster did not start: {why}"))
+    }
+
+    fn try_start(
+        size: usize,
+        args: &[&str],
+        network: Option<&netns::Network>,
+    ) -> Result<Self, String> {
         let temp = tempfile::tempdir().expect("temp dir");
         let secret_file = temp.path().join("cluster.secret");
-        let raft_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        // (client, raft) addresses; a namespace has its ports to itself.
+        let addresses: Vec<(String, String)> = (0..size)
+            .map(|i| match network {
+                Some(n) => (format!("{}:9092", n.ip(i)), format!("{}:9093", n.ip(i))),
+                None => (
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                ),
+            })
+            .collect();
         // A secret of its own: a port a torn-down cluster's node still sends Raft messages
         // to may already be this cluster's, and with a shared secret (the group ids and
         // votes of two young clusters look alike) they were taken, crashing the receiver
@@ -334,31 +371,38 @@ impl TestCluster {
         let secret = format!(
             "test-cluster-secret-{}-{}",
             std::process::id(),
-            raft_ports
+            addresses
                 .iter()
-                .map(u16::to_string)
+                .map(|a| a.1.as_str())
                 .collect::<Vec<_>>()
                 .join("-")
         );
         std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
-        let initial_cluster = raft_ports
+        let initial_cluster = addresses
             .iter()
             .enumerate()
-            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .map(|(i, (_, raft))| format!("{}={raft}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let launched: Vec<(PathBuf, Vec<String>, Child, mpsc::Receiver<String>)> = raft_ports
+        type Launched = (
+            PathBuf,
+            Vec<String>,
+            Option<String>,
+            Child,
+            mpsc::Receiver<String>,
+        );
+        let launched: Vec<Launched> = addresses
             .iter()
             .enumerate()
-            .map(|(i, raft_port)| {
+            .map(|(i, (client, raft))| {
                 let data_dir = temp.path().join(format!("node{}", i + 1));
                 let mut node_args: Vec<String> = [
                     "--node-id".to_string(),
                     (i + 1).to_string(),
                     "--listen".into(),
-                    format!("127.0.0.1:{}", free_port()),
+                    client.clone(),
                     "--raft-listen".into(),
-                    format!("127.0.0.1:{raft_port}"),
+                    raft.clone(),
                     "--initial-cluster".into(),
                     initial_cluster.clone(),
                     "--cluster-secret-file".into(),
@@ -366,19 +410,21 @@ impl TestCluster {
                 ]
                 .to_vec();
                 node_args.extend(args.iter().map(|a| a.to_string()));
-                let (child, ready) = launch(&data_dir, &node_args);
-                (data_dir, node_args, child, ready)
+                let namespace = network.map(|n| n.namespace(i));
+                let (child, ready) = launch(&data_dir, &node_args, namespace.as_deref());
+                (data_dir, node_args, namespace, child, ready)
             })
             .collect();
         let mut nodes = Vec::new();
         let mut failure = None;
-        for (data_dir, extra_args, child, ready) in launched {
+        for (data_dir, extra_args, namespace, child, ready) in launched {
             match try_await_ready(child, &ready, &data_dir) {
                 Ok((child, address)) => nodes.push(TestBroker {
                     child: Some(child),
                     address,
                     data_dir,
                     extra_args,
+                    namespace,
                     _temp: None,
                 }),
                 Err(why) => failure = failure.or(Some(why)),
@@ -405,7 +451,7 @@ impl TestCluster {
             .enumerate()
             .filter(|(_, n)| n.child.is_none())
             .map(|(i, n)| {
-                let (child, ready) = launch(&n.data_dir, &n.extra_args);
+                let (child, ready) = launch(&n.data_dir, &n.extra_args, n.namespace.as_deref());
                 (i, child, ready)
             })
             .collect();

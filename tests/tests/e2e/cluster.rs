@@ -33,13 +33,18 @@ async fn connect(cluster: &TestCluster, node: usize) -> Client {
 }
 
 /// Any live node's client (the test's clients bootstrap from every node).
-async fn connect_any(cluster: &TestCluster) -> Client {
+pub(crate) async fn connect_any(cluster: &TestCluster) -> Client {
     Client::connect(cluster.addresses()).await.expect("connect")
 }
 
 /// A partition's leader id as the cluster reports it, waiting (bounded) for one that is
 /// not `except`.
-async fn leader_of(client: &Client, topic: &str, partition: u32, except: Option<u64>) -> u64 {
+pub(crate) async fn leader_of(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    except: Option<u64>,
+) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(t) = client.admin().describe_topic(topic).await
@@ -471,7 +476,7 @@ impl Load {
 }
 
 /// Reads every partition back through any node and checks the history.
-async fn check_history(
+pub(crate) async fn check_history(
     cluster: &TestCluster,
     topic: &str,
     partitions: u32,
@@ -525,7 +530,7 @@ async fn check_history(
     assert!(report.counts.0 > 0);
 }
 
-fn node_index(id: u64) -> usize {
+pub(crate) fn node_index(id: u64) -> usize {
     id as usize - 1
 }
 
@@ -948,7 +953,7 @@ fn replicas_move_to_a_joined_node_and_off_a_decommissioned_one_under_load() {
     }
 }
 
-fn one_record_batch(value: &[u8]) -> bytes::Bytes {
+pub(crate) fn one_record_batch(value: &[u8]) -> bytes::Bytes {
     let mut b = sluice_storage::BatchBuilder::new(sluice_storage::Compression::None);
     b.push(sluice_storage::batch::NewRecord {
         key: None,

@@ -11,6 +11,7 @@ mod groups;
 mod idempotence;
 mod malformed_batches;
 mod offline;
+mod partitions;
 mod pipelined_producer;
 mod produce_consume;
 mod retention;
