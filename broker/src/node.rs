@@ -9,6 +9,7 @@ use std::time::Duration;
 use sluice_storage::io::{FsIo, Io};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::fresh_start::{self, FreshStartError};
 use crate::cluster::identity::{ClusterId, IdentityError, NodeIdentity};
 use crate::cluster::internal_auth::ClusterAuth;
 use crate::cluster::{forward, membership, reassignment};
@@ -123,6 +124,10 @@ pub enum NodeError {
     /// Joining the cluster failed.
     #[error("cannot join the cluster: {0}")]
     Joining(BrokerError),
+    /// An empty data dir may not start as this node (its data is lost), or no peer
+    /// confirmed that it may.
+    #[error(transparent)]
+    FreshStart(#[from] FreshStartError),
 }
 
 /// What the server builds before the node: the internal service needs the group registry
@@ -136,6 +141,11 @@ pub struct Wiring {
     pub auth: Option<ClusterAuth>,
     /// The data dir's identity.
     pub identity: NodeIdentity,
+    /// The identity is new: recorded once the node may start.
+    pub identity_new: bool,
+    /// The data dir is empty (no identity, no controller log): a cluster node asks its
+    /// peers before it starts (`cluster::fresh_start`).
+    pub fresh: bool,
     /// This node's raft address (a cluster node only).
     pub raft_address: Option<String>,
     /// Where the internal service finds the node: filled as soon as it exists, so that
@@ -153,7 +163,10 @@ impl Wiring {
     /// Checks the data dir's identity and builds what the internal service needs.
     pub fn new(config: &BrokerConfig, raft_address: Option<String>) -> Result<Self, NodeError> {
         let cluster_dir = config.data_dir.join(CLUSTER_DIR);
-        let identity = NodeIdentity::open_or_create(&cluster_dir, config.node_id)?;
+        let (identity, identity_new) = NodeIdentity::open(&cluster_dir, config.node_id)?;
+        // Under simulation the controller log is on the simulated disk, where a restarted
+        // node's identity file (on the real one) still says it is not new.
+        let fresh = identity_new && !cluster_dir.join("controller").exists();
         let auth = config
             .cluster
             .as_ref()
@@ -163,6 +176,8 @@ impl Wiring {
             peers: Arc::new(PeerChannels::new(auth.clone())),
             auth,
             identity,
+            identity_new,
+            fresh,
             raft_address,
             node_slot: Arc::default(),
             io: Arc::new(FsIo),
@@ -192,6 +207,8 @@ impl Node {
             peers,
             auth,
             identity,
+            identity_new,
+            fresh,
             raft_address,
             node_slot,
             io,
@@ -200,6 +217,19 @@ impl Node {
         let raft_address = raft_address.unwrap_or_default();
         if let Some(auth) = &auth {
             refuse_other_cluster(&peers, &membership::seeds(&config), auth).await?;
+        }
+        if identity_new {
+            if fresh && auth.is_some() {
+                fresh_start::clear(
+                    &peers,
+                    &membership::seeds(&config),
+                    config.node_id,
+                    membership::founders(&config),
+                    limits::CLUSTER_JOIN_WAIT,
+                )
+                .await?;
+            }
+            identity.record(&config.data_dir.join(CLUSTER_DIR))?;
         }
         let (published, metadata) = watch::channel(Arc::new(Metadata::default()));
         let controller_dir = config.data_dir.join(CLUSTER_DIR).join("controller");

@@ -140,6 +140,7 @@ where
                 Arc::clone(&slot),
                 config.node_id,
                 wiring.auth.clone(),
+                wiring.fresh,
             );
             let auth = wiring.auth.clone().context("a cluster node has a secret")?;
             let serving = serve_internal(service, auth, raft, Arc::clone(&stop_internal));

@@ -48,12 +48,13 @@ pub async fn forward(
 
 /// Pings the node at raft address `address`: its answer, its refusal, or `None` if it did
 /// not answer in time.
-async fn ping_call(
+pub async fn ping_call(
     peers: &PeerChannels,
     address: &str,
+    asking: PingRequest,
 ) -> Option<Result<PingResponse, tonic::Status>> {
     let mut client = peers.client(address).ok()?;
-    let mut request = tonic::Request::new(PingRequest {});
+    let mut request = tonic::Request::new(asking);
     request.set_timeout(PING_TIMEOUT);
     tokio::time::timeout(PING_TIMEOUT, client.ping(request))
         .await
@@ -63,13 +64,15 @@ async fn ping_call(
 
 /// Pings the node at raft address `address`; `None` if it did not answer in time.
 pub async fn ping(peers: &PeerChannels, address: &str) -> Option<PingResponse> {
-    ping_call(peers, address).await?.ok()
+    ping_call(peers, address, PingRequest::default())
+        .await?
+        .ok()
 }
 
 /// Whether a ping was refused because the caller belongs to another cluster: the refusal
 /// message, if so.
 pub async fn refused_as_other_cluster(peers: &PeerChannels, address: &str) -> Option<String> {
-    match ping_call(peers, address).await? {
+    match ping_call(peers, address, PingRequest::default()).await? {
         Err(status) if status.code() == tonic::Code::FailedPrecondition => {
             Some(status.message().to_string())
         }

@@ -97,8 +97,10 @@ impl NodeIdentity {
         })
     }
 
-    /// Reads the identity in `dir`, or records `node_id` there on a first start (blocking).
-    pub fn open_or_create(dir: &Path, node_id: NodeId) -> Result<Self, IdentityError> {
+    /// Reads the identity in `dir` (blocking); on a first start (no identity yet) answers
+    /// a new one for `node_id` and `true`, which [`NodeIdentity::record`] writes once the
+    /// node may start: an empty data dir stays empty until then.
+    pub fn open(dir: &Path, node_id: NodeId) -> Result<(Self, bool), IdentityError> {
         let storage = |e: &dyn fmt::Display| IdentityError::Storage(e.to_string());
         match read_state(&FsIo, dir, IDENTITY_FILE, StateKind::NodeIdentity)
             .map_err(|e| storage(&e))?
@@ -116,18 +118,31 @@ impl NodeIdentity {
                         given: node_id,
                     });
                 }
-                Ok(found)
+                Ok((found, false))
             }
-            None => {
-                let fresh = Self {
+            None => Ok((
+                Self {
                     node_id,
                     cluster_id: None,
-                };
-                std::fs::create_dir_all(dir).map_err(|e| storage(&e))?;
-                fresh.write(dir)?;
-                Ok(fresh)
-            }
+                },
+                true,
+            )),
         }
+    }
+
+    /// [`NodeIdentity::open`], recording a new identity at once (blocking).
+    pub fn open_or_create(dir: &Path, node_id: NodeId) -> Result<Self, IdentityError> {
+        let (identity, new) = Self::open(dir, node_id)?;
+        if new {
+            identity.record(dir)?;
+        }
+        Ok(identity)
+    }
+
+    /// Writes this identity into `dir` (blocking).
+    pub fn record(&self, dir: &Path) -> Result<(), IdentityError> {
+        std::fs::create_dir_all(dir).map_err(|e| IdentityError::Storage(e.to_string()))?;
+        self.write(dir)
     }
 
     /// Records the cluster this node serves, or refuses if its data belongs to another

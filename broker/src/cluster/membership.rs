@@ -41,6 +41,15 @@ pub fn founding_voters(initial: &BTreeMap<NodeId, String>) -> BTreeMap<NodeId, S
         .collect()
 }
 
+/// The number of founding controller voters when the cluster forms from an initial list
+/// (0 for a node that joins, or a single node).
+pub fn founders(config: &BrokerConfig) -> usize {
+    match config.cluster.as_ref().map(|c| &c.bootstrap) {
+        Some(Bootstrap::Initial(initial)) => founding_voters(initial).len(),
+        _ => 0,
+    }
+}
+
 /// The controller's membership for a first start on this node (empty: wait to be added),
 /// and whether this node stands for election at once.
 pub fn controller_bootstrap(

@@ -3,6 +3,7 @@
 //! changes to the controller's leader, and where new replicas go.
 
 pub mod forward;
+pub mod fresh_start;
 pub mod identity;
 pub mod internal_auth;
 pub mod membership;

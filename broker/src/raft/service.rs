@@ -24,6 +24,8 @@ pub struct RaftService {
     node: NodeSlot,
     node_id: NodeId,
     auth: Option<ClusterAuth>,
+    /// This node started on an empty data dir.
+    fresh: bool,
 }
 
 impl RaftService {
@@ -33,12 +35,14 @@ impl RaftService {
         node: NodeSlot,
         node_id: NodeId,
         auth: Option<ClusterAuth>,
+        fresh: bool,
     ) -> Self {
         Self {
             groups,
             node,
             node_id,
             auth,
+            fresh,
         }
     }
 
@@ -157,8 +161,19 @@ impl RaftRpc for RaftService {
 
     async fn ping(
         &self,
-        _request: Request<pb::PingRequest>,
+        request: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
+        let node = self.node.get().and_then(Weak::upgrade);
+        let asking = request.get_ref();
+        if asking.fresh_data_dir
+            && asking.node_id != 0
+            && let Some(node) = &node
+            && node.metadata().nodes.contains_key(&asking.node_id)
+        {
+            return Err(Status::failed_precondition(
+                crate::cluster::fresh_start::lost_data_refusal(asking.node_id),
+            ));
+        }
         let cluster_id = self
             .auth
             .as_ref()
@@ -168,6 +183,8 @@ impl RaftRpc for RaftService {
         Ok(Response::new(pb::PingResponse {
             node_id: self.node_id,
             cluster_id,
+            started: node.is_some(),
+            fresh_data_dir: self.fresh,
         }))
     }
 }

@@ -789,7 +789,7 @@ fn a_follower_behind_the_log_start_catches_up_by_snapshot_with_the_leaders_offse
 }
 
 /// Waits (bounded) until the cluster as node `node` describes it satisfies `ready`.
-async fn wait_cluster(
+pub(crate) async fn wait_cluster(
     cluster: &TestCluster,
     node: usize,
     what: &str,
@@ -867,7 +867,7 @@ fn nodes_that_join_become_controller_voters_up_to_three() {
 }
 
 /// Waits (bounded) until no partition of `topic` is being moved, and returns it.
-async fn wait_moved(client: &Client, topic: &str) -> sluice_client::TopicDescription {
+pub(crate) async fn wait_moved(client: &Client, topic: &str) -> sluice_client::TopicDescription {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let described = client.admin().describe_topic(topic).await;

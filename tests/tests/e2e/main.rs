@@ -17,6 +17,7 @@ mod produce_consume;
 mod retention;
 mod streams;
 mod topic_identity;
+mod wiped;
 
 use std::collections::HashMap;
 use std::time::Duration;
