@@ -2,6 +2,7 @@
 //! and a temp data dir, restart it, `kill -9` it, and read its anonymous memory.
 
 pub mod logcheck;
+pub mod memory_cgroup;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};

@@ -51,7 +51,7 @@ async fn produce(address: &str, topic: &str, batch: Bytes) -> Result<u64, tonic:
 
 /// Opens a subscription from offset 0 with `credit`; returns the response stream and the
 /// sender for more credit.
-async fn subscribe(
+pub(crate) async fn subscribe(
     address: &str,
     topic: &str,
     credit: Credit,

@@ -10,6 +10,7 @@ mod error_size;
 mod groups;
 mod idempotence;
 mod malformed_batches;
+mod memory;
 mod offline;
 mod partitions;
 mod pipelined_producer;
