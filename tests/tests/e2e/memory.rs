@@ -306,6 +306,13 @@ async fn slow_subscriber(
             .expect("the slow subscriber waited 60 s for a batch")
             .expect("stream open")
             .expect("subscribe response");
+        // Credit is one batch at a time until the stop (the grant after it may arrive
+        // while this answer is on its way, hence `at_stop`).
+        assert!(
+            at_stop.is_some() || response.batches.len() <= 1,
+            "{} batches sent on a credit of one",
+            response.batches.len()
+        );
         for batch in &response.batches {
             let header = sluice_storage::BatchHeader::decode(batch).expect("a batch header");
             assert_eq!(header.base_offset, next, "a gap or reordering");
