@@ -68,12 +68,9 @@ pub async fn clear(
         fresh_data_dir: true,
     };
     loop {
-        let answers = futures::future::join_all(
-            seeds
-                .iter()
-                .map(|seed| ping_call(peers, seed, asking.clone())),
-        )
-        .await;
+        let answers =
+            futures::future::join_all(seeds.iter().map(|seed| ping_call(peers, seed, asking)))
+                .await;
         // A refusal wins over any clearance in the same round.
         let mut fresh_founders = 1;
         let mut started = false;
