@@ -12,6 +12,7 @@ use super::entry_codec::GroupKind;
 use super::log_store::{LogStore, SharedLog};
 use super::network::{GroupNetwork, PeerChannels};
 use super::state_machine::{GroupState, GroupStateMachine};
+use super::suspect::Suspect;
 use super::{GroupId, GroupRaft, NodeId};
 use crate::limits;
 
@@ -28,6 +29,8 @@ pub struct Group {
     pub dir: PathBuf,
     /// How far this replica has fsynced its log.
     pub durable_end: tokio::sync::watch::Receiver<super::log_store::DurableEnd>,
+    /// Set while recovery's cut of its log keeps it from voting (`raft::suspect`).
+    pub suspect: Option<Arc<Suspect>>,
 }
 
 /// Failure to start a group.
@@ -187,9 +190,15 @@ pub async fn start_group<S: GroupState>(
     let store = LogStore::open(spec.kind, Arc::clone(&log), Arc::clone(&io), &dir)
         .map_err(|e| raft_error(&e))?;
     let durable_end = store.durable_end();
+    // The canary that lets a replica with a cut log vote turns this guard off too.
+    let cut = report.truncated_bytes > 0
+        && !sluice_storage::canary::armed(sluice_storage::canary::Canary::CutLogVotes);
+    if cut {
+        store.forget_leadership().map_err(|e| raft_error(&e))?;
+    }
     let sm = GroupStateMachine::open(state(Arc::clone(&log)), io, &dir, store.recent())
         .map_err(|e| raft_error(&e))?;
-    let network = GroupNetwork::new(spec.group_id, peers);
+    let network = GroupNetwork::new(spec.group_id, Arc::clone(&peers));
     let raft = GroupRaft::new(
         spec.node_id,
         raft_config(spec.timing, spec.snapshots)?,
@@ -214,6 +223,22 @@ pub async fn start_group<S: GroupState>(
         // wait out an election timeout (which spreads leaders as placement intended).
         let _ = raft.trigger().elect().await;
     }
+    let others = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|id| id != spec.node_id);
+    let suspect = (cut && others).then(|| {
+        tracing::warn!(
+            group = spec.group_id,
+            bytes = report.truncated_bytes,
+            "recovery cut this replica's log above its checkpoint: it votes again once it has caught up with a leader"
+        );
+        let timeout = std::time::Duration::from_millis(spec.timing.election_timeout_ms);
+        Suspect::start(spec.group_id, spec.node_id, raft.clone(), peers, timeout)
+    });
     Ok((
         Group {
             id: spec.group_id,
@@ -221,6 +246,7 @@ pub async fn start_group<S: GroupState>(
             log,
             dir,
             durable_end,
+            suspect,
         },
         sm,
         report,
@@ -280,8 +306,11 @@ pub async fn start_single_with<S: GroupState>(
 /// This node's running groups by id, for the internal Raft service.
 #[derive(Default)]
 pub struct GroupRegistry {
-    groups: RwLock<BTreeMap<GroupId, (GroupRaft, SharedLog)>>,
+    groups: RwLock<BTreeMap<GroupId, Registered>>,
 }
+
+/// A registered group's Raft handle, log and suspicion.
+type Registered = (GroupRaft, SharedLog, Option<Arc<Suspect>>);
 
 impl GroupRegistry {
     /// The ids of the registered groups, in order.
@@ -302,7 +331,14 @@ impl GroupRegistry {
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(group.id, (group.raft.clone(), Arc::clone(&group.log)));
+            .insert(
+                group.id,
+                (
+                    group.raft.clone(),
+                    Arc::clone(&group.log),
+                    group.suspect.clone(),
+                ),
+            );
     }
 
     /// Forgets a group (deleted topic).
@@ -311,7 +347,7 @@ impl GroupRegistry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id)
-            .map(|(raft, _)| raft)
+            .map(|(raft, _, _)| raft)
     }
 
     /// The Raft handle of a group.
@@ -320,7 +356,7 @@ impl GroupRegistry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .map(|(raft, _)| raft.clone())
+            .map(|(raft, _, _)| raft.clone())
     }
 
     /// The Raft handle and the log of a group.
@@ -329,6 +365,16 @@ impl GroupRegistry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .cloned()
+            .map(|(raft, log, _)| (raft.clone(), Arc::clone(log)))
+    }
+
+    /// A group's replica while recovery's cut of its log keeps it from voting freely.
+    pub fn suspect(&self, id: GroupId) -> Option<Arc<Suspect>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|(_, _, s)| s.clone())
+            .filter(|s| !s.is_cleared())
     }
 }

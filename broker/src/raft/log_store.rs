@@ -115,6 +115,17 @@ impl LogStore {
         })
     }
 
+    /// Forgets, in memory, that this replica's vote was a leader's committed vote: a replica
+    /// whose recovery cut its log must not resume leading at once at start, as openraft
+    /// lets a restarted leader do (`raft::suspect`). Call before the group starts.
+    pub fn forget_leadership(&self) -> Result<(), RaftStorageError> {
+        let mut state = self.inner.state.lock().map_err(|_| poisoned())?;
+        if let Some(vote) = state.vote.as_mut() {
+            vote.committed = false;
+        }
+        Ok(())
+    }
+
     /// How far this replica has fsynced its log; it goes down when a conflicting suffix is
     /// truncated.
     pub fn durable_end(&self) -> watch::Receiver<DurableEnd> {

@@ -11,6 +11,7 @@ pub mod recent_entries;
 pub mod runtime;
 pub mod service;
 pub mod state_machine;
+pub mod suspect;
 pub mod wire;
 
 use std::io::Cursor;

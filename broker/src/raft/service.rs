@@ -93,6 +93,7 @@ impl RaftRpc for RaftService {
             ))
         })?;
         let rpc = wire::append_request_from_pb(message).map_err(invalid)?;
+        let (leader_vote, leader_commit) = (rpc.vote, rpc.leader_commit);
         // Room first, as a leader reserves before it proposes: once openraft holds the
         // entries a full disk would be a storage error that stops this replica's group. A
         // refusal here is a failed call; the leader retries and this replica catches up once
@@ -108,6 +109,14 @@ impl RaftRpc for RaftService {
             )));
         }
         let response = raft.append_entries(rpc).await.map_err(raft_failed)?;
+        if let Some(suspect) = self.groups.suspect(group_id)
+            && !matches!(
+                response,
+                openraft::raft::AppendEntriesResponse::HigherVote(_)
+            )
+        {
+            suspect.leader_append(&leader_vote, leader_commit);
+        }
         Ok(Response::new(wire::append_response_to_pb(&response)))
     }
 
@@ -117,7 +126,16 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<pb::VoteResponse>, Status> {
         let message = request.into_inner();
         let raft = self.group(message.group_id)?;
-        let rpc = wire::vote_request_from_pb(&message).map_err(invalid)?;
+        let mut rpc = wire::vote_request_from_pb(&message).map_err(invalid)?;
+        let candidate = rpc.vote.leader_id().node_id;
+        if rpc.vote.leader_id().term > 0
+            && let Some(suspect) = self.groups.suspect(message.group_id)
+            && !suspect.permits_vote(candidate, rpc.last_log_id).await
+        {
+            // Refused: asked as for term 0, openraft answers its vote and last log id and
+            // grants nothing.
+            rpc = openraft::raft::VoteRequest::new(openraft::Vote::new(0, candidate), None);
+        }
         let response = raft.vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(wire::vote_response_to_pb(&response)))
     }

@@ -61,6 +61,9 @@ pub struct Nemesis {
     lag_checkpoints: std::collections::BTreeMap<std::path::PathBuf, (u64, u64)>,
     /// When to stage the lagging-quorum scenario (every other seed of a 3-node cluster).
     scenario_at: Option<Duration>,
+    /// Whether the scenario damages bytes above the victim's recovery checkpoint (where
+    /// recovery cuts and the replica is suspect) rather than below (where it refuses).
+    damage_above: bool,
     /// The hosts of the clients whose links may be held or cut.
     clients: Vec<String>,
 }
@@ -77,8 +80,15 @@ impl Nemesis {
         let mut rng = Rng::new(seed);
         let scenario_at =
             (nodes == 3 && seed.is_multiple_of(2)).then(|| from + rng.millis(2000, 8000));
+        // Half the scenario seeds each way, unless `SLUICE_DST_DAMAGE` says which.
+        let damage_above = match std::env::var("SLUICE_DST_DAMAGE").as_deref() {
+            Ok("above-checkpoint") => true,
+            Ok("below-checkpoint") => false,
+            _ => seed % 4 == 2,
+        };
         Self {
             scenario_at,
+            damage_above,
             clients,
             rng,
             from,
@@ -427,8 +437,9 @@ impl Nemesis {
         self.next_at = now + Duration::from_millis(13000);
     }
 
-    /// Damages durable data of a crashed node: the last few hundred bytes below the
-    /// recovery checkpoint of one of its partition logs (a bit flip, a cut, or zeroes).
+    /// Damages durable data of a crashed node: the last few hundred bytes below (or above,
+    /// `damage_above`) the recovery checkpoint of one of its partition logs (a bit flip, a
+    /// cut, or zeroes), in bytes its lagging peer lacks.
     fn damage_durable(&mut self, nodes: &mut [SimNode], recorder: &Recorder, i: usize, at: u128) {
         let Some(node) = nodes.get_mut(i) else { return };
         // Only bytes written since the peer fell behind: what it lacks.
@@ -441,9 +452,9 @@ impl Nemesis {
                     Some(_) => return None,
                     None => 0,
                 };
-                // Above the checkpoint instead (`SLUICE_DST_DAMAGE=above-checkpoint`): the
-                // known gap of docs/reliability.md, for demonstrating it.
-                let (from, to) = if damage_above_checkpoint() {
+                // Above the checkpoint: recovery cannot tell this damage from a torn tail,
+                // and cuts; the replica must then not vote as if whole (`raft::suspect`).
+                let (from, to) = if self.damage_above {
                     (then.max(checkpoint), written_end(node, &dir, base))
                 } else {
                     (then, checkpoint)
@@ -601,8 +612,4 @@ fn written_end(node: &SimNode, dir: &std::path::Path, base: u64) -> u64 {
         .iter()
         .rposition(|b| *b != 0)
         .map_or(0, |i| i as u64 + 1)
-}
-
-fn damage_above_checkpoint() -> bool {
-    std::env::var("SLUICE_DST_DAMAGE").is_ok_and(|v| v == "above-checkpoint")
 }
