@@ -114,7 +114,17 @@ impl Suspect {
         if candidate != self.node_id {
             known.push(last);
         }
-        known.len() >= needed && known.iter().all(|l| last >= *l)
+        let complete = known.len() >= needed && known.iter().all(|l| last >= *l);
+        tracing::debug!(
+            node = self.node_id,
+            group = self.group_id,
+            candidate,
+            ?last,
+            ?known,
+            complete,
+            "suspect replica asked its peers"
+        );
+        complete
     }
 
     /// The last log id of the replica at `address`, asked with a vote request for term 0,
@@ -152,7 +162,10 @@ impl Suspect {
             self.cleared.store(true, Ordering::Relaxed);
             self.raft.runtime_config().elect(true);
             tracing::info!(
+                node = self.node_id,
                 group = self.group_id,
+                ?applied,
+                ?first,
                 "replica caught up with its leader after recovery cut its log: it votes again"
             );
         }

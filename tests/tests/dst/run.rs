@@ -223,6 +223,21 @@ fn add_clients(
             recorder,
         ));
     }
+    if nodes >= 5 {
+        let (brokers, r) = (brokers.clone(), recorder.clone());
+        let work = async move {
+            workload::operate(brokers, nodes as u64, FAULTS_FROM, FAULTS_UNTIL, r).await
+        };
+        let deadline = FAULTS_UNTIL + Duration::from_secs(15);
+        add_client(
+            sim,
+            "operator".into(),
+            "the operator".into(),
+            deadline,
+            work,
+            recorder,
+        );
+    }
     let committed = Rc::new(RefCell::new(Committed::new()));
     let (seen, r) = (Rc::clone(&committed), recorder.clone());
     let work =

@@ -1,5 +1,6 @@
 //! The clients of a run: idempotent producers, plain consumers, members of one consumer
-//! group, and the reader that reads everything back once the cluster is healed.
+//! group, an operator moving replicas (membership changes, five nodes), and the reader that
+//! reads everything back once the cluster is healed.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -68,6 +69,46 @@ async fn ensure_topic(client: &Client, rf: u32, until: Duration) -> bool {
         }
     }
     false
+}
+
+/// The operator of a cluster of `nodes` (ids 1..=nodes): from `from` until `until`, every
+/// 2–5 s moves one partition's replicas to 3 nodes drawn at random (Raft membership changes
+/// by joint consensus, under whatever faults run then). Answers are only traced: a move may
+/// be refused (a node down) or still running when the next one is asked.
+pub async fn operate(
+    brokers: Vec<String>,
+    nodes: u64,
+    from: Duration,
+    until: Duration,
+    recorder: Recorder,
+) -> turmoil::Result {
+    tokio::time::sleep(from.saturating_sub(now())).await;
+    let Some(client) = connect(&brokers, until).await else {
+        return Ok(());
+    };
+    let draw = |below: u64| sluice_protocol::entropy::random_u64() % below;
+    while now() < until {
+        sleep_ms(2000 + draw(3000)).await;
+        let partition = draw(u64::from(PARTITIONS)) as u32;
+        let mut ids: Vec<u64> = (1..=nodes).collect();
+        let mut replicas = Vec::new();
+        while replicas.len() < 3 {
+            replicas.push(ids.remove(draw(ids.len() as u64) as usize));
+        }
+        // Admin calls have no deadline of their own (a broker that never answers).
+        let asked = client.admin();
+        let call = asked.reassign_partition(TOPIC, partition, &replicas);
+        let answer = match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(_)) => "accepted".to_string(),
+            Ok(Err(e)) => format!("refused ({:?})", e.reason()),
+            Err(_) => "no answer".to_string(),
+        };
+        recorder.event(
+            "operator",
+            &format!("move {TOPIC}/{partition} to {replicas:?}: {answer}"),
+        );
+    }
+    Ok(())
 }
 
 /// Producer `k`: `values` unique values round-robin over the partitions, a few in flight.
