@@ -167,7 +167,9 @@ fn a_producer_faster_than_the_disk_is_throttled_not_buffered_and_never_killed() 
     const LOAD: Duration = Duration::from_secs(10);
     // Declared before the broker, so the broker is gone when the cgroup is removed.
     let cgroup = MemoryCgroup::create(512 << 20);
-    let broker = TestBroker::start();
+    // Retention every second keeps the flood (GB/s on this disk) to a few hundred MiB on
+    // disk: the batches are stamped 1970, so closed segments go at once.
+    let broker = TestBroker::start_with(&["--housekeeping-interval-secs", "1"]);
     match &cgroup {
         Ok(cgroup) => cgroup.add(broker.pid()).expect("into the cgroup"),
         Err(why) => eprintln!("no memory cgroup here ({why}): memory is measured only"),
@@ -176,7 +178,8 @@ fn a_producer_faster_than_the_disk_is_throttled_not_buffered_and_never_killed() 
     let stop = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(Produced::default());
     let (baseline, peak) = rt.block_on(async {
-        client_with_topic(&broker.address, "flood", 1, &[]).await;
+        let segments = [("segment.bytes", "67108864")];
+        client_with_topic(&broker.address, "flood", 1, &segments).await;
         let baseline = broker.rss_anon_kib();
         let shape = (8, 64, None);
         let peak = run_load(&broker, "flood", shape, LOAD, &stop, &produced).await;
