@@ -18,18 +18,23 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{client_with_topic, high_watermark, raw_producer, runtime};
 
-fn batch_of(bytes: usize) -> Bytes {
+/// A batch of `bytes` / 1 KiB records stamped `timestamp` (ms).
+pub(crate) fn batch_stamped(bytes: usize, timestamp: i64) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
     let value = vec![7u8; 1024];
     for _ in 0..bytes / 1024 {
         b.push(NewRecord {
             key: None,
             value: Some(&value),
-            timestamp: 1,
+            timestamp,
             headers: &[],
         });
     }
     b.build().expect("batch")
+}
+
+fn batch_of(bytes: usize) -> Bytes {
+    batch_stamped(bytes, 1)
 }
 
 async fn produce(address: &str, topic: &str, batch: Bytes) -> Result<u64, tonic::Status> {

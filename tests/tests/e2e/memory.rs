@@ -17,8 +17,6 @@ use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::subscribe_request::Kind;
 use sluice_protocol::v1::{Acks, Credit, ProduceRequest, SubscribeRequest};
 use sluice_protocol::{Reason, StatusInfo};
-use sluice_storage::batch::NewRecord;
-use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 use sluice_tests::memory_cgroup::MemoryCgroup;
 use tonic::transport::Channel;
@@ -38,17 +36,7 @@ fn batch(bytes: usize, now: bool) -> Bytes {
     } else {
         1
     };
-    let mut b = BatchBuilder::new(Compression::None);
-    let value = vec![7u8; 1024];
-    for _ in 0..bytes / 1024 {
-        b.push(NewRecord {
-            key: None,
-            value: Some(&value),
-            timestamp,
-            headers: &[],
-        });
-    }
-    b.build().expect("batch")
+    crate::backpressure::batch_stamped(bytes, timestamp)
 }
 
 /// What the producers saw.
