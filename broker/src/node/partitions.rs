@@ -254,14 +254,27 @@ impl Node {
             {
                 tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot hand segments to the deleter");
             }
-            if let Err(e) = partition_dir::remove_partition_dir(&partition.group.dir) {
-                tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot remove partition data");
+            match partition_dir::remove_partition_dir(&partition.group.dir) {
+                Ok(()) => self.remove_leftover_files(&partition.group.dir),
+                Err(e) => {
+                    tracing::warn!(dir = %partition.group.dir.display(), error = %e, "cannot remove partition data");
+                }
             }
             topics.insert(key.0);
         }
         for topic in topics {
             // Removes the topic directory once its last partition is gone.
             let _ = std::fs::remove_dir(self.config.data_dir.join(&topic));
+        }
+    }
+
+    /// Removes what is left under a removed partition directory's name on the log's `Io`:
+    /// nothing on a real disk (the directory is gone), but under simulation the logs, votes
+    /// and checkpoints live on the simulated disk, which the directory's removal does not
+    /// reach; a replica moved back later must not find them.
+    fn remove_leftover_files(&self, dir: &std::path::Path) {
+        for name in self.io.list_dir(dir).unwrap_or_default() {
+            let _ = self.io.remove_file(&dir.join(name));
         }
     }
 

@@ -4,8 +4,10 @@
 //! losses too (it voted twice in a term otherwise); and an entry applied at an index is the
 //! same entry (term and leader) on every replica, for ever: committed entries never change,
 //! and with log matching every replica's log is a prefix of the leader's below the commit.
+//! A replica moved off a node and later back is a new member (a learner with an empty log
+//! and vote), so a running node that stops hosting a group starts its vote afresh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::Vote;
 
@@ -20,6 +22,8 @@ pub struct RaftChecks {
     applied: BTreeMap<(u64, u64), (String, u64)>,
     /// (group, node) → the leader it last knew, for the trace.
     known_leaders: BTreeMap<(u64, u64), Option<u64>>,
+    /// node → (its running instance, the groups it hosted at the last check).
+    hosted: BTreeMap<u64, (usize, BTreeSet<u64>)>,
     /// Violations, in the order found (the first few).
     pub violations: Vec<String>,
 }
@@ -33,6 +37,11 @@ impl RaftChecks {
             let Some(node) = sim_node.node.borrow().upgrade() else {
                 continue;
             };
+            self.forget_removed(
+                sim_node.id,
+                std::sync::Arc::as_ptr(&node) as usize,
+                node.groups.ids(),
+            );
             for group in node.groups.ids() {
                 let Some(raft) = node.groups.get(group) else {
                     continue;
@@ -60,6 +69,20 @@ impl RaftChecks {
                 }
             }
         }
+    }
+
+    /// Forgets the votes of replicas the same running instance of `node` no longer hosts
+    /// (moved off it). A restarted node is another instance: its votes are kept.
+    fn forget_removed(&mut self, node: u64, instance: usize, groups: Vec<u64>) {
+        let groups: BTreeSet<u64> = groups.into_iter().collect();
+        if let Some((previous, hosted)) = self.hosted.get(&node)
+            && *previous == instance
+        {
+            for removed in hosted.difference(&groups) {
+                self.votes.remove(&(*removed, node));
+            }
+        }
+        self.hosted.insert(node, (instance, groups));
     }
 
     fn violation(&mut self, what: String) {
