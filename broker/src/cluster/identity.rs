@@ -130,15 +130,6 @@ impl NodeIdentity {
         }
     }
 
-    /// [`NodeIdentity::open`], recording a new identity at once (blocking).
-    pub fn open_or_create(dir: &Path, node_id: NodeId) -> Result<Self, IdentityError> {
-        let (identity, new) = Self::open(dir, node_id)?;
-        if new {
-            identity.record(dir)?;
-        }
-        Ok(identity)
-    }
-
     /// Writes this identity into `dir` (blocking).
     pub fn record(&self, dir: &Path) -> Result<(), IdentityError> {
         std::fs::create_dir_all(dir).map_err(|e| IdentityError::Storage(e.to_string()))?;
@@ -181,10 +172,12 @@ mod tests {
     fn a_data_dir_keeps_its_node_and_cluster() {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path();
-        let mut identity = NodeIdentity::open_or_create(dir, 2).expect("first start");
+        let (mut identity, new) = NodeIdentity::open(dir, 2).expect("first start");
+        assert!(new);
+        identity.record(dir).expect("recorded");
         assert_eq!(identity.cluster_id, None);
         assert!(matches!(
-            NodeIdentity::open_or_create(dir, 3),
+            NodeIdentity::open(dir, 3).map(|(identity, _)| identity),
             Err(IdentityError::NodeId {
                 recorded: 2,
                 given: 3
@@ -192,7 +185,8 @@ mod tests {
         ));
         let cluster = ClusterId::generate();
         identity.adopt_cluster(dir, cluster).expect("adopt");
-        let reopened = NodeIdentity::open_or_create(dir, 2).expect("restart");
+        let (reopened, new) = NodeIdentity::open(dir, 2).expect("restart");
+        assert!(!new);
         assert_eq!(reopened.cluster_id, Some(cluster));
         let mut other = reopened;
         let refused = other.adopt_cluster(dir, ClusterId(cluster.0 ^ 1));

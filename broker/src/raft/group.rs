@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use openraft::{BasicNode, SnapshotPolicy};
+use sluice_storage::canary::{Canary, armed};
 use sluice_storage::io::Io;
 use sluice_storage::{Log, LogConfig, LogEnv, RecoveryReport};
 
@@ -194,7 +195,6 @@ pub async fn start_group<S: GroupState>(
     // also covers a cut on a batch boundary, but it stalled whole-cluster restarts in the
     // simulation (reliability.md, "Known gaps"). The canaries that let a replica with a cut
     // log run as if whole turn this guard off too.
-    use sluice_storage::canary::{Canary, armed};
     let cut = report.truncated_bytes > 0
         && !armed(Canary::CutLogVotes)
         && !armed(Canary::TruncateOnCorruption);
@@ -316,7 +316,7 @@ pub struct GroupRegistry {
 }
 
 /// A registered group's Raft handle, log and suspicion.
-type Registered = (GroupRaft, SharedLog, Option<Arc<Suspect>>);
+pub type Registered = (GroupRaft, SharedLog, Option<Arc<Suspect>>);
 
 impl GroupRegistry {
     /// The ids of the registered groups, in order.
@@ -365,22 +365,21 @@ impl GroupRegistry {
             .map(|(raft, _, _)| raft.clone())
     }
 
-    /// The Raft handle and the log of a group.
-    pub fn get_with_log(&self, id: GroupId) -> Option<(GroupRaft, SharedLog)> {
+    /// The Raft handle and the log of a group, and its replica's suspicion while
+    /// recovery's cut of its log keeps it from voting freely (`raft::suspect`).
+    pub fn get_for_append(&self, id: GroupId) -> Option<Registered> {
         self.groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .map(|(raft, log, _)| (raft.clone(), Arc::clone(log)))
+            .map(|(raft, log, suspect)| {
+                let suspect = suspect.clone().filter(|s| !s.is_cleared());
+                (raft.clone(), Arc::clone(log), suspect)
+            })
     }
 
     /// A group's replica while recovery's cut of its log keeps it from voting freely.
     pub fn suspect(&self, id: GroupId) -> Option<Arc<Suspect>> {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .and_then(|(_, _, s)| s.clone())
-            .filter(|s| !s.is_cleared())
+        self.get_for_append(id).and_then(|(_, _, s)| s)
     }
 }

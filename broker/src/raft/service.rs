@@ -86,12 +86,15 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let message = request.into_inner();
         let group_id = message.group_id;
-        let (raft, log) = self.groups.get_with_log(message.group_id).ok_or_else(|| {
-            Status::not_found(format!(
-                "raft group {} is not on this node",
-                message.group_id
-            ))
-        })?;
+        let (raft, log, suspect) =
+            self.groups
+                .get_for_append(message.group_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "raft group {} is not on this node",
+                        message.group_id
+                    ))
+                })?;
         let rpc = wire::append_request_from_pb(message).map_err(invalid)?;
         let (leader_vote, leader_commit) = (rpc.vote, rpc.leader_commit);
         // Room first, as a leader reserves before it proposes: once openraft holds the
@@ -109,7 +112,7 @@ impl RaftRpc for RaftService {
             )));
         }
         let response = raft.append_entries(rpc).await.map_err(raft_failed)?;
-        if let Some(suspect) = self.groups.suspect(group_id)
+        if let Some(suspect) = suspect
             && !matches!(
                 response,
                 openraft::raft::AppendEntriesResponse::HigherVote(_)
@@ -134,7 +137,7 @@ impl RaftRpc for RaftService {
         {
             // Refused: asked as for term 0, openraft answers its vote and last log id and
             // grants nothing.
-            rpc = openraft::raft::VoteRequest::new(openraft::Vote::new(0, candidate), None);
+            rpc = super::suspect::last_log_query(candidate);
         }
         let response = raft.vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(wire::vote_response_to_pb(&response)))

@@ -77,15 +77,10 @@ impl Suspect {
         }
     }
 
-    /// Whether this replica may grant its vote to `candidate`, whose last log id is `last`.
+    /// Whether this replica may grant its vote to `candidate` (itself included), whose last
+    /// log id is `last`: that log is at least as long as that of every other voter heard
+    /// from, and enough were heard from to include one that holds every committed entry.
     pub async fn permits_vote(&self, candidate: NodeId, last: Option<LogId>) -> bool {
-        self.complete(candidate, last).await
-    }
-
-    /// Whether `candidate`'s log (last log id `last`) is at least as long as that of every
-    /// other voter heard from, and enough were heard from to include one that holds every
-    /// committed entry.
-    async fn complete(&self, candidate: NodeId, last: Option<LogId>) -> bool {
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let voters: Vec<(NodeId, String)> = membership
             .membership()
@@ -130,8 +125,7 @@ impl Suspect {
     /// The last log id of the replica at `address`, asked with a vote request for term 0,
     /// which changes nothing and whose answer carries it; `None` without an answer.
     async fn last_log_of(&self, address: &str) -> Option<Option<LogId>> {
-        let request = VoteRequest::new(Vote::new(0, self.node_id), None);
-        let message = wire::vote_request_to_pb(self.group_id, &request);
+        let message = wire::vote_request_to_pb(self.group_id, &last_log_query(self.node_id));
         let mut client = self.peers.client(address).ok()?;
         let mut call = tonic::Request::new(message);
         call.set_timeout(ASK_TIMEOUT);
@@ -173,6 +167,12 @@ impl Suspect {
     }
 }
 
+/// A vote request for term 0 from `from`: openraft answers it with its vote and last log
+/// id, grants nothing and changes nothing, so it asks a replica how long its log is.
+pub fn last_log_query(from: NodeId) -> VoteRequest<NodeId> {
+    VoteRequest::new(Vote::new(0, from), None)
+}
+
 /// Until the replica is cleared: checks after every metrics change, and once it has been
 /// without a leader for a (jittered) election timeout, stands for election if the rule
 /// allows.
@@ -203,12 +203,11 @@ async fn watch(suspect: std::sync::Weak<Suspect>, election_timeout: Duration) {
         if now.duration_since(since) < wait {
             continue;
         }
-        // Asked as for term 0, openraft answers its own last log id and changes nothing.
-        let own = VoteRequest::new(Vote::new(0, suspect.node_id), None);
+        let own = last_log_query(suspect.node_id);
         let Ok(last) = suspect.raft.vote(own).await.map(|r| r.last_log_id) else {
             return;
         };
-        if suspect.complete(suspect.node_id, last).await {
+        if suspect.permits_vote(suspect.node_id, last).await {
             let _ = suspect.raft.trigger().elect().await;
         }
         // One try per (jittered) election timeout, whatever the outcome.

@@ -210,6 +210,20 @@ fn leader(cluster: &TestCluster) -> usize {
     })
 }
 
+/// Keeps the partition just made for [`HOLD`] (printing what was acknowledged meanwhile),
+/// then heals it.
+fn hold_then_heal(network: &Network, load: &SideLoad, what: &str) {
+    let cut = Instant::now();
+    std::thread::sleep(HOLD);
+    let during = load
+        .snapshot()
+        .iter()
+        .filter(|t| t.acked() && t.answered > cut)
+        .count();
+    eprintln!("{what}: {during} acknowledged during it");
+    heal(network, load, what);
+}
+
 /// Heals the network and waits until every side acknowledges again; returns how long.
 fn heal(network: &Network, load: &SideLoad, what: &str) -> Duration {
     network.heal();
@@ -239,39 +253,24 @@ fn partitions_lose_nothing_and_an_isolated_minority_acknowledges_nothing() {
     });
     let load = SideLoad::start(&network, &cluster);
     load.await_acks(&[0, 1, 2], Instant::now(), "the start");
-    let mut probes = isolate_the_leader(&network, &cluster, &load);
+    let probes = isolate_the_leader(&network, &cluster, &load);
 
     let a = leader(&cluster);
     let c = (a + 1) % 3;
     network.cut_both(a, c);
-    let bridged = Instant::now();
-    std::thread::sleep(HOLD);
-    let during = load
-        .snapshot()
-        .iter()
-        .filter(|t| t.acked() && t.answered > bridged)
-        .count();
-    eprintln!(
-        "bridge {a}–{}–{c} ({a}✕{c}): {during} acknowledged during it",
-        3 - a - c
+    hold_then_heal(
+        &network,
+        &load,
+        &format!("bridge {a}–{}–{c} ({a}✕{c})", 3 - a - c),
     );
-    heal(&network, &load, "the bridge");
 
     let l = leader(&cluster);
     let f = (l + 1) % 3;
     network.cut(l, f);
-    let cut = Instant::now();
-    std::thread::sleep(HOLD);
-    let during = load
-        .snapshot()
-        .iter()
-        .filter(|t| t.acked() && t.answered > cut)
-        .count();
-    eprintln!("one-way drop {l}→{f}: {during} acknowledged during it");
-    heal(&network, &load, "the one-way drop");
+    hold_then_heal(&network, &load, &format!("one-way drop {l}→{f}"));
 
     let mut attempts: Vec<Attempt> = load.finish().into_iter().map(|t| t.attempt).collect();
-    attempts.extend(probes.drain(..).map(|t| t.attempt));
+    attempts.extend(probes.into_iter().map(|t| t.attempt));
     runtime().block_on(check_history(&cluster, TOPIC, 1, attempts));
 }
 
