@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::batch::{Batch, BatchHeader, RaftPosition};
+use crate::batch::{Batch, BatchHeader, Placement, RaftPosition};
 use crate::checkpoint::{CleanerCheckpoint, RecoveryCheckpoint, SharedCheckpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::config::LogConfig;
@@ -235,7 +235,8 @@ impl Log {
         result
     }
 
-    /// Appends a verified batch, assigning the next offset and stamping `raft`.
+    /// Appends a verified batch as a whole Raft entry (or as the last batch of one),
+    /// assigning the next offset and stamping `raft`.
     ///
     /// `raft.index` must not be below the last batch's (equal: same entry). Raft itself never
     /// leaves holes; the log only refuses to go backwards, because openraft's own storage
@@ -243,6 +244,30 @@ impl Log {
     /// Rolls the active segment first when the batch does not fit or the segment is older
     /// than `segment_ms`. Not durable until [`Log::sync`].
     pub fn append(&mut self, batch: &Batch, raft: RaftPosition) -> Result<AppendInfo> {
+        self.append_placed(batch, raft, false)
+    }
+
+    /// Appends the batches of one Raft entry, in order, as [`Log::append`] does each. Every
+    /// batch but the last is marked as continued, so recovery can cut an entry that lost its
+    /// last batches back to a whole one. Returns the offsets of the entry as a whole.
+    pub fn append_entry(&mut self, batches: &[Batch], raft: RaftPosition) -> Result<AppendInfo> {
+        let base_offset = self.next_offset();
+        let mut rest = batches.iter().peekable();
+        while let Some(batch) = rest.next() {
+            self.append_placed(batch, raft, rest.peek().is_some())?;
+        }
+        Ok(AppendInfo {
+            base_offset,
+            next_offset: self.next_offset(),
+        })
+    }
+
+    fn append_placed(
+        &mut self,
+        batch: &Batch,
+        raft: RaftPosition,
+        entry_continues: bool,
+    ) -> Result<AppendInfo> {
         self.check_writable()?;
         if let Some(last) = self.last_raft_position()
             && raft.index < last.index
@@ -262,7 +287,12 @@ impl Log {
             self.roll()?;
         }
         let reserve = self.config.segment_bytes;
-        let result = self.active_mut().append(batch, base_offset, raft, reserve);
+        let placement = Placement {
+            base_offset,
+            raft,
+            entry_continues,
+        };
+        let result = self.active_mut().append(batch, placement, reserve);
         self.fatal_on_error(result)?;
         let next = self.next_offset();
         self.check(next == header.next_offset(), || {
@@ -644,6 +674,35 @@ impl Log {
         self.check(last.is_none_or(|last| last < from_index), || {
             format!("after cutting from Raft index {from_index} the log ends at {last:?}")
         })
+    }
+
+    /// Cuts the log's last Raft entry if its last batch says more batches follow: a crash
+    /// or damage took the entry's end, and a log must never report a partial entry as its
+    /// last. Returns where the cut began (segment file, position) and the bytes cut.
+    pub(crate) fn cut_open_last_entry(&mut self) -> Result<Option<(PathBuf, u64, u64)>> {
+        let Some(last) = self.last_raft_position() else {
+            return Ok(None);
+        };
+        let first = self.segment_for_raft_index(last.index);
+        let Some(segment) = self.segments.get(first) else {
+            return Ok(None);
+        };
+        let start = (
+            segment.path.clone(),
+            segment.position_for_raft_index(last.index)?,
+        );
+        let mut tail = None;
+        for (i, segment) in self.segments.iter().enumerate().skip(first) {
+            let from = if i == first { start.1 } else { 0 };
+            tail = segment.last_header_from(from)?.or(tail);
+        }
+        if !tail.is_some_and(|h| h.attributes.entry_continues()) {
+            return Ok(None);
+        }
+        let before = self.size_bytes();
+        self.truncate_raft_suffix(last.index)?;
+        let cut = before.saturating_sub(self.size_bytes());
+        Ok(Some((start.0, start.1, cut)))
     }
 
     /// The first segment holding a batch with Raft index `index` or later. One entry's

@@ -132,6 +132,11 @@ fn finish_open(
         failed: false,
         corruption: Arc::default(),
     };
+    if let Some((path, position, bytes)) = log.cut_open_last_entry()? {
+        report.truncated_bytes += bytes;
+        let reason = "the last Raft entry lost its last batches".to_string();
+        report.truncated_at = Some((path, position, reason));
+    }
     cleaner.cleaned_up_to = cleaner.cleaned_up_to.min(log.next_offset());
     log.cleaner = cleaner;
     // What was scanned may sit only in the page cache (the process died, the machine did
@@ -216,6 +221,7 @@ impl SegmentsScan<'_> {
             let c = continuity.get_or_insert(Continuity {
                 next_offset: base,
                 last_raft_index: None,
+                entry_open: false,
             });
             let durable_end = self.durable_end(base);
             if c.next_offset != base {
@@ -265,6 +271,7 @@ impl SegmentsScan<'_> {
             }
             c.next_offset = segment.next_offset;
             c.last_raft_index = segment.last_raft.map(|r| r.index);
+            c.entry_open = false;
             self.segments.push(segment);
             return Ok(false);
         }

@@ -210,7 +210,12 @@ mod tests {
                 leader: 1,
                 index,
             };
-            sluice_storage::batch::stamp_assigned_fields(&mut header, base_offset, raft);
+            let placement = sluice_storage::batch::Placement {
+                base_offset,
+                raft,
+                entry_continues: false,
+            };
+            sluice_storage::batch::stamp_assigned_fields(&mut header, placement);
             let mut out = header.to_vec();
             out.extend_from_slice(&bytes[sluice_storage::limits::BATCH_HEADER_LEN..]);
             Command::Produce(crate::raft::command::ProduceCommand {

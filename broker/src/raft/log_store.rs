@@ -251,10 +251,8 @@ impl LogStore {
                 _ => StorageError::InvalidConfig("entry payload does not fit this group"),
             })?;
             let position = raft_position(&entry.log_id);
-            for batch in &batches {
-                log.append(batch, position)?;
-                bytes += batch.len();
-            }
+            log.append_entry(&batches, position)?;
+            bytes += batches.iter().map(Batch::len).sum::<usize>();
         }
         Ok((log.begin_sync()?, bytes))
     }

@@ -30,7 +30,8 @@ pub struct RaftPosition {
     pub index: u64,
 }
 
-/// The `attributes` bit field: codec, timestamp type, transactional (reserved), control.
+/// The `attributes` bit field: codec, timestamp type, transactional (reserved), control,
+/// and whether more batches of the same Raft entry follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Attributes(u16);
 
@@ -39,8 +40,10 @@ impl Attributes {
     const LOG_APPEND_TIME: u16 = 1 << 3;
     const TRANSACTIONAL: u16 = 1 << 4;
     const CONTROL: u16 = 1 << 5;
+    const ENTRY_CONTINUES: u16 = 1 << 6;
     /// Bits this version defines; anything else set is rejected. Transactions are reserved.
-    const KNOWN: u16 = Self::COMPRESSION_MASK | Self::LOG_APPEND_TIME | Self::CONTROL;
+    const KNOWN: u16 =
+        Self::COMPRESSION_MASK | Self::LOG_APPEND_TIME | Self::CONTROL | Self::ENTRY_CONTINUES;
 
     /// Attributes for a data batch with `compression`.
     pub fn new(compression: Compression) -> Self {
@@ -77,6 +80,21 @@ impl Attributes {
     /// These attributes with the control bit set.
     pub fn with_control(self) -> Self {
         Self(self.0 | Self::CONTROL)
+    }
+
+    /// Whether more batches of the same Raft entry follow this one: set by the log on append,
+    /// so recovery can tell an entry cut between its batches from a whole one.
+    pub fn entry_continues(self) -> bool {
+        self.0 & Self::ENTRY_CONTINUES != 0
+    }
+
+    /// These attributes with the entry-continues bit set to `continues`.
+    pub fn with_entry_continues(self, continues: bool) -> Self {
+        if continues {
+            Self(self.0 | Self::ENTRY_CONTINUES)
+        } else {
+            Self(self.0 & !Self::ENTRY_CONTINUES)
+        }
     }
 
     /// Whether timestamps are the broker's append time rather than the producer's.
@@ -229,22 +247,39 @@ impl BatchHeader {
     }
 }
 
-/// Rewrites the broker-assigned fields of an encoded batch and its header CRC.
+/// Where the log stores a batch: its offset, the Raft entry it belongs to, and whether more
+/// batches of that entry follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Log id of the Raft entry.
+    pub raft: RaftPosition,
+    /// Whether the entry goes on in the next batch (not its last batch).
+    pub entry_continues: bool,
+}
+
+/// Byte position of `attributes` in the header.
+const ATTRIBUTES_AT: usize = HEADER_CRC_AT + 4 + 1;
+
+/// Rewrites the broker-assigned fields of an encoded batch and its header CRC: the offset,
+/// the Raft log id, and the entry-continues bit of `attributes`.
 ///
-/// Touches only the first 36 bytes: the records section and its CRC stay as the producer
-/// wrote them, so integrity stays end to end.
-pub fn stamp_assigned_fields(
-    header: &mut [u8; BATCH_HEADER_LEN],
-    base_offset: u64,
-    raft: RaftPosition,
-) {
+/// The records section and its CRC stay as the producer wrote them, so integrity stays end
+/// to end.
+pub fn stamp_assigned_fields(header: &mut [u8; BATCH_HEADER_LEN], placement: Placement) {
     {
         let mut w = &mut header[..ASSIGNED_LEN];
-        w.put_u64_le(base_offset);
-        w.put_u64_le(raft.term);
-        w.put_u64_le(raft.leader);
-        w.put_u64_le(raft.index);
+        w.put_u64_le(placement.base_offset);
+        w.put_u64_le(placement.raft.term);
+        w.put_u64_le(placement.raft.leader);
+        w.put_u64_le(placement.raft.index);
     }
+    let bits = u16::from_le_bytes([header[ATTRIBUTES_AT], header[ATTRIBUTES_AT + 1]]);
+    let bits = Attributes(bits)
+        .with_entry_continues(placement.entry_continues)
+        .bits();
+    header[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&bits.to_le_bytes());
     write_header_crc(header);
 }
 

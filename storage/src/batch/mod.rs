@@ -14,7 +14,9 @@ mod view;
 pub use builder::{BatchBuilder, NO_PRODUCER_ID, NewRecord, with_producer};
 pub use compression::Compression;
 pub(crate) use compression::compress;
-pub use header::{Attributes, BatchHeader, MAGIC_V1, RaftPosition, stamp_assigned_fields};
+pub use header::{
+    Attributes, BatchHeader, MAGIC_V1, Placement, RaftPosition, stamp_assigned_fields,
+};
 pub use record::{Record, RecordHeader};
 pub(crate) use record::{RecordFields, encode_record};
 pub use view::{Batch, RecordIter};

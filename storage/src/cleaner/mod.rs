@@ -392,6 +392,7 @@ impl CompactionPlan {
         let mut continuity = Continuity {
             next_offset: view.base_offset,
             last_raft_index: view.previous_raft_index,
+            entry_open: false,
         };
         let end = fresh.scan(fresh.file_len()?, &mut continuity)?;
         if end.invalid.is_some()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{Batch, BatchHeader, RaftPosition, stamp_assigned_fields};
+use crate::batch::{Batch, BatchHeader, Placement, RaftPosition, stamp_assigned_fields};
 use crate::error::{Result, StorageError};
 use crate::io::{Io, IoFile, OpenMode};
 use crate::limits::{
@@ -230,12 +230,11 @@ impl Segment {
         self.written = position + header.batch_len();
     }
 
-    /// Writes `batch` with the assigned offset and Raft position; returns its position.
+    /// Writes `batch` at its placement (offset, Raft entry); returns its position.
     pub(crate) fn append(
         &mut self,
         batch: &Batch,
-        base_offset: u64,
-        raft: RaftPosition,
+        placement: Placement,
         reserve_bytes: u64,
     ) -> Result<u64> {
         debug_assert!(!self.sealed);
@@ -246,15 +245,16 @@ impl Segment {
                 .get(..BATCH_HEADER_LEN)
                 .unwrap_or(&[0; BATCH_HEADER_LEN]),
         );
-        stamp_assigned_fields(&mut header_bytes, base_offset, raft);
+        stamp_assigned_fields(&mut header_bytes, placement);
         let position = self.written;
         let end = position + bytes.len() as u64;
         self.reserve_for(end, reserve_bytes)?;
         let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
         self.write_in_pieces(position, &header_bytes, records)?;
         let header = BatchHeader {
-            base_offset,
-            raft,
+            base_offset: placement.base_offset,
+            raft: placement.raft,
+            attributes: (batch.header().attributes).with_entry_continues(placement.entry_continues),
             ..*batch.header()
         };
         self.ingest(&header, position);
@@ -441,6 +441,17 @@ impl Segment {
             position += header.batch_len();
         }
         Ok(position)
+    }
+
+    /// The header of the segment's last batch at or after `position` (a batch boundary).
+    pub(crate) fn last_header_from(&self, mut position: u64) -> Result<Option<BatchHeader>> {
+        let mut last = None;
+        while position < self.written {
+            let header = self.header_at(position)?;
+            position += header.batch_len();
+            last = Some(header);
+        }
+        Ok(last)
     }
 
     /// Durably cuts the segment at `position` (a batch boundary): zero-fills the cut bytes so

@@ -18,6 +18,9 @@ pub(crate) struct Continuity {
     pub(crate) next_offset: u64,
     /// Raft index of the last batch; the next is the same entry or the one after.
     pub(crate) last_raft_index: Option<u64>,
+    /// Whether the last batch said more of its entry follow: then the next must be that
+    /// entry's (false when unknown, as after a segment loaded through its index files).
+    pub(crate) entry_open: bool,
 }
 
 impl Continuity {
@@ -29,13 +32,18 @@ impl Continuity {
         let raft_ok = self
             .last_raft_index
             .is_none_or(|last| header.raft.index >= last);
-        (!raft_ok).then_some("raft index goes backwards")
+        if !raft_ok {
+            return Some("raft index goes backwards");
+        }
+        let interrupted = self.entry_open && self.last_raft_index != Some(header.raft.index);
+        interrupted.then_some("another entry starts before the last one's batches end")
     }
 
     /// Advances past `header`.
     pub(crate) fn advance(&mut self, header: &BatchHeader) {
         self.next_offset = header.next_offset();
         self.last_raft_index = Some(header.raft.index);
+        self.entry_open = header.attributes.entry_continues();
     }
 }
 

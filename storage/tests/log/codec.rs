@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use sluice_storage::batch::{NewRecord, stamp_assigned_fields, with_producer};
+use sluice_storage::batch::{NewRecord, Placement, stamp_assigned_fields, with_producer};
 use sluice_storage::limits::BATCH_HEADER_LEN;
 use sluice_storage::{Batch, BatchBuilder, Compression, DecodeError, RaftPosition};
 
@@ -69,12 +69,14 @@ proptest! {
         let mut header = [0u8; BATCH_HEADER_LEN];
         header.copy_from_slice(&bytes[..BATCH_HEADER_LEN]);
         let raft = RaftPosition { term: 4, leader: 2, index: 9 };
-        stamp_assigned_fields(&mut header, base, raft);
+        let entry_continues = base % 2 == 1;
+        stamp_assigned_fields(&mut header, Placement { base_offset: base, raft, entry_continues });
         let stamped = Bytes::from([&header[..], &bytes[BATCH_HEADER_LEN..]].concat());
         let batch = Batch::decode(stamped).expect("stamped batch decodes");
         prop_assert_eq!(batch.header().base_offset, base);
         prop_assert_eq!(batch.header().raft, raft);
         prop_assert_eq!(batch.header().attributes.compression(), compression);
+        prop_assert_eq!(batch.header().attributes.entry_continues(), entry_continues);
         prop_assert_eq!((batch.header().producer_id, batch.header().producer_epoch, batch.header().base_sequence), (7, 3, 11));
         let decoded = batch.records_vec().expect("records decode");
         prop_assert_eq!(decoded.len(), records.len());

@@ -185,3 +185,65 @@ fn leftover_temporary_files_are_removed() {
     assert_eq!(report.leftovers_removed, 2);
     assert!(!dir.path().join("recovery-checkpoint.tmp").exists());
 }
+
+/// A log of 10 one-batch entries, a checkpoint, then one entry of 3 batches and one of
+/// `last_entry_batches` batches, dropped without a sync.
+fn log_ending_in_entries(last_entry_batches: u64) -> (tempfile::TempDir, LogConfig) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config();
+    let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
+    for i in 0..10 {
+        log.append(&value_batch(i, 100), next_raft(&log))
+            .expect("append");
+    }
+    log.checkpoint().expect("checkpoint");
+    for (first, count) in [(10, 3), (13, last_entry_batches)] {
+        let batches: Vec<_> = (first..first + count)
+            .map(|i| value_batch(i, 100))
+            .collect();
+        log.append_entry(&batches, next_raft(&log))
+            .expect("append entry");
+    }
+    drop(log);
+    (dir, config)
+}
+
+#[test]
+fn an_entry_torn_between_its_batches_is_cut_whole() {
+    let (dir, config) = log_ending_in_entries(3);
+    let active = log_files(dir.path()).pop().expect("active");
+    let (at, _) = *batch_spans(&active).last().expect("batches");
+    // The last batch is lost at a batch boundary: every batch left is valid on its own.
+    damage(&active, |b| b[at..].fill(0));
+    let (log, report) = reopen(dir.path(), &config).expect("open");
+    assert_eq!(log.next_offset(), 13, "entry 12 goes whole, entry 11 stays");
+    assert_eq!(log.last_raft_position().map(|r| r.index), Some(11));
+    assert!(report.truncated_bytes > 0, "{report:?}");
+    let reason = report.truncated_at.map(|t| t.2).unwrap_or_default();
+    assert!(reason.contains("lost its last batches"), "{reason}");
+    drop(log);
+    let (log, report) = reopen(dir.path(), &config).expect("reopen");
+    assert_eq!((report.truncated_bytes, log.next_offset()), (0, 13));
+}
+
+#[test]
+fn an_entry_torn_after_a_roll_is_cut_back_into_the_sealed_segment() {
+    // 40 batches of ~190 bytes do not fit one 4 KiB segment: the entry straddles a roll.
+    let (dir, config) = log_ending_in_entries(40);
+    let files = log_files(dir.path());
+    assert!(files.len() >= 2, "{files:?}");
+    let active = files.last().expect("active");
+    damage(active, |b| b.fill(0));
+    let (log, report) = reopen(dir.path(), &config).expect("open");
+    assert_eq!(log.next_offset(), 13);
+    assert_eq!(log.last_raft_position().map(|r| r.index), Some(11));
+    assert!(report.truncated_bytes > 0, "{report:?}");
+}
+
+#[test]
+fn whole_entries_of_several_batches_survive_a_reopen() {
+    let (dir, config) = log_ending_in_entries(3);
+    let (log, report) = reopen(dir.path(), &config).expect("open");
+    assert_eq!((report.truncated_bytes, log.next_offset()), (0, 16));
+    assert_eq!(log.last_raft_position().map(|r| r.index), Some(12));
+}
