@@ -71,6 +71,7 @@ fn config(id: u64, nodes: usize, dir: &std::path::Path) -> BrokerConfig {
 /// Registers node `id` of `nodes` with the simulation.
 pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Recorder) -> SimNode {
     let dir = tempfile::tempdir().expect("temp dir");
+    recorder.redact(dir.path(), &format!("<n{id} data dir>"));
     let config = config(id, nodes, dir.path());
     let io = SimIo::new();
     let slot: Rc<RefCell<Weak<Node>>> = Rc::new(RefCell::new(Weak::new()));

@@ -566,11 +566,18 @@ impl Nemesis {
                 Undo::Repair(a, b) => sim.repair(a, b),
                 Undo::RepairOneWay(a, b) => sim.repair_oneway(a, b),
                 Undo::Release(a, b) => sim.release(a, b),
+                // A node whose fsyncs failed has logs that refuse writes until reopened: the
+                // crash that fault promises happens now (the loop below restarts it), as an
+                // operator would restart it, rather than leave it failed for ever.
+                Undo::CrashAndRestart(i) => {
+                    if nodes.get(i).is_some_and(|n| !n.down) {
+                        self.crash(sim, nodes, recorder, i);
+                    }
+                }
                 Undo::Restart(_)
                 | Undo::Crash(_)
                 | Undo::CrashDamagingDurable(_)
-                | Undo::ClearFaults(_)
-                | Undo::CrashAndRestart(_) => {}
+                | Undo::ClearFaults(_) => {}
             }
         }
         for node in nodes.iter_mut() {

@@ -24,9 +24,21 @@ use run::{RunConfig, RunResult, run};
 use sluice_storage::canary::Canary;
 
 /// Seeds of the CI set: per cluster size, the first seeds from these.
-const CI_SEEDS: u64 = 48;
+const CI_SEEDS: u64 = 160;
 /// Seeds of the soak (`--long`).
 const LONG_SEEDS: u64 = 2000;
+
+/// Log lines stamped with simulated time (ms), so two runs of a seed compare line by line.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(at) => write!(w, "{:>7}", at.as_millis()),
+            None => write!(w, "      -"),
+        }
+    }
+}
 
 struct Options {
     seed: Option<u64>,
@@ -102,6 +114,8 @@ fn main() -> ExitCode {
         // The brokers' own logs, for a replayed seed: `RUST_LOG=warn … --seed N`.
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimTime)
+            .with_ansi(false)
             .init();
     }
     if options.filtered_out {
@@ -236,31 +250,46 @@ fn run_child(seed: u64, nodes: usize, canary: Option<Canary>) -> SeedRun {
     }
 }
 
-/// Runs `jobs` two at a time (the machine's cores), returning them in order.
+/// Runs `jobs` on as many workers as the machine has cores (at most 4), each taking the next
+/// job when it finishes one; returns the runs in the order of `jobs`.
 fn run_all(jobs: Vec<(u64, usize, Option<Canary>)>) -> Vec<SeedRun> {
-    let parallel = std::thread::available_parallelism()
+    let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
-    let mut results = Vec::new();
-    for chunk in jobs.chunks(parallel) {
-        let handles: Vec<_> = chunk
-            .iter()
-            .map(|&(seed, nodes, canary)| {
-                std::thread::spawn(move || run_child(seed, nodes, canary))
-            })
-            .collect();
-        for (handle, &(seed, nodes, canary)) in handles.into_iter().zip(chunk) {
-            results.push(handle.join().unwrap_or_else(|_| SeedRun {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<SeedRun>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&(seed, nodes, canary)) = jobs.get(i) else {
+                        break;
+                    };
+                    let run = run_child(seed, nodes, canary);
+                    if let Some(slot) = results.get(i)
+                        && let Ok(mut slot) = slot.lock()
+                    {
+                        *slot = Some(run);
+                    }
+                }
+            });
+        }
+    });
+    jobs.iter()
+        .zip(results)
+        .map(|(&(seed, nodes, canary), slot)| {
+            slot.into_inner().ok().flatten().unwrap_or_else(|| SeedRun {
                 seed,
                 nodes,
                 canary,
                 trace: "none".into(),
-                output: "the thread running the seed panicked".into(),
+                output: "the worker running the seed panicked".into(),
                 failed: true,
-            }));
-        }
-    }
-    results
+            })
+        })
+        .collect()
 }
 
 fn report(run: &SeedRun) {

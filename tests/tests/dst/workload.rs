@@ -379,7 +379,10 @@ async fn read_partition(
         let consumer = client.consumer(ConsumerConfig::default());
         match consumer.resolve(TOPIC, partition, Offset::Latest).await {
             Ok(e) => end = Some(e),
-            Err(_) => sleep_ms(250).await,
+            Err(e) => {
+                recorder.event("final", &format!("partition {partition}: no end yet: {e}"));
+                sleep_ms(250).await;
+            }
         }
     }
     let Some(end) = end else {
