@@ -1,6 +1,7 @@
 //! The simulated brokers: one turmoil host per node, its logs on a [`SimIo`] that outlives
 //! its crashes (so a power loss can drop what it never synced), the rest of its data dir
-//! (identity files, written once and synced) in a real temp dir.
+//! (identity files, written once and synced) in a real directory under the run's temp
+//! working directory.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -31,7 +32,6 @@ pub struct SimNode {
     pub damaged: Rc<std::cell::Cell<bool>>,
     /// Whether it is down (crashed, not restarted yet).
     pub down: bool,
-    _dir: tempfile::TempDir,
 }
 
 /// Host name of node `id`.
@@ -70,9 +70,12 @@ fn config(id: u64, nodes: usize, dir: &std::path::Path) -> BrokerConfig {
 
 /// Registers node `id` of `nodes` with the simulation.
 pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Recorder) -> SimNode {
-    let dir = tempfile::tempdir().expect("temp dir");
-    recorder.redact(dir.path(), &format!("<n{id} data dir>"));
-    let config = config(id, nodes, dir.path());
+    // Relative to the run's working directory (`run::run`): paths show up in error
+    // messages sent over the simulated network, and a temp dir's random name would change
+    // their encoded size (HPACK's Huffman code) and with it the run.
+    let dir = std::path::PathBuf::from(host(id));
+    std::fs::create_dir_all(&dir).expect("node dir");
+    let config = config(id, nodes, &dir);
     let io = SimIo::new();
     let slot: Rc<RefCell<Weak<Node>>> = Rc::new(RefCell::new(Weak::new()));
     let damaged = Rc::new(std::cell::Cell::new(false));
@@ -82,7 +85,6 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
         let slot = Rc::clone(&slot);
         let recorder = recorder.clone();
         let name = name.clone();
-        let dir = dir.path().to_path_buf();
         let damaged = Rc::clone(&damaged);
         sim.host(name.clone(), move || {
             let config = config.clone();
@@ -90,14 +92,13 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
             let slot = Rc::clone(&slot);
             let recorder = recorder.clone();
             let name = name.clone();
-            let dir = dir.clone();
             let damaged = Rc::clone(&damaged);
             async move {
                 if let Err(e) = serve(config, io, &slot).await {
                     // A node that cannot start (damaged storage, say) stays down until the
                     // next restart; the checks decide whether that broke a promise.
                     let why = format!("{e:#}");
-                    recorder.event_in(&name, &format!("stopped: {why}"), &dir);
+                    recorder.event(&name, &format!("stopped: {why}"));
                     // Without injected damage, only a broken promise (an acknowledged sync
                     // that did not hold) can leave a log that fails below its checkpoint.
                     if why.contains("corruption") && !damaged.get() {
@@ -117,7 +118,6 @@ pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, nodes: usize, recorder: &Re
         node: slot,
         damaged,
         down: false,
-        _dir: dir,
     }
 }
 

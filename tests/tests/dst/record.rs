@@ -25,8 +25,6 @@ struct Inner {
     final_values: std::collections::BTreeSet<String>,
     /// Simulated time as the driver last saw it (for lines written outside any host).
     driver_ms: u128,
-    /// Real paths that differ from run to run (temp dirs), and what the trace says instead.
-    redactions: Vec<(String, String)>,
 }
 
 /// A finished run's records.
@@ -62,25 +60,10 @@ impl Recorder {
         recorder
     }
 
-    /// Writes `name` instead of `path` in the trace: a temp dir's random name would make
-    /// two runs of one seed differ.
-    pub fn redact(&self, path: &std::path::Path, name: &str) {
-        let path = path.to_string_lossy().into_owned();
-        self.0
-            .borrow_mut()
-            .redactions
-            .push((path, name.to_string()));
-    }
-
     fn trace(&self, line: &str) {
         let mut inner = self.0.borrow_mut();
         let now = turmoil::sim_elapsed().map_or(inner.driver_ms, |d| d.as_millis());
-        let mut line = format!("{now} {line}");
-        for (path, name) in &inner.redactions {
-            if line.contains(path.as_str()) {
-                line = line.replace(path.as_str(), name);
-            }
-        }
+        let line = format!("{now} {line}");
         for byte in line.bytes().chain([b'\n']) {
             inner.trace_hash = (inner.trace_hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
         }
@@ -93,11 +76,6 @@ impl Recorder {
     /// Simulated time, from the driver between steps.
     pub fn set_now(&self, ms: u128) {
         self.0.borrow_mut().driver_ms = ms;
-    }
-
-    /// Something `who` did or saw; a temp dir in `what` is left out (it differs per run).
-    pub fn event_in(&self, who: &str, what: &str, dir: &std::path::Path) {
-        self.event(who, &what.replace(&*dir.to_string_lossy(), "<dir>"));
     }
 
     /// Something `who` did or saw.

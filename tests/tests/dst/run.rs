@@ -59,8 +59,20 @@ pub struct RunResult {
     pub simulated: Duration,
 }
 
-/// Runs one seed.
+/// Runs one seed in a fresh working directory of its own, where the nodes keep their real
+/// files under names that are the same in every run (`n1`, `n2`, …).
 pub fn run(config: &RunConfig) -> RunResult {
+    let previous = std::env::current_dir().ok();
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    std::env::set_current_dir(work_dir.path()).expect("enter the work dir");
+    let result = run_here(config);
+    if let Some(previous) = previous {
+        let _ = std::env::set_current_dir(previous);
+    }
+    result
+}
+
+fn run_here(config: &RunConfig) -> RunResult {
     sluice_protocol::entropy::seed_thread(config.seed);
     canary::arm(&config.canaries);
     super::net::install();
