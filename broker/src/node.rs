@@ -394,6 +394,15 @@ impl Node {
         self.config.node_id
     }
 
+    /// Whether this node's controller replica has stopped taking entries (its log failed, as
+    /// after an fsync error, until the node restarts): its metadata may be stale for ever.
+    pub fn controller_failed(&self) -> bool {
+        self.controller
+            .log
+            .read()
+            .map_or(true, |log| log.is_failed())
+    }
+
     /// The controller's current leader.
     pub fn controller_leader(&self) -> Option<NodeId> {
         self.controller.raft.metrics().borrow().current_leader

@@ -396,6 +396,16 @@ impl Admin for AdminService {
         &self,
         _request: Request<DescribeClusterRequest>,
     ) -> Result<Response<ClusterDescription>, Status> {
+        if self.node.controller_failed() {
+            // Its metadata stops where its controller log failed: leaders named there send
+            // clients back to partitions this node may not serve. UNAVAILABLE makes the SDK
+            // ask another node.
+            return Err(BrokerError::Unavailable(
+                "this node's controller replica has failed (storage error); ask another node"
+                    .into(),
+            )
+            .into());
+        }
         let alive = self.node.alive_nodes().await;
         let voters = self.node.controller_voters();
         let nodes = self
