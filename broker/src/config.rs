@@ -82,6 +82,11 @@ pub struct Args {
     /// coordinator is partition hash(group) % this) [default: 16].
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
     pub offsets_topic_partitions: Option<u32>,
+    /// Serve the client and internal gRPC ports on a non-loopback address without TLS and
+    /// authentication (this build has neither): anyone who reaches them can read and write
+    /// every topic. Without it such a bind refuses to start.
+    #[arg(long, env = "SLUICE_INSECURE_ALLOW_PLAINTEXT")]
+    pub insecure_allow_plaintext: bool,
 }
 
 /// The keys a TOML config file may hold.
@@ -105,6 +110,7 @@ struct FileConfig {
     housekeeping_interval_secs: Option<u64>,
     cached_tail_bytes: Option<u64>,
     offsets_topic_partitions: Option<u32>,
+    insecure_allow_plaintext: Option<bool>,
 }
 
 /// The broker's effective configuration.
@@ -134,6 +140,8 @@ pub struct BrokerConfig {
     pub default_log: LogConfig,
     /// Partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_partitions: u32,
+    /// Whether plaintext, unauthenticated gRPC may be served beyond loopback.
+    pub insecure_allow_plaintext: bool,
 }
 
 /// How a node forms or finds its cluster.
@@ -244,6 +252,12 @@ pub enum ConfigError {
     /// The cluster flags do not fit together.
     #[error("invalid cluster config: {0}")]
     Cluster(String),
+    /// A gRPC port would be open beyond loopback without TLS and authentication.
+    #[error(
+        "refusing to serve plaintext, unauthenticated gRPC on {}: this build has no TLS or authentication yet, so anyone who reaches the port could read and write every topic; bind a loopback address, or pass --insecure-allow-plaintext to accept that",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+    )]
+    Insecure(Vec<SocketAddr>),
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -330,9 +344,20 @@ impl BrokerConfig {
                 .offsets_topic_partitions
                 .or(file.offsets_topic_partitions)
                 .unwrap_or(limits::OFFSETS_TOPIC_PARTITIONS_DEFAULT),
+            insecure_allow_plaintext: args.insecure_allow_plaintext
+                || file.insecure_allow_plaintext.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The gRPC listen addresses (client, internal) that are not loopback: each serves
+    /// plaintext, unauthenticated gRPC to whoever reaches it.
+    pub fn plaintext_binds(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.listen)
+            .chain(self.cluster.as_ref().map(|c| c.raft_listen))
+            .filter(|addr| !addr.ip().is_loopback())
+            .collect()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -362,6 +387,10 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(
                 "housekeeping_interval_secs must be positive",
             ));
+        }
+        let exposed = self.plaintext_binds();
+        if !exposed.is_empty() && !self.insecure_allow_plaintext {
+            return Err(ConfigError::Insecure(exposed));
         }
         Ok(())
     }
@@ -421,8 +450,46 @@ fn resolve_cluster(
 mod tests {
     use clap::CommandFactory;
 
-    use super::Args;
+    use super::{Args, BrokerConfig, ConfigError};
     use crate::limits;
+
+    fn listening_on(
+        listen: &str,
+        insecure_allow_plaintext: bool,
+    ) -> Result<BrokerConfig, ConfigError> {
+        BrokerConfig::resolve(Args {
+            listen: listen.parse().ok(),
+            insecure_allow_plaintext,
+            ..Args::default()
+        })
+    }
+
+    #[test]
+    fn a_plaintext_port_beyond_loopback_needs_the_insecure_flag() {
+        for addr in ["0.0.0.0:9092", "10.1.2.3:9092", "[::]:9092"] {
+            let refused = listening_on(addr, false).expect_err(addr);
+            let message = refused.to_string();
+            assert!(
+                matches!(refused, ConfigError::Insecure(_))
+                    && message.contains(addr)
+                    && message.contains("--insecure-allow-plaintext"),
+                "{message}"
+            );
+            let allowed = listening_on(addr, true).expect(addr);
+            assert_eq!(allowed.plaintext_binds().len(), 1);
+        }
+        for addr in ["127.0.0.1:9092", "[::1]:9092", "127.0.0.2:0"] {
+            let config = listening_on(addr, false).expect(addr);
+            assert!(config.plaintext_binds().is_empty(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn the_default_config_stays_on_loopback() {
+        let config = BrokerConfig::resolve(Args::default()).expect("defaults");
+        assert!(config.plaintext_binds().is_empty());
+        assert!(!config.insecure_allow_plaintext);
+    }
 
     #[test]
     fn help_states_the_budget_defaults_the_broker_uses() {

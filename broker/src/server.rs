@@ -38,6 +38,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs the broker until SIGINT or SIGTERM, then shuts down cleanly: stop accepting, let
 /// in-flight requests finish (bounded), stop the Raft groups, checkpoint every log.
 pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    for addr in config.plaintext_binds() {
+        tracing::warn!(%addr, "serving plaintext, unauthenticated gRPC beyond loopback (--insecure-allow-plaintext): anyone who reaches this port can read and write every topic");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -51,3 +51,28 @@ fn bad_flags_and_bad_config_files_fail_with_a_message() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_plaintext_port_beyond_loopback_refuses_to_start_without_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sluiced()
+        .args(["--listen", "0.0.0.0:0", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve plaintext")
+            && stderr.contains("--insecure-allow-plaintext"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "nothing written before refusing"
+    );
+}

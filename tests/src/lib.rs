@@ -410,6 +410,10 @@ impl TestCluster {
                     secret_file.display().to_string(),
                 ]
                 .to_vec();
+                if network.is_some() {
+                    // A namespace's own address is not loopback: plaintext needs the flag.
+                    node_args.push("--insecure-allow-plaintext".into());
+                }
                 node_args.extend(args.iter().map(|a| a.to_string()));
                 let namespace = network.map(|n| n.namespace(i));
                 let (child, ready) = launch(&data_dir, &node_args, namespace.as_deref());

@@ -63,6 +63,8 @@ fn config(id: u64, nodes: usize, dir: &std::path::Path) -> BrokerConfig {
         initial_cluster: Some(initial),
         cluster_secret_file: Some(secret),
         offsets_topic_partitions: Some(2),
+        // The simulated network has no loopback: every node binds 0.0.0.0.
+        insecure_allow_plaintext: true,
         ..Args::default()
     };
     BrokerConfig::resolve(args).expect("a valid simulated config")
