@@ -85,7 +85,11 @@ pub struct Args {
     /// Serve the client and internal gRPC ports on a non-loopback address without TLS and
     /// authentication (this build has neither): anyone who reaches them can read and write
     /// every topic. Without it such a bind refuses to start.
-    #[arg(long, env = "SLUICE_INSECURE_ALLOW_PLAINTEXT")]
+    #[arg(
+        long,
+        env = "SLUICE_INSECURE_ALLOW_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub insecure_allow_plaintext: bool,
 }
 
@@ -356,7 +360,7 @@ impl BrokerConfig {
     pub fn plaintext_binds(&self) -> Vec<SocketAddr> {
         std::iter::once(self.listen)
             .chain(self.cluster.as_ref().map(|c| c.raft_listen))
-            .filter(|addr| !addr.ip().is_loopback())
+            .filter(|addr| !addr.ip().to_canonical().is_loopback())
             .collect()
     }
 
@@ -478,7 +482,12 @@ mod tests {
             let allowed = listening_on(addr, true).expect(addr);
             assert_eq!(allowed.plaintext_binds().len(), 1);
         }
-        for addr in ["127.0.0.1:9092", "[::1]:9092", "127.0.0.2:0"] {
+        for addr in [
+            "127.0.0.1:9092",
+            "[::1]:9092",
+            "127.0.0.2:0",
+            "[::ffff:127.0.0.1]:9092",
+        ] {
             let config = listening_on(addr, false).expect(addr);
             assert!(config.plaintext_binds().is_empty(), "{addr}");
         }

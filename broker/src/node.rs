@@ -395,12 +395,22 @@ impl Node {
     }
 
     /// Whether this node's controller replica has stopped taking entries (its log failed, as
-    /// after an fsync error, until the node restarts): its metadata may be stale for ever.
+    /// after an fsync error, or its Raft stopped) until the node restarts: its metadata may
+    /// be stale for ever.
     pub fn controller_failed(&self) -> bool {
-        self.controller
+        let log_failed = self
+            .controller
             .log
             .read()
-            .map_or(true, |log| log.is_failed())
+            .map_or(true, |log| log.is_failed());
+        log_failed
+            || self
+                .controller
+                .raft
+                .metrics()
+                .borrow()
+                .running_state
+                .is_err()
     }
 
     /// The controller's current leader.

@@ -250,11 +250,18 @@ impl Log {
     /// Appends the batches of one Raft entry, in order, as [`Log::append`] does each. Every
     /// batch but the last is marked as continued, so recovery can cut an entry that lost its
     /// last batches back to a whole one. Returns the offsets of the entry as a whole.
+    ///
+    /// All or nothing: an error after the entry's first batch (even `NoSpace`) fails the log,
+    /// so no other entry can follow the part written; the next open cuts it.
     pub fn append_entry(&mut self, batches: &[Batch], raft: RaftPosition) -> Result<AppendInfo> {
         let base_offset = self.next_offset();
-        let mut rest = batches.iter().peekable();
-        while let Some(batch) = rest.next() {
-            self.append_placed(batch, raft, rest.peek().is_some())?;
+        let mut rest = batches.iter().enumerate().peekable();
+        while let Some((i, batch)) = rest.next() {
+            let result = self.append_placed(batch, raft, rest.peek().is_some());
+            if result.is_err() && i > 0 {
+                self.failed = true;
+            }
+            result?;
         }
         Ok(AppendInfo {
             base_offset,
@@ -622,6 +629,7 @@ impl Log {
 
     /// Removes every record at or after `from_offset`, durably. Batches are cut whole: the
     /// batch holding `from_offset` goes too. Truncating below `log_start_offset` is an error.
+    /// The cut may fall inside a Raft entry: Raft logs cut with [`Log::truncate_raft_suffix`].
     pub fn truncate_suffix(&mut self, from_offset: u64) -> Result<()> {
         self.check_writable()?;
         if from_offset >= self.next_offset() {

@@ -864,3 +864,29 @@ fn bytes_after_a_raft_index_count_what_a_restart_would_re_read() {
         );
     }
 }
+
+#[test]
+fn an_entry_that_fails_part_way_fails_the_log_and_is_cut_on_reopen() {
+    let (io, _clock, env) = sim_env();
+    let dir = Path::new("/entry");
+    let config = small_config();
+    let mut log = open(dir, &config, &env);
+    append_n(&mut log, 3, 0);
+    log.sync().expect("sync");
+    let whole = log.next_offset();
+    // No room for another segment: the entry's roll fails after its first batches.
+    io.set_space_limit(Some(io.used_bytes()));
+    let batches: Vec<Batch> = (0..40).map(|i| value_batch(100 + i, 100)).collect();
+    let failed = log.append_entry(&batches, next_raft(&log));
+    assert!(
+        matches!(failed, Err(StorageError::NoSpace { .. })),
+        "{failed:?}"
+    );
+    assert!(log.next_offset() > whole, "some of the entry was written");
+    assert!(log.is_failed(), "no other entry may follow a part of one");
+    drop(log);
+    io.clear_faults();
+    let (log, report) = Log::open_with(dir, config, env).expect("reopen");
+    assert_eq!(log.next_offset(), whole, "the partial entry is cut");
+    assert!(report.truncated_bytes > 0, "{report:?}");
+}
