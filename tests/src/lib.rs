@@ -247,30 +247,36 @@ fn try_await_ready(
     ready: &mpsc::Receiver<String>,
     data_dir: &Path,
 ) -> Result<(Child, String), String> {
-    match ready.recv_timeout(START_TIMEOUT) {
-        Ok(address) => Ok((child, address)),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
-            // A panic's message comes before its backtrace, which a tail alone would show.
-            let panic: Vec<&str> = log
-                .lines()
-                .skip_while(|l| !l.contains("panicked at"))
-                .take(3)
-                .collect();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: String = panic
-                .into_iter()
-                .chain(tail.into_iter().rev())
-                .collect::<Vec<_>>()
-                .join("\n");
-            Err(format!(
-                "sluiced did not become ready within {START_TIMEOUT:?} (log: {}):\n{tail}",
-                data_dir.with_extension("log").display()
-            ))
-        }
+    let waited = ready.recv_timeout(START_TIMEOUT);
+    if let Ok(address) = waited {
+        return Ok((child, address));
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+    let what = match waited {
+        Err(mpsc::RecvTimeoutError::Disconnected) => "sluiced exited before it was ready".into(),
+        _ => format!("sluiced did not become ready within {START_TIMEOUT:?}"),
+    };
+    Err(format!(
+        "{what} (log: {}):\n{}",
+        data_dir.with_extension("log").display(),
+        log_summary(&log)
+    ))
+}
+
+/// What a broker's log says about why it stopped: a panic's message or the error it exited
+/// with (each comes before a backtrace, which `RUST_BACKTRACE` makes long), then its tail.
+fn log_summary(log: &str) -> String {
+    let cause = log
+        .lines()
+        .skip_while(|l| !l.contains("panicked at") && !l.starts_with("Error: "))
+        .take(3);
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    cause
+        .chain(tail.into_iter().rev())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs `sluiced` on `data_dir` with `args`, expecting it to refuse to start: returns its
@@ -493,5 +499,20 @@ impl TestCluster {
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.nodes.push(TestBroker::start_in(&data_dir, &arg_refs));
         self.nodes.len() - 1
+    }
+}
+
+#[cfg(test)]
+mod log_summary_tests {
+    #[test]
+    fn an_exit_error_above_a_long_backtrace_is_kept() {
+        let frames: Vec<String> = (0..60).map(|i| format!("  {i}: frame")).collect();
+        let log = format!(
+            "INFO starting\nError: cannot listen on 127.0.0.1:9\n\nStack backtrace:\n{}",
+            frames.join("\n")
+        );
+        let summary = super::log_summary(&log);
+        assert!(summary.starts_with("Error: cannot listen"), "{summary}");
+        assert!(summary.ends_with("59: frame"), "{summary}");
     }
 }
