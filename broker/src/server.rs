@@ -35,6 +35,22 @@ use crate::service::producer::ProducerService;
 /// How long in-flight requests and open streams get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The `sluiced` process: logging to stderr (`SLUICE_LOG`), a multi-threaded runtime, and
+/// [`run`] with the configuration `args` resolve to.
+pub fn run_process(args: crate::config::Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = BrokerConfig::resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(config))
+}
+
 /// Runs the broker until SIGINT or SIGTERM, then shuts down cleanly: stop accepting, let
 /// in-flight requests finish (bounded), stop the Raft groups, checkpoint every log.
 pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! Deliberately broken behaviours that the fault tests must catch (../shared/TESTPLAN.md,
 //! "negative controls"). Only a build with the `canaries` feature (the tests') can arm one,
-//! through [`arm`]; no flag, variable or file turns one on. Without the feature [`armed`] is
-//! a constant `false`.
+//! through [`arm`]: the simulation does, and so does the tests' `sluiced-canary` binary; no
+//! flag, variable or file of `sluiced` turns one on. Without the feature [`armed`] is a
+//! constant `false`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -18,6 +19,29 @@ pub enum Canary {
     /// Recovery accepts a log that lacks durable batches (cut short), so the replica runs
     /// and votes as if it were whole.
     CutLogVotes = 4,
+}
+
+impl Canary {
+    /// Every canary, for listing.
+    pub const ALL: [Canary; 3] = [
+        Canary::AckBeforeFsync,
+        Canary::TruncateOnCorruption,
+        Canary::CutLogVotes,
+    ];
+
+    /// The canary's name on the test tools' command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Canary::AckBeforeFsync => "ack-before-fsync",
+            Canary::TruncateOnCorruption => "truncate-on-corruption",
+            Canary::CutLogVotes => "cut-log-votes",
+        }
+    }
+
+    /// The canary called `name`, if any.
+    pub fn named(name: &str) -> Option<Canary> {
+        Canary::ALL.into_iter().find(|c| c.name() == name)
+    }
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

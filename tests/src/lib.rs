@@ -37,8 +37,20 @@ pub fn sluiced_binary() -> PathBuf {
     })
 }
 
+/// Another broker build to run instead of `sluiced`, with its environment (e.g. the tests'
+/// `sluiced-canary` and the canaries it arms).
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// The executable.
+    pub binary: PathBuf,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
 /// A running broker, killed when dropped.
 pub struct TestBroker {
+    /// What runs on the next (re)start instead of `sluiced`.
+    program: Option<Program>,
     child: Option<Child>,
     /// The client address (`127.0.0.1:port`).
     pub address: String,
@@ -68,8 +80,9 @@ impl TestBroker {
     /// Starts a broker on `data_dir` (which outlives it) with extra flags.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Self {
         let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let (child, address) = spawn(data_dir, &extra_args, None);
+        let (child, address) = spawn(data_dir, &extra_args, None, None);
         Self {
+            program: None,
             child: Some(child),
             address,
             data_dir: data_dir.to_path_buf(),
@@ -122,9 +135,19 @@ impl TestBroker {
     /// address changes (new ephemeral port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
-        let (child, address) = spawn(&self.data_dir, &self.extra_args, self.namespace.as_deref());
+        let (child, address) = spawn(
+            &self.data_dir,
+            &self.extra_args,
+            self.namespace.as_deref(),
+            self.program.as_ref(),
+        );
         self.child = Some(child);
         self.address = address;
+    }
+
+    /// Runs `program` instead of `sluiced` from the next (re)start on.
+    pub fn run_as(&mut self, program: Program) {
+        self.program = Some(program);
     }
 
     /// The flags it was started with (beyond the data dir).
@@ -179,17 +202,23 @@ impl Drop for TestBroker {
     }
 }
 
-fn spawn(data_dir: &Path, extra_args: &[String], namespace: Option<&str>) -> (Child, String) {
-    let (child, ready) = launch(data_dir, extra_args, namespace);
+fn spawn(
+    data_dir: &Path,
+    extra_args: &[String],
+    namespace: Option<&str>,
+    program: Option<&Program>,
+) -> (Child, String) {
+    let (child, ready) = launch(data_dir, extra_args, namespace, program);
     await_ready(child, &ready, data_dir)
 }
 
-/// A started `sluiced` (in `namespace` if given) and the channel its ready line (the client
-/// address) arrives on.
+/// A started `sluiced` (or `program`; in `namespace` if given) and the channel its ready
+/// line (the client address) arrives on.
 fn launch(
     data_dir: &Path,
     extra_args: &[String],
     namespace: Option<&str>,
+    program: Option<&Program>,
 ) -> (Child, mpsc::Receiver<String>) {
     // Appended to, so a restarted node's log keeps what the previous run said.
     let log = std::fs::OpenOptions::new()
@@ -198,14 +227,16 @@ fn launch(
         .open(data_dir.with_extension("log"))
         .ok();
     // `ip netns exec` execs the broker in place, so the child's pid is the broker's.
+    let binary = program.map_or_else(sluiced_binary, |p| p.binary.clone());
     let mut command = match namespace {
         Some(ns) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(sluiced_binary());
+            c.args(["netns", "exec", ns]).arg(binary);
             c
         }
-        None => Command::new(sluiced_binary()),
+        None => Command::new(binary),
     };
+    command.envs(program.iter().flat_map(|p| p.env.iter().cloned()));
     command.arg("--data-dir").arg(data_dir);
     if !extra_args.iter().any(|a| a == "--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
@@ -284,7 +315,7 @@ fn log_summary(log: &str) -> String {
 /// what it wrote to its log.
 pub fn start_expecting_refusal(data_dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let (mut child, ready) = launch(data_dir, &extra_args, None);
+    let (mut child, ready) = launch(data_dir, &extra_args, None, None);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let code = loop {
         if ready.try_recv().is_ok() {
@@ -422,7 +453,7 @@ impl TestCluster {
                 }
                 node_args.extend(args.iter().map(|a| a.to_string()));
                 let namespace = network.map(|n| n.namespace(i));
-                let (child, ready) = launch(&data_dir, &node_args, namespace.as_deref());
+                let (child, ready) = launch(&data_dir, &node_args, namespace.as_deref(), None);
                 (data_dir, node_args, namespace, child, ready)
             })
             .collect();
@@ -431,6 +462,7 @@ impl TestCluster {
         for (data_dir, extra_args, namespace, child, ready) in launched {
             match try_await_ready(child, &ready, &data_dir) {
                 Ok((child, address)) => nodes.push(TestBroker {
+                    program: None,
                     child: Some(child),
                     address,
                     data_dir,
@@ -462,7 +494,12 @@ impl TestCluster {
             .enumerate()
             .filter(|(_, n)| n.child.is_none())
             .map(|(i, n)| {
-                let (child, ready) = launch(&n.data_dir, &n.extra_args, n.namespace.as_deref());
+                let (child, ready) = launch(
+                    &n.data_dir,
+                    &n.extra_args,
+                    n.namespace.as_deref(),
+                    n.program.as_ref(),
+                );
                 (i, child, ready)
             })
             .collect();

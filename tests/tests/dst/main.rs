@@ -51,15 +51,6 @@ struct Options {
     filtered_out: bool,
 }
 
-fn canary_named(name: &str) -> Option<Canary> {
-    match name {
-        "ack-before-fsync" => Some(Canary::AckBeforeFsync),
-        "truncate-on-corruption" => Some(Canary::TruncateOnCorruption),
-        "cut-log-votes" => Some(Canary::CutLogVotes),
-        _ => None,
-    }
-}
-
 fn options() -> Result<Options, String> {
     let mut options = Options {
         seed: None,
@@ -87,7 +78,7 @@ fn options() -> Result<Options, String> {
             "--canary" => {
                 let name = args.next().unwrap_or_default();
                 options.canary =
-                    Some(canary_named(&name).ok_or_else(|| format!("unknown canary {name:?}"))?);
+                    Some(Canary::named(&name).ok_or_else(|| format!("unknown canary {name:?}"))?);
             }
             // libtest's options that take a value: not a name filter.
             "--skip" | "--test-threads" | "--format" | "--color" | "--logfile" | "-Z" => {
@@ -209,21 +200,13 @@ struct SeedRun {
     failed: bool,
 }
 
-fn canary_name(canary: Canary) -> &'static str {
-    match canary {
-        Canary::AckBeforeFsync => "ack-before-fsync",
-        Canary::TruncateOnCorruption => "truncate-on-corruption",
-        Canary::CutLogVotes => "cut-log-votes",
-    }
-}
-
 /// Runs one seed in a process of its own (so no state of one run leaks into the next).
 fn run_child(seed: u64, nodes: usize, canary: Option<Canary>) -> SeedRun {
     let mut command =
         std::process::Command::new(std::env::current_exe().unwrap_or_else(|_| "dst".into()));
     command.args(["--seed", &seed.to_string(), "--nodes", &nodes.to_string()]);
     if let Some(canary) = canary {
-        command.args(["--canary", canary_name(canary)]);
+        command.args(["--canary", canary.name()]);
     }
     command.env_remove("RUST_LOG");
     let (output, failed) = match command.output() {
@@ -387,7 +370,7 @@ fn canary_caught(canary: Canary, seeds: u64) -> bool {
             if let Some(why) = safety_evidence(&run.output) {
                 println!(
                     "dst: canary {} caught by seed {}: {why}",
-                    canary_name(canary),
+                    canary.name(),
                     run.seed
                 );
                 return true;
@@ -397,7 +380,7 @@ fn canary_caught(canary: Canary, seeds: u64) -> bool {
     }
     println!(
         "dst: canary {} was NOT caught by seeds 1..={seeds}",
-        canary_name(canary)
+        canary.name()
     );
     false
 }

@@ -368,7 +368,7 @@ fn internal_calls_must_prove_the_cluster_secret() {
 
 /// Idempotent `acks=all` producers, one per partition, each sending values in order until
 /// told to stop; every attempt's outcome is recorded for logcheck.
-struct Load {
+pub(crate) struct Load {
     history: Arc<Mutex<Vec<Attempt>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -376,7 +376,7 @@ struct Load {
 
 impl Load {
     /// Creates `topic` (RF=3) and starts the load on it, once `acks` are in.
-    async fn on_new_topic(
+    pub(crate) async fn on_new_topic(
         cluster: &TestCluster,
         topic: &str,
         partitions: u32,
@@ -453,7 +453,7 @@ impl Load {
     }
 
     /// Waits (bounded) until `more` acknowledgements on partition 0 beyond the count now.
-    async fn progress(&self, more: usize, what: &str) -> Duration {
+    pub(crate) async fn progress(&self, more: usize, what: &str) -> Duration {
         let started = Instant::now();
         let target = self.acked() + more;
         while self.acked() < target {
@@ -466,7 +466,7 @@ impl Load {
         started.elapsed()
     }
 
-    async fn finish(self) -> Vec<Attempt> {
+    pub(crate) async fn finish(self) -> Vec<Attempt> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(120), task).await;
@@ -482,6 +482,18 @@ pub(crate) async fn check_history(
     partitions: u32,
     attempts: Vec<Attempt>,
 ) {
+    let report = history_report(cluster, topic, partitions, attempts).await;
+    assert!(report.is_clean(), "{report}");
+    assert!(report.counts.0 > 0);
+}
+
+/// Reads every partition back through any node and checks the history against it.
+pub(crate) async fn history_report(
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: u32,
+    attempts: Vec<Attempt>,
+) -> logcheck::Report {
     let client = connect_any(cluster).await;
     // Each partition's high watermark as its serving leader knows it: a serving leader has
     // applied everything committed before its term; followers (and a restarted node whose
@@ -526,8 +538,7 @@ pub(crate) async fn check_history(
     };
     let report = logcheck::check(&history);
     eprintln!("logcheck: {report}");
-    assert!(report.is_clean(), "{report}");
-    assert!(report.counts.0 > 0);
+    report
 }
 
 pub(crate) fn node_index(id: u64) -> usize {

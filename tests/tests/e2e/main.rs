@@ -9,6 +9,7 @@ mod durability;
 mod error_size;
 mod groups;
 mod idempotence;
+mod lagging_quorum;
 mod malformed_batches;
 mod memory;
 mod offline;
