@@ -82,9 +82,33 @@ pub struct Args {
     /// coordinator is partition hash(group) % this) [default: 16].
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
     pub offsets_topic_partitions: Option<u32>,
-    /// Serve the client and internal gRPC ports on a non-loopback address without TLS and
-    /// authentication (this build has neither): anyone who reaches them can read and write
-    /// every topic. Without it such a bind refuses to start.
+    /// Certificate chain (PEM) of the client port: turns TLS on there.
+    #[arg(long, env = "SLUICE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SLUICE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that clients' certificates must chain to; when given, the client port
+    /// requires a client certificate.
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA (PEM) that other brokers' client-port certificates chain to, for this broker's
+    /// calls to them [default: --tls-client-ca].
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Certificate chain (PEM) of the internal (Raft) port: turns mutual TLS on between
+    /// brokers; also this broker's identity when it calls its peers.
+    #[arg(long, env = "SLUICE_RAFT_TLS_CERT")]
+    pub raft_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --raft-tls-cert.
+    #[arg(long, env = "SLUICE_RAFT_TLS_KEY")]
+    pub raft_tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): peers' internal certificates, both ways, must chain to it.
+    #[arg(long, env = "SLUICE_RAFT_TLS_CLIENT_CA")]
+    pub raft_tls_client_ca: Option<PathBuf>,
+    /// Serve a client or internal gRPC port on a non-loopback address without TLS and client
+    /// authentication: anyone who reaches it can read and write every topic. Without it such
+    /// a bind refuses to start.
     #[arg(
         long,
         env = "SLUICE_INSECURE_ALLOW_PLAINTEXT",
@@ -115,6 +139,13 @@ struct FileConfig {
     cached_tail_bytes: Option<u64>,
     offsets_topic_partitions: Option<u32>,
     insecure_allow_plaintext: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    raft_tls_cert: Option<PathBuf>,
+    raft_tls_key: Option<PathBuf>,
+    raft_tls_client_ca: Option<PathBuf>,
 }
 
 /// The broker's effective configuration.
@@ -146,6 +177,108 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: u32,
     /// Whether plaintext, unauthenticated gRPC may be served beyond loopback.
     pub insecure_allow_plaintext: bool,
+    /// TLS on the listeners and on calls to other brokers.
+    pub tls: TlsConfig,
+}
+
+/// A listener's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Its certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM).
+    pub key: PathBuf,
+    /// The CA clients' certificates must chain to; `Some` requires a client certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS settings; all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The client port's.
+    pub client: Option<ListenerTls>,
+    /// The internal port's (its client CA is always set: brokers authenticate each other).
+    pub raft: Option<ListenerTls>,
+    /// The CA other brokers' client ports are verified by, for calls to them.
+    pub peer_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// What this broker presents and trusts when it calls another broker's client port:
+    /// `None` without TLS there.
+    pub fn client_port_files(&self) -> Option<sluice_protocol::tls::ClientTlsFiles> {
+        let listener = self.client.as_ref()?;
+        // Its own certificate is its identity where client certificates are required.
+        let identity = listener.client_ca.is_some();
+        Some(sluice_protocol::tls::ClientTlsFiles {
+            ca: self.peer_ca.clone().or(listener.client_ca.clone())?,
+            cert: identity.then(|| listener.cert.clone()),
+            key: identity.then(|| listener.key.clone()),
+            server_name: None,
+        })
+    }
+
+    /// What this broker presents and trusts when it calls a peer's internal port.
+    pub fn raft_port_files(&self) -> Option<sluice_protocol::tls::ClientTlsFiles> {
+        let listener = self.raft.as_ref()?;
+        Some(sluice_protocol::tls::ClientTlsFiles {
+            ca: listener.client_ca.clone()?,
+            cert: Some(listener.cert.clone()),
+            key: Some(listener.key.clone()),
+            server_name: None,
+        })
+    }
+}
+
+/// One listener's TLS from its three flags: the certificate and key come together, and a
+/// client CA needs them.
+fn listener_tls(
+    what: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<ListenerTls>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(ListenerTls {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::Tls(format!(
+            "--{what}client-ca needs --{what}cert and --{what}key"
+        ))),
+        _ => Err(ConfigError::Tls(format!(
+            "--{what}cert and --{what}key go together"
+        ))),
+    }
+}
+
+/// The TLS settings from flags over the file.
+fn resolve_tls(args: &Args, file: &FileConfig) -> Result<TlsConfig, ConfigError> {
+    let pick = |a: &Option<PathBuf>, f: &Option<PathBuf>| a.clone().or(f.clone());
+    let client = listener_tls(
+        "tls-",
+        pick(&args.tls_cert, &file.tls_cert),
+        pick(&args.tls_key, &file.tls_key),
+        pick(&args.tls_client_ca, &file.tls_client_ca),
+    )?;
+    let raft = listener_tls(
+        "raft-tls-",
+        pick(&args.raft_tls_cert, &file.raft_tls_cert),
+        pick(&args.raft_tls_key, &file.raft_tls_key),
+        pick(&args.raft_tls_client_ca, &file.raft_tls_client_ca),
+    )?;
+    if raft.as_ref().is_some_and(|r| r.client_ca.is_none()) {
+        return Err(ConfigError::Tls(
+            "--raft-tls-cert needs --raft-tls-client-ca: brokers verify each other by the cluster's CA".into(),
+        ));
+    }
+    Ok(TlsConfig {
+        client,
+        raft,
+        peer_ca: pick(&args.tls_ca, &file.tls_ca),
+    })
 }
 
 /// How a node forms or finds its cluster.
@@ -256,9 +389,12 @@ pub enum ConfigError {
     /// The cluster flags do not fit together.
     #[error("invalid cluster config: {0}")]
     Cluster(String),
+    /// The TLS flags do not fit together.
+    #[error("invalid TLS config: {0}")]
+    Tls(String),
     /// A gRPC port would be open beyond loopback without TLS and authentication.
     #[error(
-        "refusing to serve plaintext, unauthenticated gRPC on {}: this build has no TLS or authentication yet, so anyone who reaches the port could read and write every topic; bind a loopback address, or pass --insecure-allow-plaintext to accept that",
+        "refusing to serve gRPC without TLS and client authentication on {}: anyone who reaches the port could read and write every topic; bind a loopback address, give the port a certificate and a client CA (--tls-cert, --tls-key, --tls-client-ca; --raft-tls-* for the internal port), or pass --insecure-allow-plaintext to accept that",
         .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
     )]
     Insecure(Vec<SocketAddr>),
@@ -283,6 +419,7 @@ impl BrokerConfig {
             None => FileConfig::default(),
         };
         let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        let tls = resolve_tls(&args, &file)?;
         let cluster = resolve_cluster(
             node_id,
             args.raft_listen.or(file.raft_listen),
@@ -350,16 +487,26 @@ impl BrokerConfig {
                 .unwrap_or(limits::OFFSETS_TOPIC_PARTITIONS_DEFAULT),
             insecure_allow_plaintext: args.insecure_allow_plaintext
                 || file.insecure_allow_plaintext.unwrap_or(false),
+            tls,
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// The gRPC listen addresses (client, internal) that are not loopback: each serves
-    /// plaintext, unauthenticated gRPC to whoever reaches it.
+    /// The gRPC listen addresses (client, internal) that are not loopback and lack TLS with
+    /// required client certificates: each serves whoever reaches it.
     pub fn plaintext_binds(&self) -> Vec<SocketAddr> {
-        std::iter::once(self.listen)
-            .chain(self.cluster.as_ref().map(|c| c.raft_listen))
+        let authenticated =
+            |tls: &Option<ListenerTls>| tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let client = (!authenticated(&self.tls.client)).then_some(self.listen);
+        let raft = self
+            .cluster
+            .as_ref()
+            .filter(|_| !authenticated(&self.tls.raft))
+            .map(|c| c.raft_listen);
+        client
+            .into_iter()
+            .chain(raft)
             .filter(|addr| !addr.ip().to_canonical().is_loopback())
             .collect()
     }
@@ -390,6 +537,19 @@ impl BrokerConfig {
         if self.housekeeping_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "housekeeping_interval_secs must be positive",
+            ));
+        }
+        if self.tls.raft.is_some() && self.cluster.is_none() {
+            return Err(ConfigError::Tls(
+                "--raft-tls-cert needs a cluster (--raft-listen)".into(),
+            ));
+        }
+        if self.cluster.is_some()
+            && self.tls.client.is_some()
+            && self.tls.client_port_files().is_none()
+        {
+            return Err(ConfigError::Tls(
+                "in a cluster, TLS on the client port needs --tls-ca or --tls-client-ca: brokers call each other's client ports and verify them by it".into(),
             ));
         }
         let exposed = self.plaintext_binds();
@@ -490,6 +650,44 @@ mod tests {
         ] {
             let config = listening_on(addr, false).expect(addr);
             assert!(config.plaintext_binds().is_empty(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn tls_with_client_certificates_may_bind_beyond_loopback_and_tls_alone_may_not() {
+        let tls = |client_ca: Option<&str>| Args {
+            listen: "0.0.0.0:9092".parse().ok(),
+            tls_cert: Some("broker.pem".into()),
+            tls_key: Some("broker.key".into()),
+            tls_client_ca: client_ca.map(Into::into),
+            ..Args::default()
+        };
+        let config = BrokerConfig::resolve(tls(Some("clients.pem"))).expect("mTLS");
+        assert!(config.plaintext_binds().is_empty());
+        let refused = BrokerConfig::resolve(tls(None)).expect_err("TLS without client auth");
+        assert!(matches!(refused, ConfigError::Insecure(_)), "{refused}");
+    }
+
+    #[test]
+    fn tls_flags_that_do_not_fit_together_are_refused() {
+        let cases = [
+            Args {
+                tls_cert: Some("a.pem".into()),
+                ..Args::default()
+            },
+            Args {
+                tls_client_ca: Some("ca.pem".into()),
+                ..Args::default()
+            },
+            Args {
+                raft_tls_cert: Some("a.pem".into()),
+                raft_tls_key: Some("a.key".into()),
+                ..Args::default()
+            },
+        ];
+        for args in cases {
+            let refused = BrokerConfig::resolve(args).expect_err("refused");
+            assert!(matches!(refused, ConfigError::Tls(_)), "{refused}");
         }
     }
 

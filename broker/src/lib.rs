@@ -22,3 +22,4 @@ pub mod raft;
 pub mod server;
 pub mod service;
 mod status;
+pub mod tls;

@@ -15,6 +15,14 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 /// Registers every metric's help text, so a scrape documents itself.
 pub fn describe() {
     describe_counter!(
+        "sluice_tls_reloads_total",
+        "Reloads of the TLS certificates (SIGHUP), by outcome (ok, failed: the old ones stay)."
+    );
+    describe_counter!(
+        "sluice_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by listener (client, raft)."
+    );
+    describe_counter!(
         "sluice_group_rebalances_total",
         "Changes of a consumer group's target assignment (members or subscribed partitions changed), by group."
     );

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use sluice_protocol::tls::ClientTls;
 use sluice_storage::io::{FsIo, Io};
 use tokio::sync::{mpsc, watch};
 
@@ -128,6 +129,9 @@ pub enum NodeError {
     /// confirmed that it may.
     #[error(transparent)]
     FreshStart(#[from] FreshStartError),
+    /// A TLS file of the outgoing channels is unusable.
+    #[error(transparent)]
+    Tls(#[from] sluice_protocol::tls::TlsError),
 }
 
 /// What the server builds before the node: the internal service needs the group registry
@@ -137,6 +141,10 @@ pub struct Wiring {
     pub groups: Arc<GroupRegistry>,
     /// Channels to peers.
     pub peers: Arc<PeerChannels>,
+    /// TLS of calls to peers' internal ports, if on.
+    pub raft_tls: Option<Arc<ClientTls>>,
+    /// TLS of calls to other brokers' client ports, if on.
+    pub client_port_tls: Option<Arc<ClientTls>>,
     /// The cluster secret and id (a cluster node only).
     pub auth: Option<ClusterAuth>,
     /// The data dir's identity.
@@ -171,9 +179,21 @@ impl Wiring {
             .cluster
             .as_ref()
             .map(|c| ClusterAuth::new(Arc::clone(&c.secret), identity.cluster_id));
+        let raft_tls = config
+            .tls
+            .raft_port_files()
+            .map(ClientTls::load)
+            .transpose()?;
+        let client_port_tls = config
+            .tls
+            .client_port_files()
+            .map(ClientTls::load)
+            .transpose()?;
         Ok(Self {
             groups: Arc::new(GroupRegistry::default()),
-            peers: Arc::new(PeerChannels::new(auth.clone())),
+            peers: Arc::new(PeerChannels::new(auth.clone(), raft_tls.clone())),
+            raft_tls,
+            client_port_tls,
             auth,
             identity,
             identity_new,
@@ -205,6 +225,8 @@ impl Node {
         let Wiring {
             groups,
             peers,
+            raft_tls: _,
+            client_port_tls,
             auth,
             identity,
             identity_new,
@@ -324,7 +346,7 @@ impl Node {
             reconciling: tokio::sync::Mutex::new(()),
             broker_budget,
             leader_reports,
-            coordinator: crate::groups::Coordinator::default(),
+            coordinator: crate::groups::Coordinator::new(client_port_tls),
             io,
             clock,
         });

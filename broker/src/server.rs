@@ -31,6 +31,7 @@ use crate::service::consumer::ConsumerService;
 use crate::service::deadline::stamp_arrival;
 use crate::service::groups::GroupsService;
 use crate::service::producer::ProducerService;
+use crate::tls::{self, Reloader, ServerTls};
 
 /// How long in-flight requests and open streams get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -99,20 +100,35 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let client_tls = config.tls.client.clone().map(ServerTls::load).transpose()?;
+    let raft_tls = config.tls.raft.clone().map(ServerTls::load).transpose()?;
     let wiring = Wiring::new(&config, raft_address.clone())
         .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
+    let reloader = Reloader {
+        servers: client_tls.iter().chain(&raft_tls).cloned().collect(),
+        clients: wiring
+            .raft_tls
+            .iter()
+            .chain(&wiring.client_port_tls)
+            .cloned()
+            .collect(),
+    };
     let running = start(
         config,
         address.clone(),
         raft_address,
         wiring,
-        incoming(listener),
-        raft_listener.map(incoming),
+        tls::incoming(incoming(listener), client_tls, "client"),
+        raft_listener.map(|l| tls::incoming(incoming(l), raft_tls, "raft")),
     )
     .await?;
     // Installed before the ready line: a SIGTERM sent right after it must stop the broker
-    // cleanly, not kill it with the default action (a race seen under load in tests).
+    // cleanly, not kill it with the default action (a race seen under load in tests), and
+    // a SIGHUP must reload certificates, not end the process.
     let signals = ShutdownSignals::install()?;
+    if !reloader.is_empty() {
+        reloader.on_sighup()?;
+    }
     // Tests and scripts wait for this line: the broker accepts requests from here on.
     println!("sluiced listening on {address}");
     tracing::info!(%address, data_dir = %data_dir.display(), "sluiced ready");

@@ -15,6 +15,23 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub brokers: Vec<String>,
+    /// CA certificate (PEM) the brokers' certificates chain to: turns TLS on.
+    #[arg(long, global = true, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for brokers that require one (needs --tls-ca).
+    #[arg(long, global = true, env = "SLUICE_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name the brokers' certificates must carry [default: each broker address's host].
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TLS_SERVER_NAME",
+        requires = "tls_ca"
+    )]
+    pub tls_server_name: Option<String>,
     /// Output: aligned text tables, or JSON (one document, or one object per line for
     /// streams).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]

@@ -7,14 +7,15 @@ mod args;
 mod commands;
 mod failure;
 mod output;
+mod target;
 
 use std::io::Write;
 
 use clap::{CommandFactory, Parser};
-use sluice_client::Client;
 
 use args::{Cli, Command};
 use failure::Failure;
+use target::Target;
 
 fn main() {
     let cli = Cli::parse();
@@ -41,8 +42,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::other(format!("cannot start the async runtime: {e}")))?;
+    let target = Target::from_cli(&cli)?;
     let result = runtime.block_on(async {
-        let client = Client::connect(&cli.brokers).await?;
+        let client = target.connect().await?;
         match cli.command {
             Command::Topic(command) => {
                 commands::topic::run(&client, command, cli.format, &mut out).await
@@ -60,7 +62,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 commands::group::run(&client, command, cli.format, &mut out).await
             }
             Command::Bench(args) => {
-                commands::bench::run(&client, &cli.brokers, args, cli.format, &mut out).await
+                commands::bench::run(&client, &target, args, cli.format, &mut out).await
             }
             Command::Completions { .. } => Ok(()),
         }

@@ -487,3 +487,57 @@ fn a_group_consumer_commits_what_it_printed_and_the_group_commands_show_it() {
     assert_eq!(gone.status.code(), Some(1), "UNKNOWN_GROUP");
     assert!(String::from_utf8_lossy(&gone.stderr).contains("UNKNOWN_GROUP"));
 }
+
+#[test]
+fn tls_flags_reach_a_tls_broker_and_their_env_vars_work_too() {
+    use sluice_tests::certs::{LeafSpec, TestCa, listener_flags};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new(dir.path(), "sluice-ca");
+    let clients = TestCa::new(dir.path(), "client-ca");
+    let server = ca.leaf("server", &LeafSpec::server("broker"));
+    let alice = clients.leaf("alice", &LeafSpec::client("alice"));
+    let flags = listener_flags("tls-", &server, Some(&clients.cert));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let broker = TestBroker::start_with(&flags);
+    let b = broker.address.as_str();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca_file, cert, key) = (path(&ca.cert), path(&alice.cert), path(&alice.key));
+    let tls = [
+        "--tls-ca",
+        ca_file.as_str(),
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-server-name",
+        "localhost",
+    ];
+    let created = sluice(
+        b,
+        &[&tls[..], &["topic", "create", "t", "-p", "1"]].concat(),
+    );
+    ok_stdout(&created);
+    // The same through the environment.
+    let listed = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--brokers", b, "topic", "list"])
+        .env_remove("SLUICE_BROKERS")
+        .env("SLUICE_TLS_CA", &ca_file)
+        .env("SLUICE_TLS_CERT", &cert)
+        .env("SLUICE_TLS_KEY", &key)
+        .output()
+        .expect("run sluice");
+    assert!(ok_stdout(&listed).contains('t'));
+    // Without a client certificate the broker refuses: no connection (exit 3).
+    let refused = sluice(b, &["--tls-ca", &ca_file, "topic", "list"]);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    // An unreadable CA file is a usage error (exit 2) with one line naming it.
+    let missing = sluice(b, &["--tls-ca", "/nonexistent/ca.pem", "topic", "list"]);
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("TLS")
+            && stderr.contains("/nonexistent/ca.pem")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}

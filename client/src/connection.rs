@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use sluice_protocol::MESSAGE_BYTES_MAX;
+use sluice_protocol::tls::ClientTls;
 use sluice_protocol::v1::admin_client::AdminClient;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
@@ -27,8 +28,16 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// How a [`Client`] connects: [`Client::connect_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// TLS to every broker, if the cluster serves it ([`ClientTls::load`]).
+    pub tls: Option<Arc<ClientTls>>,
+}
+
 #[derive(Debug)]
 struct Inner {
+    tls: Option<Arc<ClientTls>>,
     bootstrap: Channel,
     channels: RwLock<BTreeMap<String, Channel>>,
     metadata: RwLock<Metadata>,
@@ -69,6 +78,18 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::connect_with(brokers, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with `options` (TLS).
+    pub async fn connect_with<I, S>(
+        brokers: I,
+        options: ConnectOptions,
+    ) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let brokers: Vec<String> = brokers
             .into_iter()
             .map(|b| b.as_ref().to_string())
@@ -80,10 +101,12 @@ impl Client {
         }
         let mut last_error = String::new();
         for broker in &brokers {
-            match sluice_protocol::transport::connect(endpoint(broker)?).await {
+            let tls = options.tls.clone();
+            match sluice_protocol::transport::connect(endpoint(broker)?, tls.clone()).await {
                 Ok(channel) => {
                     let client = Self {
                         inner: Arc::new(Inner {
+                            tls,
                             bootstrap: channel.clone(),
                             channels: RwLock::new(BTreeMap::from([(broker.clone(), channel)])),
                             metadata: RwLock::new(Metadata::default()),
@@ -244,7 +267,7 @@ impl Client {
         }
         match endpoint(address) {
             Ok(e) => {
-                let channel = sluice_protocol::transport::connect_lazy(e);
+                let channel = sluice_protocol::transport::connect_lazy(e, self.inner.tls.clone());
                 self.inner
                     .channels
                     .write()

@@ -33,7 +33,7 @@ pub mod partitioner;
 mod producer;
 
 pub use admin::Admin;
-pub use connection::Client;
+pub use connection::{Client, ConnectOptions};
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::ClientError;
 pub use group_consumer::{GroupConsumer, RebalanceEvent, RebalanceKind, Subscription};
@@ -42,6 +42,7 @@ pub use producer::{
     Answered, Delivery, DeliveryQueue, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 pub use sluice_protocol::Reason;
+pub use sluice_protocol::tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use sluice_protocol::v1::{
     Acks, ClusterDescription, CommittedOffset, GroupDescription, GroupListing, GroupPartition,
     MemberDescription, NodeDescription, PartitionDescription, TopicDescription, TopicPartition,

@@ -5,6 +5,7 @@
 
 pub mod entropy;
 mod error_reason;
+pub mod tls;
 pub mod transport;
 
 pub use error_reason::{

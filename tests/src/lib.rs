@@ -1,6 +1,7 @@
 //! Helpers for system tests: start the real `sluiced` on 127.0.0.1 with an ephemeral port
 //! and a temp data dir, restart it, `kill -9` it, and read its anonymous memory.
 
+pub mod certs;
 pub mod logcheck;
 pub mod memory_cgroup;
 pub mod netns;

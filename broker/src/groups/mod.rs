@@ -75,6 +75,8 @@ pub fn user_topics(metadata: &Metadata) -> BTreeMap<String, u32> {
 /// This node's coordinator role: the offsets partitions it leads, loaded.
 #[derive(Default)]
 pub struct Coordinator {
+    /// TLS of calls to other brokers' client ports, if on.
+    tls: Option<Arc<sluice_protocol::tls::ClientTls>>,
     shards: std::sync::Mutex<BTreeMap<u32, Arc<Shard>>>,
     /// Client channels to other brokers, for their partitions' offsets.
     channels: std::sync::Mutex<HashMap<String, Channel>>,
@@ -91,6 +93,14 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
+    /// A coordinator whose calls to other brokers use `tls`.
+    pub fn new(tls: Option<Arc<sluice_protocol::tls::ClientTls>>) -> Self {
+        Self {
+            tls,
+            ..Self::default()
+        }
+    }
+
     /// The loaded shard of offsets partition `index`, if this node leads it.
     pub fn shard(&self, index: u32) -> Option<Arc<Shard>> {
         self.shards
@@ -177,7 +187,7 @@ impl Coordinator {
             .http2_keep_alive_interval(sluice_protocol::transport::keepalive().0)
             .keep_alive_timeout(sluice_protocol::transport::keepalive().1)
             .keep_alive_while_idle(true);
-        let channel = sluice_protocol::transport::connect_lazy(channel);
+        let channel = sluice_protocol::transport::connect_lazy(channel, self.tls.clone());
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -297,7 +297,7 @@ pub async fn start_single_with<S: GroupState>(
         snapshots,
         timing: RaftTiming::default(),
     };
-    let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::new(None)))
+    let (group, sm, _) = start_group(spec, state, Arc::new(PeerChannels::new(None, None)))
         .await
         .expect("group");
     group

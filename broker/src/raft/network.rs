@@ -13,6 +13,7 @@ use openraft::raft::{
 };
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::internal::v1::raft_client::RaftClient;
+use sluice_protocol::tls::ClientTls;
 use sluice_protocol::{
     HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
 };
@@ -31,15 +32,17 @@ pub type InternalClient = RaftClient<InterceptedService<Channel, ProveSecret>>;
 pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
     auth: Option<ClusterAuth>,
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl PeerChannels {
     /// Channels whose calls prove `auth` (a cluster) or nothing (a single node's groups of
-    /// one never call out).
-    pub fn new(auth: Option<ClusterAuth>) -> Self {
+    /// one never call out), over TLS when `tls` is given.
+    pub fn new(auth: Option<ClusterAuth>, tls: Option<Arc<ClientTls>>) -> Self {
         Self {
             channels: Mutex::default(),
             auth,
+            tls,
         }
     }
 
@@ -57,7 +60,7 @@ impl PeerChannels {
             .http2_keep_alive_interval(sluice_protocol::transport::keepalive().0)
             .keep_alive_timeout(sluice_protocol::transport::keepalive().1)
             .keep_alive_while_idle(true);
-        let channel = sluice_protocol::transport::connect_lazy(endpoint);
+        let channel = sluice_protocol::transport::connect_lazy(endpoint, self.tls.clone());
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

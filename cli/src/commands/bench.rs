@@ -20,6 +20,7 @@ use super::{acks, compression};
 use crate::args::{BenchArgs, BenchMode, Format};
 use crate::failure::Failure;
 use crate::output::json_line;
+use crate::target::Target;
 
 /// Sends one producer keeps unanswered; its buffer and in-flight batches bind first.
 const WINDOW: usize = 64 * 1024;
@@ -43,7 +44,7 @@ fn histogram() -> Result<Histogram<u64>, Failure> {
 /// Runs `sluice bench`.
 pub async fn run(
     client: &Client,
-    brokers: &[String],
+    target: &Target,
     args: BenchArgs,
     format: Format,
     out: &mut impl Write,
@@ -59,9 +60,9 @@ pub async fn run(
     ensure_topic(client, &args).await?;
     let progress = progress_bar(&args, format);
     let measured = match args.mode {
-        BenchMode::Produce => produce(brokers, &args, &progress, None).await?,
+        BenchMode::Produce => produce(target, &args, &progress, None).await?,
         BenchMode::Consume => consume(client, &args, &progress).await?,
-        BenchMode::E2e => e2e(client, brokers, &args, &progress).await?,
+        BenchMode::E2e => e2e(client, target, &args, &progress).await?,
     };
     progress.finish_and_clear();
     report(&args, &measured, format, out)
@@ -111,7 +112,7 @@ fn progress_bar(args: &BenchArgs, format: Format) -> ProgressBar {
 /// Produces with `args.producers` producers until the record count or the duration is
 /// reached. With `epoch`, each key starts with the send time in µs since `epoch` (e2e).
 async fn produce(
-    brokers: &[String],
+    target: &Target,
     args: &BenchArgs,
     progress: &ProgressBar,
     epoch: Option<Instant>,
@@ -124,7 +125,7 @@ async fn produce(
     let mut tasks = Vec::new();
     for producer_index in 0..args.producers {
         // Each producer has its own connection, as separate processes would.
-        let client = Client::connect(brokers).await?;
+        let client = target.connect().await?;
         let config = ProducerConfig {
             acks: acks(args.acks),
             compression: compression(args.compression),
@@ -289,7 +290,7 @@ async fn consume(
 /// Produces while a consumer reads from the end; latency is send → received.
 async fn e2e(
     client: &Client,
-    brokers: &[String],
+    target: &Target,
     args: &BenchArgs,
     progress: &ProgressBar,
 ) -> Result<Measured, Failure> {
@@ -321,7 +322,7 @@ async fn e2e(
             }
         })
     };
-    let produced = produce(brokers, args, progress, Some(epoch)).await?;
+    let produced = produce(target, args, progress, Some(epoch)).await?;
     // Give the consumer a moment to catch up with the last acknowledged records.
     let catch_up = Instant::now() + Duration::from_secs(10);
     while received.lock().await.1 < produced.records && Instant::now() < catch_up {

@@ -19,6 +19,11 @@ pub fn install() {
         // The simulation's links heal within seconds and carry little: notice dead
         // connections as fast as the production defaults would on a real network.
         transport::set_keepalive(Duration::from_secs(2), Duration::from_secs(4));
+        // h2 forgets a stream it reset after 1 s of *wall-clock* time (or once it remembers
+        // 50): whether a late frame for it is ignored or answered with a RST_STREAM (one more
+        // message, one more draw of turmoil's rng) must not depend on how fast this machine
+        // runs the seed. Remembered for the whole run, as a real network's late frames are.
+        transport::set_reset_stream_memory(Duration::MAX, usize::MAX);
         transport::install_dialer(Arc::new(|address: String| {
             Box::pin(async move {
                 let stream = turmoil::net::TcpStream::connect(address).await?;

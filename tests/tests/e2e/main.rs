@@ -18,6 +18,7 @@ mod pipelined_producer;
 mod produce_consume;
 mod retention;
 mod streams;
+mod tls;
 mod topic_identity;
 mod wiped;
 
