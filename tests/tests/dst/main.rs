@@ -293,18 +293,6 @@ fn ci(options: &Options) -> bool {
         .unwrap_or(if options.long { LONG_SEEDS } else { CI_SEEDS });
     let sizes: Vec<usize> = options.nodes.map_or(vec![3, 5], |n| vec![n]);
     let mut failed = false;
-    // The same seed twice, each in its own process: the same trace.
-    let twice = run_all(vec![(1, 3, None), (1, 3, None)]);
-    match twice.as_slice() {
-        [a, b] if a.trace == b.trace && a.trace != "none" => {
-            println!("dst: seed 1 twice gave the same trace {}", a.trace);
-        }
-        _ => {
-            let traces: Vec<&str> = twice.iter().map(|r| r.trace.as_str()).collect();
-            println!("dst: seed 1 gave traces {traces:?}: the simulation is not deterministic");
-            failed = true;
-        }
-    }
     let mut jobs = Vec::new();
     for nodes in sizes {
         let per_size = if nodes == 3 { seeds } else { seeds.div_ceil(4) };
@@ -322,6 +310,7 @@ fn ci(options: &Options) -> bool {
         runs.iter().filter(|r| r.failed).count(),
         started.elapsed()
     );
+    failed |= !repeats_exactly(&runs);
     if !options.long {
         for canary in [
             Canary::AckBeforeFsync,
@@ -332,6 +321,36 @@ fn ci(options: &Options) -> bool {
         }
     }
     failed
+}
+
+/// Seeds run a second time (each in its own process) whose trace must equal the first
+/// run's: seed 92 once took other paths from run to run (h2's wall-clock reset-stream
+/// memory, reliability.md), the others are plain three- and five-node seeds.
+const REPEATED: [(u64, usize); 4] = [(1, 3), (92, 3), (1, 5), (17, 5)];
+
+/// Whether the seeds of [`REPEATED`] in `runs` give the same trace again.
+fn repeats_exactly(runs: &[SeedRun]) -> bool {
+    let first: Vec<&SeedRun> = REPEATED
+        .iter()
+        .filter_map(|&(seed, nodes)| runs.iter().find(|r| r.seed == seed && r.nodes == nodes))
+        .collect();
+    let again = run_all(first.iter().map(|r| (r.seed, r.nodes, None)).collect());
+    let mut same = true;
+    for (a, b) in first.iter().zip(&again) {
+        if a.trace == b.trace && a.trace != "none" {
+            println!(
+                "dst: seed {} ({} nodes) twice gave the same trace {}",
+                a.seed, a.nodes, a.trace
+            );
+        } else {
+            println!(
+                "dst: seed {} ({} nodes) gave traces {} and {}: the simulation is not deterministic",
+                a.seed, a.nodes, a.trace, b.trace
+            );
+            same = false;
+        }
+    }
+    same
 }
 
 /// Violations that show a broken promise about data (not a run that merely stalled): what a
