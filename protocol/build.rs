@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/consumer.proto",
         "proto/sluice/v1/admin.proto",
         "proto/sluice/v1/groups.proto",
+        "proto/sluice/v1/auth.proto",
         "proto/sluice/internal/v1/raft.proto",
     ];
     for proto in protos {

@@ -106,6 +106,18 @@ pub struct Args {
     /// The cluster's CA (PEM): peers' internal certificates, both ways, must chain to it.
     #[arg(long, env = "SLUICE_RAFT_TLS_CLIENT_CA")]
     pub raft_tls_client_ca: Option<PathBuf>,
+    /// Refuse every client call that is not authenticated (a SCRAM session or a client
+    /// certificate), with UNAUTHENTICATED.
+    #[arg(long, env = "SLUICE_REQUIRE_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_auth: bool,
+    /// Users who may do everything, comma separated (and manage users when authentication
+    /// is required).
+    #[arg(long, env = "SLUICE_SUPERUSER", value_delimiter = ',')]
+    pub superuser: Vec<String>,
+    /// File holding the password of the first --superuser, created on a cluster that has no
+    /// users yet.
+    #[arg(long, env = "SLUICE_BOOTSTRAP_PASSWORD_FILE")]
+    pub bootstrap_password_file: Option<PathBuf>,
     /// Serve a client or internal gRPC port on a non-loopback address without TLS and client
     /// authentication: anyone who reaches it can read and write every topic. Without it such
     /// a bind refuses to start.
@@ -146,6 +158,9 @@ struct FileConfig {
     raft_tls_cert: Option<PathBuf>,
     raft_tls_key: Option<PathBuf>,
     raft_tls_client_ca: Option<PathBuf>,
+    require_auth: Option<bool>,
+    superuser: Option<Vec<String>>,
+    bootstrap_password_file: Option<PathBuf>,
 }
 
 /// The broker's effective configuration.
@@ -179,6 +194,12 @@ pub struct BrokerConfig {
     pub insecure_allow_plaintext: bool,
     /// TLS on the listeners and on calls to other brokers.
     pub tls: TlsConfig,
+    /// Whether every client call must be authenticated.
+    pub require_auth: bool,
+    /// Super-users' names.
+    pub superusers: Vec<String>,
+    /// The first super-user's password file, for a cluster without users.
+    pub bootstrap_password_file: Option<PathBuf>,
 }
 
 /// A listener's TLS files.
@@ -488,17 +509,29 @@ impl BrokerConfig {
             insecure_allow_plaintext: args.insecure_allow_plaintext
                 || file.insecure_allow_plaintext.unwrap_or(false),
             tls,
+            require_auth: args.require_auth || file.require_auth.unwrap_or(false),
+            superusers: if args.superuser.is_empty() {
+                file.superuser.unwrap_or_default()
+            } else {
+                args.superuser
+            },
+            bootstrap_password_file: args
+                .bootstrap_password_file
+                .or(file.bootstrap_password_file),
         };
         config.validate()?;
         Ok(config)
     }
 
     /// The gRPC listen addresses (client, internal) that are not loopback and lack TLS with
-    /// required client certificates: each serves whoever reaches it.
+    /// authentication (client certificates, or `--require-auth` on the client port): each
+    /// serves whoever reaches it.
     pub fn plaintext_binds(&self) -> Vec<SocketAddr> {
         let authenticated =
             |tls: &Option<ListenerTls>| tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        let client = (!authenticated(&self.tls.client)).then_some(self.listen);
+        let client_secure =
+            authenticated(&self.tls.client) || (self.tls.client.is_some() && self.require_auth);
+        let client = (!client_secure).then_some(self.listen);
         let raft = self
             .cluster
             .as_ref()
@@ -550,6 +583,11 @@ impl BrokerConfig {
         {
             return Err(ConfigError::Tls(
                 "in a cluster, TLS on the client port needs --tls-ca or --tls-client-ca: brokers call each other's client ports and verify them by it".into(),
+            ));
+        }
+        if self.bootstrap_password_file.is_some() && self.superusers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--bootstrap-password-file needs --superuser: the password is the first super-user's",
             ));
         }
         let exposed = self.plaintext_binds();

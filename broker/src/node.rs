@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use sluice_protocol::scram::secret_bytes;
 use sluice_protocol::tls::ClientTls;
 use sluice_storage::io::{FsIo, Io};
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::{ScramServer, SessionKeys};
 use crate::cluster::fresh_start::{self, FreshStartError};
 use crate::cluster::identity::{ClusterId, IdentityError, NodeIdentity};
 use crate::cluster::internal_auth::ClusterAuth;
@@ -72,6 +74,8 @@ pub struct Node {
     leader_reports: mpsc::UnboundedSender<LeaderReport>,
     /// The consumer groups this node coordinates.
     pub coordinator: crate::groups::Coordinator,
+    session_keys: SessionKeys,
+    scram: ScramServer,
     io: Arc<dyn Io>,
     clock: Arc<dyn sluice_storage::Clock>,
 }
@@ -132,6 +136,9 @@ pub enum NodeError {
     /// A TLS file of the outgoing channels is unusable.
     #[error(transparent)]
     Tls(#[from] sluice_protocol::tls::TlsError),
+    /// The OS gave no random bytes for the session keys.
+    #[error("cannot make session keys: {0}")]
+    Entropy(sluice_protocol::scram::ScramError),
 }
 
 /// What the server builds before the node: the internal service needs the group registry
@@ -330,6 +337,10 @@ impl Node {
                 openraft::metrics::WaitError::Timeout(..) => NodeError::NoController(wait),
             })?;
         let broker_budget = ByteBudget::new(config.broker_inflight_bytes);
+        let session_keys = SessionKeys::new(
+            config.cluster.as_ref().map(|c| &c.secret[..]),
+            secret_bytes().map_err(NodeError::Entropy)?,
+        );
         let (leader_reports, reports) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
             config,
@@ -347,6 +358,8 @@ impl Node {
             broker_budget,
             leader_reports,
             coordinator: crate::groups::Coordinator::new(client_port_tls),
+            session_keys,
+            scram: ScramServer::new(secret_bytes().map_err(NodeError::Entropy)?),
             io,
             clock,
         });
@@ -404,6 +417,26 @@ impl Node {
     /// Whether this node runs as part of a cluster (it has a raft listener).
     pub fn in_cluster(&self) -> bool {
         self.auth.is_some()
+    }
+
+    /// The keys session tokens are signed and checked with.
+    pub fn session_keys(&self) -> &SessionKeys {
+        &self.session_keys
+    }
+
+    /// The SCRAM exchanges in progress here.
+    pub fn scram(&self) -> &ScramServer {
+        &self.scram
+    }
+
+    /// Whether `principal` is a super-user (`--superuser`).
+    pub fn is_superuser(&self, principal: &crate::auth::Principal) -> bool {
+        principal.is_authenticated() && self.config.superusers.contains(&principal.name)
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
     }
 
     /// The current metadata.

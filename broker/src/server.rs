@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_protocol::internal::v1::raft_server::RaftServer;
 use sluice_protocol::v1::admin_server::AdminServer;
+use sluice_protocol::v1::auth_server::AuthServer;
 use sluice_protocol::v1::consumer_groups_server::ConsumerGroupsServer;
 use sluice_protocol::v1::consumer_server::ConsumerServer;
 use sluice_protocol::v1::producer_server::ProducerServer;
@@ -22,11 +23,13 @@ use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpIncoming};
 
+use crate::auth::Authenticate;
 use crate::cluster::internal_auth::{ClusterAuth, RequireSecret};
 use crate::config::{Bootstrap, BrokerConfig};
 use crate::node::{Node, Wiring};
 use crate::raft::service::{NodeSlot, RaftService};
 use crate::service::admin::AdminService;
+use crate::service::auth::AuthService;
 use crate::service::consumer::ConsumerService;
 use crate::service::deadline::stamp_arrival;
 use crate::service::groups::GroupsService;
@@ -190,6 +193,7 @@ where
         .await
         .with_context(|| format!("cannot start on data dir {}", data_dir.display()))?;
     let _ = slot.set(Arc::downgrade(&node));
+    crate::auth::bootstrap::create_first_superuser(&node).await?;
     let stop = Arc::new(Notify::new());
     let server = tokio::spawn(serve(Arc::clone(&node), client, Arc::clone(&stop)));
     Ok(Running {
@@ -259,26 +263,42 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
+    // Who calls is decided from the headers, before any body is read; under
+    // --require-auth an anonymous call goes no further.
+    let authenticate = || Authenticate::required(Arc::clone(&node));
     let producer = ProducerServer::new(ProducerService::new(Arc::clone(&node)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     // Stamped on the headers, before a (possibly large) body is received: a THROTTLED
     // answer must beat the caller's deadline, which runs from its send.
     let producer = InterceptedService::new(producer, stamp_arrival);
+    let producer = InterceptedService::new(producer, authenticate());
     let consumer = ConsumerServer::new(ConsumerService::new(Arc::clone(&node)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let consumer = InterceptedService::new(consumer, authenticate());
     let admin = AdminServer::new(AdminService::new(Arc::clone(&node)));
+    let admin = InterceptedService::new(admin, authenticate());
     let groups = ConsumerGroupsServer::new(GroupsService::new(Arc::clone(&node)));
+    let groups = InterceptedService::new(groups, authenticate());
+    // Sessions begin here, so it identifies callers without requiring them.
+    let auth = AuthServer::new(AuthService::new(Arc::clone(&node)))
+        .max_decoding_message_size(AUTH_MESSAGE_BYTES_MAX);
+    let auth = InterceptedService::new(auth, Authenticate::identify_only(Arc::clone(&node)));
     grpc_server()
         .add_service(producer)
         .add_service(consumer)
         .add_service(admin)
         .add_service(groups)
+        .add_service(auth)
         .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await
         .context("gRPC server failed")
 }
+
+/// Largest message of the Auth service: it is called before authentication, so no large
+/// body is ever read for it.
+const AUTH_MESSAGE_BYTES_MAX: usize = 16 * 1024;
 
 /// A gRPC server with the HTTP/2 windows and frame size every listener uses.
 fn grpc_server() -> tonic::transport::Server {

@@ -32,6 +32,10 @@ pub struct Cli {
         requires = "tls_ca"
     )]
     pub tls_server_name: Option<String>,
+    /// Log in as this user (SCRAM-SHA-256); the password comes from SLUICE_PASSWORD, never
+    /// from a flag.
+    #[arg(long, global = true, env = "SLUICE_USER")]
+    pub user: Option<String>,
     /// Output: aligned text tables, or JSON (one document, or one object per line for
     /// streams).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
@@ -66,6 +70,9 @@ pub enum Command {
     /// Consumer groups: list, describe, reset offsets, delete.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Users who may log in: create (password on standard input), delete, list, whoami.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Measure produce and consume throughput and latency.
     Bench(BenchArgs),
     /// Print a shell completion script.
@@ -74,6 +81,29 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// User commands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user, or change its password: the first line of standard input is the
+    /// password.
+    Create {
+        /// The user's name.
+        name: String,
+        /// PBKDF2 iterations (at least 4096).
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+    /// Delete a user; its sessions end.
+    Delete {
+        /// The user's name.
+        name: String,
+    },
+    /// List the users.
+    List,
+    /// Who this command is authenticated as.
+    Whoami,
 }
 
 /// Topic commands.

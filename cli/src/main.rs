@@ -61,6 +61,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Group(command) => {
                 commands::group::run(&client, command, cli.format, &mut out).await
             }
+            Command::User(command) => {
+                commands::user::run(&client, command, cli.format, &mut out).await
+            }
             Command::Bench(args) => {
                 commands::bench::run(&client, &target, args, cli.format, &mut out).await
             }

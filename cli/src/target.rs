@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sluice_client::{Client, ClientError, ClientTls, ClientTlsFiles, ConnectOptions};
+use sluice_client::{Client, ClientError, ClientTls, ClientTlsFiles, ConnectOptions, Credentials};
 
 use crate::args::Cli;
 use crate::failure::Failure;
@@ -28,9 +28,20 @@ impl Target {
             })?),
             None => None,
         };
+        let credentials = match &cli.user {
+            Some(user) => Some(Credentials {
+                user: user.clone(),
+                password: std::env::var("SLUICE_PASSWORD").map_err(|_| {
+                    Failure::usage(
+                        "--user needs the password in the SLUICE_PASSWORD environment variable",
+                    )
+                })?,
+            }),
+            None => None,
+        };
         Ok(Self {
             brokers: cli.brokers.clone(),
-            options: ConnectOptions { tls },
+            options: ConnectOptions { tls, credentials },
         })
     }
 

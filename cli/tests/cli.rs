@@ -541,3 +541,71 @@ fn tls_flags_reach_a_tls_broker_and_their_env_vars_work_too() {
         "{stderr}"
     );
 }
+
+/// Runs `sluice` as `user` (password in SLUICE_PASSWORD) with `stdin`.
+fn sluice_as(broker: &str, user: &str, password: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--brokers", broker, "--user", user])
+        .args(args)
+        .env_remove("SLUICE_BROKERS")
+        .env("SLUICE_PASSWORD", password)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("sluice finishes")
+}
+
+#[test]
+fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bootstrap");
+    std::fs::write(&file, "admin-secret-1\n").expect("password file");
+    let file = file.display().to_string();
+    let broker = TestBroker::start_with(&[
+        "--require-auth",
+        "--superuser",
+        "admin",
+        "--bootstrap-password-file",
+        &file,
+    ]);
+    let b = broker.address.as_str();
+    let created = sluice_as(b, "admin", "admin-secret-1", &["user", "create", "bob"], b"bob-secret-2\n");
+    assert!(ok_stdout(&created).contains("bob"));
+    let listed = sluice_as(b, "admin", "admin-secret-1", &["--format", "json", "user", "list"], b"");
+    let users = json(&listed);
+    let names: Vec<&str> = users
+        .as_array()
+        .map(|a| a.iter().filter_map(|u| u["user"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["admin", "bob"]);
+    let me = sluice_as(b, "bob", "bob-secret-2", &["user", "whoami"], b"");
+    assert_eq!(ok_stdout(&me).trim(), "User:bob (scram)");
+    // Anonymous: refused by the broker (exit 1), one line with the reason.
+    let anonymous = sluice(b, &["topic", "list"]);
+    assert_eq!(anonymous.status.code(), Some(1), "{anonymous:?}");
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("AUTHENTICATION_REQUIRED") && stderr.lines().count() == 1, "{stderr}");
+    // A wrong password: refused (exit 1).
+    let wrong = sluice_as(b, "bob", "nope", &["topic", "list"], b"");
+    assert_eq!(wrong.status.code(), Some(1), "{wrong:?}");
+    // --user without SLUICE_PASSWORD is a usage error (exit 2).
+    let no_password = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--brokers", b, "--user", "bob", "topic", "list"])
+        .env_remove("SLUICE_BROKERS")
+        .env_remove("SLUICE_PASSWORD")
+        .output()
+        .expect("run sluice");
+    assert_eq!(no_password.status.code(), Some(2), "{no_password:?}");
+    // bob is no super-user.
+    let denied = sluice_as(b, "bob", "bob-secret-2", &["user", "delete", "admin"], b"");
+    assert_eq!(denied.status.code(), Some(1), "{denied:?}");
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PERMISSION_DENIED"));
+}

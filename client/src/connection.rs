@@ -6,18 +6,22 @@ use std::sync::{Arc, RwLock};
 use sluice_protocol::MESSAGE_BYTES_MAX;
 use sluice_protocol::tls::ClientTls;
 use sluice_protocol::v1::admin_client::AdminClient;
+use sluice_protocol::v1::auth_client::AuthClient;
 use sluice_protocol::v1::consumer_client::ConsumerClient;
+use sluice_protocol::v1::consumer_groups_client::ConsumerGroupsClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::{ClusterDescription, DescribeClusterRequest};
 use sluice_protocol::{
-    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES, Reason,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::admin::Admin;
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::error::ClientError;
 use crate::producer::{Producer, ProducerConfig};
+use crate::session::{self, Credentials, SessionHeader};
 
 /// How long one broker gets to answer a metadata request before the next is asked.
 const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -33,11 +37,18 @@ pub struct Client {
 pub struct ConnectOptions {
     /// TLS to every broker, if the cluster serves it ([`ClientTls::load`]).
     pub tls: Option<Arc<ClientTls>>,
+    /// A SCRAM-SHA-256 login, for brokers that require authentication.
+    pub credentials: Option<Credentials>,
 }
+
+/// A channel whose calls carry the client's session token.
+pub(crate) type Rpc = InterceptedService<Channel, SessionHeader>;
 
 #[derive(Debug)]
 struct Inner {
     tls: Option<Arc<ClientTls>>,
+    credentials: Option<Credentials>,
+    session: SessionHeader,
     bootstrap: Channel,
     channels: RwLock<BTreeMap<String, Channel>>,
     metadata: RwLock<Metadata>,
@@ -69,6 +80,18 @@ fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
                 .keep_alive_while_idle(true)
         })
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {address:?}: {e}")))
+}
+
+/// Logs in again at the bootstrap broker (the session renewal).
+fn renew(inner: &Arc<Inner>) -> session::RenewFuture {
+    let inner = Arc::clone(inner);
+    Box::pin(async move {
+        let credentials = inner
+            .credentials
+            .clone()
+            .ok_or_else(|| ClientError::Authentication("no credentials to renew with".into()))?;
+        session::login(inner.bootstrap.clone(), &credentials, &inner.session).await
+    })
 }
 
 impl Client {
@@ -104,14 +127,38 @@ impl Client {
             let tls = options.tls.clone();
             match sluice_protocol::transport::connect(endpoint(broker)?, tls.clone()).await {
                 Ok(channel) => {
+                    let session = SessionHeader::default();
+                    let lifetime = match &options.credentials {
+                        Some(credentials) => {
+                            match session::login(channel.clone(), credentials, &session).await {
+                                Ok(lifetime) => Some(lifetime),
+                                // Another broker may answer; a throttled login would be
+                                // throttled there too (the window is per user).
+                                Err(e)
+                                    if e.is_retriable()
+                                        && e.reason() != Some(Reason::Throttled) =>
+                                {
+                                    last_error = e.to_string();
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        None => None,
+                    };
                     let client = Self {
                         inner: Arc::new(Inner {
                             tls,
+                            credentials: options.credentials.clone(),
+                            session,
                             bootstrap: channel.clone(),
                             channels: RwLock::new(BTreeMap::from([(broker.clone(), channel)])),
                             metadata: RwLock::new(Metadata::default()),
                         }),
                     };
+                    if let Some(lifetime) = lifetime {
+                        session::renew_forever(Arc::downgrade(&client.inner), lifetime, renew);
+                    }
                     // A broker that connects but cannot answer: try the next one.
                     match client.refresh_metadata().await {
                         Ok(()) => return Ok(client),
@@ -188,7 +235,8 @@ impl Client {
             let channel = self.channel_to(&address);
             let answer = tokio::time::timeout(
                 METADATA_TIMEOUT,
-                AdminClient::new(channel).describe_cluster(DescribeClusterRequest {}),
+                AdminClient::with_interceptor(channel, self.inner.session.clone())
+                    .describe_cluster(DescribeClusterRequest {}),
             )
             .await;
             if let Ok(Ok(response)) = answer {
@@ -279,20 +327,32 @@ impl Client {
         }
     }
 
-    pub(crate) fn admin_client(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.inner.bootstrap.clone())
+    pub(crate) fn admin_client(&self) -> AdminClient<Rpc> {
+        AdminClient::with_interceptor(self.inner.bootstrap.clone(), self.inner.session.clone())
     }
 
-    pub(crate) fn producer_client(&self, channel: Channel) -> ProducerClient<Channel> {
-        ProducerClient::new(channel)
+    pub(crate) fn producer_client(&self, channel: Channel) -> ProducerClient<Rpc> {
+        ProducerClient::with_interceptor(channel, self.inner.session.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub(crate) fn consumer_client(&self, channel: Channel) -> ConsumerClient<Channel> {
-        ConsumerClient::new(channel)
+    pub(crate) fn consumer_client(&self, channel: Channel) -> ConsumerClient<Rpc> {
+        ConsumerClient::with_interceptor(channel, self.inner.session.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// A client of the ConsumerGroups service on `channel`.
+    pub(crate) fn groups_client(&self, channel: Channel) -> ConsumerGroupsClient<Rpc> {
+        ConsumerGroupsClient::with_interceptor(channel, self.inner.session.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// A client of the Auth service (users, who am I) at the bootstrap broker.
+    pub(crate) fn auth_client(&self) -> AuthClient<Rpc> {
+        AuthClient::with_interceptor(self.inner.bootstrap.clone(), self.inner.session.clone())
     }
 
     /// Topic and cluster administration.

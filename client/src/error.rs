@@ -34,6 +34,10 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+    /// A login could not be completed on this side (the broker's own refusals are
+    /// `Refused` with an authentication reason).
+    #[error("authentication: {0}")]
+    Authentication(String),
 }
 
 impl ClientError {

@@ -30,7 +30,7 @@ use crate::consumer::{
     AutoOffsetReset, ConsumerConfig, ConsumerRecord, Offset, RecordSink, read_partition,
 };
 use crate::error::ClientError;
-use crate::groups::{backoff, groups_client};
+use crate::groups::backoff;
 
 /// A topic and partition.
 pub type Partition = (String, u32);
@@ -684,7 +684,9 @@ async fn heartbeat(shared: &Shared, epoch: Option<i32>) -> Result<HeartbeatRespo
     let call = async {
         let channel = shared.client.coordinator(&shared.group).await?;
         Ok::<_, ClientError>(
-            groups_client(channel)
+            shared
+                .client
+                .groups_client(channel)
                 .heartbeat(request)
                 .await?
                 .into_inner(),

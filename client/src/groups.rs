@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
+use sluice_protocol::Reason;
 use sluice_protocol::v1::consumer_groups_client::ConsumerGroupsClient;
 use sluice_protocol::v1::reset_offsets_request::To;
 use sluice_protocol::v1::{
     CommittedOffset, DeleteGroupRequest, DescribeGroupRequest, FindCoordinatorRequest,
     GroupDescription, GroupListing, ListGroupsRequest, ResetOffsetsRequest,
 };
-use sluice_protocol::{MESSAGE_BYTES_MAX, Reason};
 use tonic::transport::Channel;
 
 use crate::connection::Client;
@@ -28,13 +28,6 @@ pub enum ResetTo {
     Offset(u64),
     /// The first offset at or after this time (ms since the epoch).
     Timestamp(i64),
-}
-
-/// A gRPC client of the ConsumerGroups service on `channel`.
-pub(crate) fn groups_client(channel: Channel) -> ConsumerGroupsClient<Channel> {
-    ConsumerGroupsClient::new(channel)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
 
 /// Whether a group call should go to a (re-found) coordinator and be tried again.
@@ -61,7 +54,8 @@ impl Client {
         let mut candidates = vec![self.bootstrap_channel()];
         candidates.extend(self.metadata().nodes.iter().map(|a| self.channel_to(a)));
         for channel in candidates {
-            match groups_client(channel)
+            match self
+                .groups_client(channel)
                 .find_coordinator(request.clone())
                 .await
             {
@@ -89,13 +83,13 @@ impl Client {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(ConsumerGroupsClient<Channel>) -> Fut,
+        F: FnMut(ConsumerGroupsClient<crate::connection::Rpc>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut attempt = 0;
         loop {
             let result = match self.coordinator(group).await {
-                Ok(channel) => call(groups_client(channel))
+                Ok(channel) => call(self.groups_client(channel))
                     .await
                     .map(tonic::Response::into_inner)
                     .map_err(ClientError::from),
@@ -127,7 +121,8 @@ impl crate::Admin {
             .filter(|n| n.alive || cluster.nodes.len() == 1)
         {
             let channel = client.channel_to(&node.address);
-            let answer = groups_client(channel)
+            let answer = client
+                .groups_client(channel)
                 .list_groups(ListGroupsRequest {})
                 .await?;
             groups.extend(answer.into_inner().groups);

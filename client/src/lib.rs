@@ -31,6 +31,8 @@ mod group_consumer;
 mod groups;
 pub mod partitioner;
 mod producer;
+mod session;
+mod users;
 
 pub use admin::Admin;
 pub use connection::{Client, ConnectOptions};
@@ -41,11 +43,13 @@ pub use groups::ResetTo;
 pub use producer::{
     Answered, Delivery, DeliveryQueue, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
+pub use session::Credentials;
 pub use sluice_protocol::Reason;
 pub use sluice_protocol::tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use sluice_protocol::v1::{
     Acks, ClusterDescription, CommittedOffset, GroupDescription, GroupListing, GroupPartition,
     MemberDescription, NodeDescription, PartitionDescription, TopicDescription, TopicPartition,
+    UserDescription, WhoAmIResponse,
 };
 pub use sluice_storage::Compression;
 pub use tonic::Code;

@@ -56,10 +56,18 @@ pub enum Reason {
     GroupNotEmpty,
     /// The group has no members and no committed offsets.
     UnknownGroup,
+    /// The broker requires authentication and the call carried none.
+    AuthenticationRequired,
+    /// The credentials, proof or session token are wrong.
+    AuthenticationFailed,
+    /// The session token has expired: authenticate again.
+    SessionExpired,
+    /// The authenticated principal may not do this.
+    PermissionDenied,
 }
 
 impl Reason {
-    const ALL: [Reason; 21] = [
+    const ALL: [Reason; 25] = [
         Self::UnknownTopic,
         Self::UnknownPartition,
         Self::NotLeader,
@@ -81,6 +89,10 @@ impl Reason {
         Self::StaleMemberEpoch,
         Self::GroupNotEmpty,
         Self::UnknownGroup,
+        Self::AuthenticationRequired,
+        Self::AuthenticationFailed,
+        Self::SessionExpired,
+        Self::PermissionDenied,
     ];
 
     /// The stable reason string.
@@ -107,6 +119,10 @@ impl Reason {
             Self::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
             Self::GroupNotEmpty => "GROUP_NOT_EMPTY",
             Self::UnknownGroup => "UNKNOWN_GROUP",
+            Self::AuthenticationRequired => "AUTHENTICATION_REQUIRED",
+            Self::AuthenticationFailed => "AUTHENTICATION_FAILED",
+            Self::SessionExpired => "SESSION_EXPIRED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 
@@ -135,6 +151,10 @@ impl Reason {
             Self::TopicExists => Code::AlreadyExists,
             Self::StorageFailed | Self::Internal => Code::Internal,
             Self::Unavailable => Code::Unavailable,
+            Self::AuthenticationRequired | Self::AuthenticationFailed | Self::SessionExpired => {
+                Code::Unauthenticated
+            }
+            Self::PermissionDenied => Code::PermissionDenied,
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod entropy;
 mod error_reason;
+pub mod scram;
 pub mod tls;
 pub mod transport;
 

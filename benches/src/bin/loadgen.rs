@@ -421,6 +421,35 @@ fn report_floor(rate: f64, seconds: f64) -> Option<Floor> {
     }
 }
 
+/// TLS for a run: the broker's flags and the SDK's settings, with the files they name.
+struct Tls {
+    flags: Vec<String>,
+    client: Arc<sluice_client::ClientTls>,
+    _dir: tempfile::TempDir,
+}
+
+impl Tls {
+    /// TLS settings if `LOADGEN_TLS` is set.
+    fn from_env() -> Option<Self> {
+        std::env::var_os("LOADGEN_TLS")?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = sluice_tests::certs::TestCa::new(dir.path(), "loadgen-ca");
+        let leaf = ca.leaf("broker", &sluice_tests::certs::LeafSpec::server("broker"));
+        let client = sluice_client::ClientTls::load(sluice_client::ClientTlsFiles {
+            ca: ca.cert.clone(),
+            cert: None,
+            key: None,
+            server_name: None,
+        })
+        .expect("client TLS");
+        Some(Self {
+            flags: sluice_tests::certs::listener_flags("tls-", &leaf, None),
+            client,
+            _dir: dir,
+        })
+    }
+}
+
 fn main() {
     let seconds: f64 = std::env::args()
         .nth(1)
@@ -484,12 +513,21 @@ fn main() {
     }
     for partitions in counts {
         // LOADGEN_METRICS=HOST:PORT serves the broker's metrics there, to scrape mid-run.
-        let mut broker = match std::env::var("LOADGEN_METRICS") {
-            Ok(address) => TestBroker::start_with(&["--metrics-listen", &address]),
-            Err(_) => TestBroker::start(),
-        };
+        let mut flags: Vec<String> = Vec::new();
+        if let Ok(address) = std::env::var("LOADGEN_METRICS") {
+            flags.extend(["--metrics-listen".to_string(), address]);
+        }
+        // LOADGEN_TLS=1: TLS on the client port (a fresh CA and certificate), the SDK over it.
+        let tls = Tls::from_env();
+        flags.extend(tls.iter().flat_map(|t| t.flags.clone()));
+        let mut broker =
+            TestBroker::start_with(&flags.iter().map(String::as_str).collect::<Vec<_>>());
         runtime.block_on(async {
-            let client = Client::connect([broker.address.as_str()])
+            let options = sluice_client::ConnectOptions {
+                tls: tls.as_ref().map(|t| Arc::clone(&t.client)),
+                ..Default::default()
+            };
+            let client = Client::connect_with([broker.address.as_str()], options)
                 .await
                 .expect("connect");
             let topic = format!("load-{partitions}");
@@ -502,7 +540,8 @@ fn main() {
                 .create_topic(&topic, partitions, 1, configs.into_iter().collect())
                 .await
                 .expect("create");
-            if partitions == 1 {
+            // The serial run's raw gRPC client speaks plaintext only.
+            if partitions == 1 && tls.is_none() {
                 let serial = run_serial(&broker.address, &topic, 500).await;
                 report("1 partition, one record at a time", &serial, baseline);
             }

@@ -100,6 +100,58 @@ pub enum ControllerCommand {
         /// The leaderships.
         leaders: Vec<LeaderReport>,
     },
+    /// Creates a SCRAM user or replaces its credential.
+    UpsertUser {
+        /// The user's name.
+        name: String,
+        /// What the server keeps of its password.
+        credential: UserCredential,
+    },
+    /// Removes a user (its sessions end).
+    DeleteUser {
+        /// The user's name.
+        name: String,
+    },
+    /// Creates the first user, only while there is none (every founder may propose it).
+    BootstrapUser {
+        /// The user's name.
+        name: String,
+        /// What the server keeps of its password.
+        credential: UserCredential,
+    },
+}
+
+/// A user's SCRAM-SHA-256 credential: never the password itself.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCredential {
+    /// The salt.
+    pub salt: Vec<u8>,
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// H(ClientKey).
+    pub stored_key: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for UserCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredential")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserCredential {
+    /// The SCRAM form, if the keys have the right lengths.
+    pub fn scram(&self) -> Option<sluice_protocol::scram::Credential> {
+        Some(sluice_protocol::scram::Credential {
+            salt: self.salt.clone(),
+            iterations: self.iterations,
+            stored_key: self.stored_key.as_slice().try_into().ok()?,
+            server_key: self.server_key.as_slice().try_into().ok()?,
+        })
+    }
 }
 
 /// A node leads a partition's group in a term, and serves it.
@@ -198,6 +250,9 @@ pub struct Metadata {
     /// The cluster's id (32 hex digits), once named.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// SCRAM users by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserCredential>,
 }
 
 impl Metadata {
@@ -408,6 +463,20 @@ impl Metadata {
             ControllerCommand::ReportLeaders { leaders } => {
                 for r in leaders {
                     self.report_leader(r.group_id, r.leader, r.term);
+                }
+                ControllerResponse::Ok
+            }
+            ControllerCommand::UpsertUser { name, credential } => {
+                self.users.insert(name.clone(), credential.clone());
+                ControllerResponse::Ok
+            }
+            ControllerCommand::DeleteUser { name } => match self.users.remove(name) {
+                Some(_) => ControllerResponse::Ok,
+                None => refused("UNKNOWN_USER", format!("user {name} does not exist")),
+            },
+            ControllerCommand::BootstrapUser { name, credential } => {
+                if self.users.is_empty() {
+                    self.users.insert(name.clone(), credential.clone());
                 }
                 ControllerResponse::Ok
             }

@@ -1,6 +1,7 @@
 //! The client-facing gRPC services.
 
 pub mod admin;
+pub mod auth;
 pub mod consumer;
 pub mod deadline;
 pub mod groups;

@@ -8,14 +8,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use futures::{Stream, StreamExt};
-use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::server::Connected;
 
 use super::ServerTls;
+use crate::auth::Principal;
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,38 +26,39 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes under way at once per listener; more wait to be accepted.
 const HANDSHAKES_MAX: usize = 256;
 
-/// A served connection: plaintext, or TLS with the client's certificate if it gave one.
+/// A served connection: plaintext, or TLS with the principal of the client's certificate
+/// if it gave one.
 pub enum MaybeTls<IO> {
     /// No TLS on this listener.
     Plain(IO),
-    /// TLS; the verified leaf certificate of the client, if it presented one.
+    /// TLS; who the client's verified certificate names, if it presented one.
     Tls(
         Box<tokio_rustls::server::TlsStream<IO>>,
-        Option<Arc<CertificateDer<'static>>>,
+        Option<Arc<Principal>>,
     ),
 }
 
 /// What each request learns of its connection.
 #[derive(Debug, Clone)]
-pub struct ConnInfo<I> {
-    /// The transport's own (the peer address over TCP).
-    pub transport: I,
-    /// The client's verified certificate (mutual TLS), if any.
-    pub peer_certificate: Option<Arc<CertificateDer<'static>>>,
+pub struct ConnInfo {
+    /// The peer's address.
+    pub remote: Option<SocketAddr>,
+    /// Who the client's verified certificate names (mutual TLS), if anyone.
+    pub principal: Option<Arc<Principal>>,
 }
 
-impl<IO: Connected> Connected for MaybeTls<IO> {
-    type ConnectInfo = ConnInfo<IO::ConnectInfo>;
+impl Connected for MaybeTls<TcpStream> {
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
             MaybeTls::Plain(io) => ConnInfo {
-                transport: io.connect_info(),
-                peer_certificate: None,
+                remote: io.peer_addr().ok(),
+                principal: None,
             },
-            MaybeTls::Tls(tls, certificate) => ConnInfo {
-                transport: tls.get_ref().0.connect_info(),
-                peer_certificate: certificate.clone(),
+            MaybeTls::Tls(tls, principal) => ConnInfo {
+                remote: tls.get_ref().0.peer_addr().ok(),
+                principal: principal.clone(),
             },
         }
     }
@@ -189,13 +193,14 @@ where
     let accepting = tokio_rustls::TlsAcceptor::from(config).accept(io);
     let failure = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting).await {
         Ok(Ok(tls)) => {
-            let certificate = tls
+            let principal = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|leaf| Arc::new(leaf.clone().into_owned()));
-            return Some(MaybeTls::Tls(Box::new(tls), certificate));
+                .and_then(Principal::from_certificate)
+                .map(Arc::new);
+            return Some(MaybeTls::Tls(Box::new(tls), principal));
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),

@@ -6,6 +6,7 @@ pub mod consume;
 pub mod group;
 pub mod produce;
 pub mod topic;
+pub mod user;
 
 use sluice_client::{Acks, Compression};
 

@@ -1,5 +1,6 @@
 //! End-to-end tests against real `sluiced` processes.
 
+mod auth;
 mod backpressure;
 mod bad_input;
 mod cluster;

@@ -24,9 +24,15 @@ fn tls(ca: &Path, identity: Option<&sluice_tests::certs::Leaf>) -> Arc<ClientTls
 }
 
 async fn connect(address: &str, tls: Option<Arc<ClientTls>>) -> Result<Client, String> {
-    Client::connect_with([address], ConnectOptions { tls })
-        .await
-        .map_err(|e| e.to_string())
+    Client::connect_with(
+        [address],
+        ConnectOptions {
+            tls,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Whether a client with `tls` can list topics at `address` (a refused handshake may only
@@ -229,6 +235,7 @@ fn brokers_speak_mutual_tls_and_refuse_client_certificates_on_the_internal_port(
             cluster.addresses(),
             ConnectOptions {
                 tls: Some(tls(&cluster_ca.cert, Some(&alice))),
+                ..Default::default()
             },
         )
         .await

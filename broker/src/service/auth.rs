@@ -1,0 +1,241 @@
+//! `sluice.v1.Auth`: SCRAM-SHA-256 logins that hand out session tokens, and the users who
+//! may log in (docs/security.md).
+
+use std::sync::Arc;
+
+use sluice_protocol::scram::{self, ITERATIONS_MIN, KEY_BYTES};
+use sluice_protocol::v1::auth_server::Auth;
+use sluice_protocol::v1::{
+    DeleteUserRequest, DeleteUserResponse, ListUsersRequest, ListUsersResponse, ScramFinishRequest,
+    ScramFinishResponse, ScramStartRequest, ScramStartResponse, UpsertUserRequest,
+    UpsertUserResponse, UserDescription, WhoAmIRequest, WhoAmIResponse,
+};
+use sluice_protocol::{RETRY_AFTER_MS_KEY, Reason, status_with_reason};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::auth::interceptor::principal_of;
+use crate::auth::scram_server::AuthError;
+use crate::auth::session::{SESSION_TTL, USER_NAME_BYTES_MAX, now_ms};
+use crate::controller::{ControllerCommand, ControllerResponse, UserCredential};
+use crate::error::BrokerError;
+use crate::node::Node;
+
+/// The only mechanism.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// Longest SCRAM message accepted.
+const SCRAM_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// Serves `sluice.v1.Auth`.
+pub struct AuthService {
+    node: Arc<Node>,
+}
+
+impl AuthService {
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    /// User management needs a super-user once authentication is required; before that,
+    /// as every other admin call, anyone who reaches the port.
+    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let principal = principal_of(request);
+        if !self.node.config().require_auth || self.node.is_superuser(&principal) {
+            return Ok(());
+        }
+        tracing::warn!(%principal, "denied: user management needs a super-user");
+        Err(status_with_reason(
+            Reason::PermissionDenied,
+            format!("{principal} may not manage users: only a --superuser may"),
+        ))
+    }
+
+    async fn propose(&self, command: ControllerCommand) -> Result<(), Status> {
+        match self.node.propose(command).await.map_err(Status::from)? {
+            ControllerResponse::Refused { message, .. } => {
+                Err(Status::from(BrokerError::InvalidRequest(message)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn auth_status(e: &AuthError) -> Status {
+    match e {
+        AuthError::Busy => status_with_reason(Reason::Throttled, e.to_string()),
+        AuthError::Throttled(wait) => {
+            let mut status = status_with_reason(Reason::Throttled, e.to_string());
+            status.metadata_mut().insert(
+                RETRY_AFTER_MS_KEY,
+                MetadataValue::from(wait.as_millis().min(u128::from(u32::MAX)) as u32),
+            );
+            status
+        }
+        AuthError::Scram(_) | AuthError::UnknownExchange(_) => {
+            status_with_reason(Reason::AuthenticationFailed, e.to_string())
+        }
+    }
+}
+
+fn too_long(what: &str, text: &str, max: usize) -> Result<(), Status> {
+    if text.len() > max {
+        return Err(Status::from(BrokerError::InvalidRequest(format!(
+            "{what} is longer than {max} bytes"
+        ))));
+    }
+    Ok(())
+}
+
+/// A credential as the client sent it, checked: the mechanism, the minimums, the key sizes.
+fn credential_of(request: &UpsertUserRequest) -> Result<UserCredential, Status> {
+    let invalid = |m: String| Status::from(BrokerError::InvalidRequest(m));
+    if request.mechanism != SCRAM_SHA_256 {
+        return Err(invalid(format!(
+            "mechanism {:?} is not supported; use {SCRAM_SHA_256}",
+            request.mechanism
+        )));
+    }
+    scram::check_strength(request.salt.len(), request.iterations)
+        .map_err(|e| invalid(format!("{e} (at least {ITERATIONS_MIN} iterations)")))?;
+    if request.stored_key.len() != KEY_BYTES || request.server_key.len() != KEY_BYTES {
+        return Err(invalid("the keys must be 32 bytes (SHA-256)".into()));
+    }
+    Ok(UserCredential {
+        salt: request.salt.to_vec(),
+        iterations: request.iterations,
+        stored_key: request.stored_key.to_vec(),
+        server_key: request.server_key.to_vec(),
+    })
+}
+
+/// A user name: 1–256 bytes of printable characters.
+pub fn validate_user_name(name: &str) -> Result<(), Status> {
+    let printable = name.chars().all(|c| !c.is_control());
+    if name.is_empty() || name.len() > USER_NAME_BYTES_MAX || !printable {
+        return Err(Status::from(BrokerError::InvalidRequest(
+            "a user name is 1 to 256 bytes of printable characters".into(),
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn scram_start(
+        &self,
+        request: Request<ScramStartRequest>,
+    ) -> Result<Response<ScramStartResponse>, Status> {
+        let client_first = &request.get_ref().client_first;
+        too_long(
+            "client-first-message",
+            client_first,
+            SCRAM_MESSAGE_BYTES_MAX,
+        )?;
+        let nonce = scram::nonce().map_err(|e| Status::internal(e.to_string()))?;
+        let exchange_id = scram::nonce().map_err(|e| Status::internal(e.to_string()))?;
+        let metadata = self.node.metadata();
+        let lookup = |user: &str| metadata.users.get(user).and_then(UserCredential::scram);
+        let (server_first, exchange_id) = self
+            .node
+            .scram()
+            .start(client_first, lookup, &nonce, exchange_id)
+            .map_err(|e| auth_status(&e))?;
+        Ok(Response::new(ScramStartResponse {
+            server_first,
+            exchange_id,
+        }))
+    }
+
+    async fn scram_finish(
+        &self,
+        request: Request<ScramFinishRequest>,
+    ) -> Result<Response<ScramFinishResponse>, Status> {
+        let remote = request
+            .extensions()
+            .get::<crate::tls::ConnInfo>()
+            .and_then(|c| c.remote);
+        let r = request.get_ref();
+        too_long(
+            "client-final-message",
+            &r.client_final,
+            SCRAM_MESSAGE_BYTES_MAX,
+        )?;
+        match self.node.scram().finish(&r.exchange_id, &r.client_final) {
+            Ok((user, server_final)) => {
+                tracing::info!(user, ?remote, "login succeeded");
+                Ok(Response::new(ScramFinishResponse {
+                    server_final,
+                    token: self.node.session_keys().issue(&user, now_ms(), SESSION_TTL),
+                    expires_in_ms: SESSION_TTL.as_millis() as u64,
+                }))
+            }
+            Err(e) => {
+                // Never the messages themselves: they carry the proof.
+                tracing::warn!(?remote, error = %e, "login failed");
+                Err(auth_status(&e))
+            }
+        }
+    }
+
+    async fn upsert_user(
+        &self,
+        request: Request<UpsertUserRequest>,
+    ) -> Result<Response<UpsertUserResponse>, Status> {
+        self.check_admin(&request)?;
+        let r = request.get_ref();
+        validate_user_name(&r.name)?;
+        let credential = credential_of(r)?;
+        self.propose(ControllerCommand::UpsertUser {
+            name: r.name.clone(),
+            credential,
+        })
+        .await?;
+        tracing::info!(user = r.name, by = %principal_of(&request), "user created or updated");
+        Ok(Response::new(UpsertUserResponse {}))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        self.check_admin(&request)?;
+        let name = request.get_ref().name.clone();
+        validate_user_name(&name)?;
+        self.propose(ControllerCommand::DeleteUser { name: name.clone() })
+            .await?;
+        tracing::info!(user = name, by = %principal_of(&request), "user deleted");
+        Ok(Response::new(DeleteUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        self.check_admin(&request)?;
+        let users = self
+            .node
+            .metadata()
+            .users
+            .iter()
+            .map(|(name, c)| UserDescription {
+                name: name.clone(),
+                mechanism: SCRAM_SHA_256.into(),
+                iterations: c.iterations,
+            })
+            .collect();
+        Ok(Response::new(ListUsersResponse { users }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        let principal = principal_of(&request);
+        Ok(Response::new(WhoAmIResponse {
+            principal: principal.to_string(),
+            method: principal.method.name().into(),
+        }))
+    }
+}

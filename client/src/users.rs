@@ -1,0 +1,74 @@
+//! Users who may log in (SCRAM-SHA-256), managed through [`crate::Admin`]: the password is
+//! turned into its salted keys here, so it never reaches a broker.
+
+use sluice_protocol::scram::{self, Credential, ITERATIONS_MIN};
+use sluice_protocol::v1::{
+    DeleteUserRequest, ListUsersRequest, UpsertUserRequest, UserDescription, WhoAmIRequest,
+    WhoAmIResponse,
+};
+
+use crate::admin::Admin;
+use crate::error::ClientError;
+
+/// The mechanism every user has.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+impl Admin {
+    /// Creates user `name` with `password`, or replaces its password (`iterations` ≥ 4096;
+    /// `None` for 4096).
+    pub async fn upsert_user(
+        &self,
+        name: &str,
+        password: &str,
+        iterations: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let salt: [u8; 16] =
+            scram::secret_bytes().map_err(|e| ClientError::Authentication(e.to_string()))?;
+        let credential = Credential::new(password, &salt, iterations.unwrap_or(ITERATIONS_MIN))
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        self.client()
+            .auth_client()
+            .upsert_user(UpsertUserRequest {
+                name: name.to_string(),
+                mechanism: SCRAM_SHA_256.into(),
+                salt: credential.salt.into(),
+                iterations: credential.iterations,
+                stored_key: credential.stored_key.to_vec().into(),
+                server_key: credential.server_key.to_vec().into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes user `name`; its sessions end.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        self.client()
+            .auth_client()
+            .delete_user(DeleteUserRequest {
+                name: name.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every user (names and parameters, never keys).
+    pub async fn list_users(&self) -> Result<Vec<UserDescription>, ClientError> {
+        Ok(self
+            .client()
+            .auth_client()
+            .list_users(ListUsersRequest {})
+            .await?
+            .into_inner()
+            .users)
+    }
+
+    /// Who this client is authenticated as.
+    pub async fn who_am_i(&self) -> Result<WhoAmIResponse, ClientError> {
+        Ok(self
+            .client()
+            .auth_client()
+            .who_am_i(WhoAmIRequest {})
+            .await?
+            .into_inner())
+    }
+}

@@ -1,0 +1,262 @@
+//! T22 and T25 on a real broker: SCRAM-SHA-256 logins, session tokens, `--require-auth`,
+//! user management, principals from client certificates (docs/security.md).
+
+use std::time::Duration;
+
+use sluice_client::{Client, ClientError, ConnectOptions, Credentials, Reason};
+use sluice_protocol::scram;
+use sluice_protocol::v1::auth_client::AuthClient;
+use sluice_protocol::v1::{ListTopicsRequest, ScramFinishRequest, ScramStartRequest};
+use sluice_tests::TestBroker;
+use tonic::transport::Channel;
+
+use crate::{produce_values, read_all, runtime};
+
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+const ALICE_PASSWORD: &str = "alice's pencil 7f3a";
+
+fn credentials(user: &str, password: &str) -> ConnectOptions {
+    ConnectOptions {
+        credentials: Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn login(address: &str, user: &str, password: &str) -> Result<Client, ClientError> {
+    Client::connect_with([address], credentials(user, password)).await
+}
+
+/// A broker that requires authentication, with super-user `admin` bootstrapped.
+fn secured_broker(dir: &std::path::Path) -> TestBroker {
+    let file = dir.join("bootstrap-password");
+    std::fs::write(&file, format!("{ADMIN_PASSWORD}\n")).expect("password file");
+    let file = file.display().to_string();
+    TestBroker::start_with(&[
+        "--require-auth",
+        "--superuser",
+        "admin",
+        "--bootstrap-password-file",
+        &file,
+    ])
+}
+
+async fn raw_channel(address: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn reason(e: &ClientError) -> Option<Reason> {
+    e.reason()
+}
+
+#[test]
+fn scram_sessions_open_the_broker_and_anonymous_or_forged_calls_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = secured_broker(dir.path());
+    let address = broker.address.clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let anonymous = Client::connect([address.as_str()]).await;
+        assert_eq!(
+            anonymous.as_ref().err().and_then(reason),
+            Some(Reason::AuthenticationRequired),
+            "{anonymous:?}"
+        );
+        let admin = login(&address, "admin", ADMIN_PASSWORD)
+            .await
+            .expect("the bootstrap super-user logs in");
+        let me = admin.admin().who_am_i().await.expect("whoami");
+        assert_eq!(
+            (me.principal.as_str(), me.method.as_str()),
+            ("User:admin", "scram")
+        );
+        admin
+            .admin()
+            .upsert_user("alice", ALICE_PASSWORD, None)
+            .await
+            .expect("a super-user creates a user");
+        let alice = login(&address, "alice", ALICE_PASSWORD)
+            .await
+            .expect("alice");
+        alice
+            .admin()
+            .create_topic("orders", 1, 1, Default::default())
+            .await
+            .expect("create");
+        produce_values(&alice, "orders", "v", 5).await;
+        assert_eq!(
+            read_all(&alice, "orders", 1, 5, Duration::from_secs(10))
+                .await
+                .len(),
+            5
+        );
+        let denied = alice
+            .admin()
+            .upsert_user("mallory", "x".repeat(12).as_str(), None)
+            .await;
+        assert_eq!(
+            denied.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied)
+        );
+        let wrong = login(&address, "alice", "not alice's password").await;
+        assert_eq!(
+            wrong.err().as_ref().and_then(reason),
+            Some(Reason::AuthenticationFailed)
+        );
+        let nobody = login(&address, "nobody", "whatever").await;
+        assert_eq!(
+            nobody.err().as_ref().and_then(reason),
+            Some(Reason::AuthenticationFailed)
+        );
+
+        // A forged token, and a token for another cluster, are refused before the body.
+        let mut request = tonic::Request::new(ListTopicsRequest {});
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer AAAAforged".parse().expect("ascii"));
+        let forged =
+            sluice_protocol::v1::admin_client::AdminClient::new(raw_channel(&address).await)
+                .list_topics(request)
+                .await;
+        assert_eq!(
+            forged.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+
+        // Deleting a user ends its sessions.
+        admin.admin().delete_user("alice").await.expect("delete");
+        let after = alice.admin().list_topics().await;
+        assert_eq!(
+            after.err().as_ref().and_then(reason),
+            Some(Reason::AuthenticationFailed)
+        );
+    });
+    // The passwords are nowhere in the data dir or the broker's log.
+    for password in [ADMIN_PASSWORD, ALICE_PASSWORD] {
+        let hits = grep(
+            broker.data_dir().parent().expect("temp dir"),
+            password.as_bytes(),
+        );
+        assert!(
+            hits.is_empty(),
+            "the plaintext password is stored in {hits:?}"
+        );
+    }
+}
+
+/// Files under `dir` that contain `needle`.
+fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(path);
+        }
+    }
+    hits
+}
+
+#[test]
+fn a_replayed_final_message_and_repeated_failures_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = secured_broker(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut auth = AuthClient::new(raw_channel(&broker.address).await);
+        let (first, bare) = scram::client_first("admin", "clientnonce");
+        let started = auth
+            .scram_start(ScramStartRequest {
+                client_first: first,
+            })
+            .await
+            .expect("start")
+            .into_inner();
+        let answer =
+            scram::client_final(ADMIN_PASSWORD, &bare, "clientnonce", &started.server_first)
+                .expect("final");
+        let finish = ScramFinishRequest {
+            exchange_id: started.exchange_id,
+            client_final: answer.message,
+        };
+        let done = auth
+            .scram_finish(finish.clone())
+            .await
+            .expect("finish")
+            .into_inner();
+        assert_eq!(done.server_final, answer.expected_server_final);
+        assert!(!done.token.is_empty());
+        let replayed = auth.scram_finish(finish).await;
+        assert_eq!(
+            replayed.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+
+        // Five wrong passwords, then even the right one waits out the window.
+        for _ in 0..5 {
+            let wrong = login(&broker.address, "admin", "guess").await;
+            assert_eq!(
+                wrong.err().as_ref().and_then(reason),
+                Some(Reason::AuthenticationFailed)
+            );
+        }
+        let throttled = login(&broker.address, "admin", ADMIN_PASSWORD).await;
+        assert_eq!(
+            throttled.err().as_ref().and_then(reason),
+            Some(Reason::Throttled)
+        );
+    });
+}
+
+#[test]
+fn a_client_certificate_authenticates_as_its_common_name() {
+    use sluice_tests::certs::{LeafSpec, TestCa, listener_flags};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new(dir.path(), "sluice-ca");
+    let server = ca.leaf("server", &LeafSpec::server("broker"));
+    let carol = ca.leaf("carol", &LeafSpec::client("carol"));
+    let mut flags = listener_flags("tls-", &server, Some(&ca.cert));
+    flags.push("--require-auth".into());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let broker = TestBroker::start_with(&flags);
+    let rt = runtime();
+    rt.block_on(async {
+        let tls = sluice_client::ClientTls::load(sluice_client::ClientTlsFiles {
+            ca: ca.cert.clone(),
+            cert: Some(carol.cert.clone()),
+            key: Some(carol.key.clone()),
+            server_name: None,
+        })
+        .expect("tls");
+        let client = Client::connect_with(
+            [broker.address.as_str()],
+            ConnectOptions {
+                tls: Some(tls),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a client certificate is authentication enough");
+        let me = client.admin().who_am_i().await.expect("whoami");
+        assert_eq!(
+            (me.principal.as_str(), me.method.as_str()),
+            ("User:carol", "mtls")
+        );
+        client
+            .admin()
+            .list_topics()
+            .await
+            .expect("an authenticated call");
+    });
+}
