@@ -136,6 +136,9 @@ pub enum BrokerError {
     /// The group has no members and no committed offsets.
     #[error("group {} does not exist", quote(.0))]
     UnknownGroup(String),
+    /// The authenticated principal may not do this (the authorizer, `--require-auth`).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<sluice_storage::StorageError> for BrokerError {

@@ -2,6 +2,7 @@
 //! is Raft group 0, and everything is served over gRPC (`sluice-protocol`).
 
 pub mod auth;
+pub mod authz;
 pub mod blocking;
 pub mod cluster;
 pub mod config;

@@ -48,6 +48,7 @@ impl BrokerError {
             Self::StaleMemberEpoch(_) => Reason::StaleMemberEpoch,
             Self::GroupNotEmpty(_) => Reason::GroupNotEmpty,
             Self::UnknownGroup(_) => Reason::UnknownGroup,
+            Self::PermissionDenied(_) => Reason::PermissionDenied,
         }
     }
 

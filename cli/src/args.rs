@@ -73,6 +73,9 @@ pub enum Command {
     /// Users who may log in: create (password on standard input), delete, list, whoami.
     #[command(subcommand)]
     User(UserCommand),
+    /// Access control entries: add, remove, list (enforced with sluiced --require-auth).
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// Measure produce and consume throughput and latency.
     Bench(BenchArgs),
     /// Print a shell completion script.
@@ -81,6 +84,46 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// ACL commands.
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Add an entry.
+    Add(AclArgs),
+    /// Remove an entry (exactly as added).
+    Remove(AclArgs),
+    /// List the entries.
+    List,
+}
+
+/// One access control entry.
+#[derive(Debug, Clone, Args)]
+pub struct AclArgs {
+    /// `User:NAME`, or `User:*` for every authenticated user.
+    #[arg(long)]
+    pub principal: String,
+    /// all, read, write, create, delete, alter, describe, cluster_action.
+    #[arg(long)]
+    pub operation: String,
+    /// A topic name (or prefix with --prefixed; `*` for every topic).
+    #[arg(long, group = "resource")]
+    pub topic: Option<String>,
+    /// A consumer group name (or prefix with --prefixed; `*` for every group).
+    #[arg(long, group = "resource")]
+    pub group: Option<String>,
+    /// The cluster itself.
+    #[arg(long, group = "resource")]
+    pub cluster: bool,
+    /// Match every name starting with the given one.
+    #[arg(long)]
+    pub prefixed: bool,
+    /// The client's IP address, or `*`.
+    #[arg(long, default_value = "*")]
+    pub host: String,
+    /// Deny instead of allow (a deny wins over every allow).
+    #[arg(long)]
+    pub deny: bool,
 }
 
 /// User commands.

@@ -61,6 +61,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Group(command) => {
                 commands::group::run(&client, command, cli.format, &mut out).await
             }
+            Command::Acl(command) => {
+                commands::acl::run(&client, command, cli.format, &mut out).await
+            }
             Command::User(command) => {
                 commands::user::run(&client, command, cli.format, &mut out).await
             }

@@ -577,9 +577,21 @@ fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_enviro
         &file,
     ]);
     let b = broker.address.as_str();
-    let created = sluice_as(b, "admin", "admin-secret-1", &["user", "create", "bob"], b"bob-secret-2\n");
+    let created = sluice_as(
+        b,
+        "admin",
+        "admin-secret-1",
+        &["user", "create", "bob"],
+        b"bob-secret-2\n",
+    );
     assert!(ok_stdout(&created).contains("bob"));
-    let listed = sluice_as(b, "admin", "admin-secret-1", &["--format", "json", "user", "list"], b"");
+    let listed = sluice_as(
+        b,
+        "admin",
+        "admin-secret-1",
+        &["--format", "json", "user", "list"],
+        b"",
+    );
     let users = json(&listed);
     let names: Vec<&str> = users
         .as_array()
@@ -592,7 +604,10 @@ fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_enviro
     let anonymous = sluice(b, &["topic", "list"]);
     assert_eq!(anonymous.status.code(), Some(1), "{anonymous:?}");
     let stderr = String::from_utf8_lossy(&anonymous.stderr);
-    assert!(stderr.contains("AUTHENTICATION_REQUIRED") && stderr.lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("AUTHENTICATION_REQUIRED") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
     // A wrong password: refused (exit 1).
     let wrong = sluice_as(b, "bob", "nope", &["topic", "list"], b"");
     assert_eq!(wrong.status.code(), Some(1), "{wrong:?}");
@@ -604,6 +619,41 @@ fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_enviro
         .output()
         .expect("run sluice");
     assert_eq!(no_password.status.code(), Some(2), "{no_password:?}");
+    // ACLs: bob may describe nothing until one allows it.
+    let add = [
+        "acl",
+        "add",
+        "--principal",
+        "User:bob",
+        "--operation",
+        "read",
+        "--topic",
+        "logs",
+        "--prefixed",
+    ];
+    ok_stdout(&sluice_as(b, "admin", "admin-secret-1", &add, b""));
+    let acls = json(&sluice_as(
+        b,
+        "admin",
+        "admin-secret-1",
+        &["--format", "json", "acl", "list"],
+        b"",
+    ));
+    assert_eq!(acls[0]["principal"], "User:bob");
+    assert_eq!(acls[0]["operation"], "READ");
+    assert_eq!(acls[0]["pattern_type"], "PREFIXED");
+    let removed = sluice_as(
+        b,
+        "admin",
+        "admin-secret-1",
+        &[&["--format", "json"][..], &add[..]]
+            .concat()
+            .iter()
+            .map(|a| if *a == "add" { "remove" } else { a })
+            .collect::<Vec<_>>(),
+        b"",
+    );
+    assert_eq!(json(&removed)["deleted"], 1);
     // bob is no super-user.
     let denied = sluice_as(b, "bob", "bob-secret-2", &["user", "delete", "admin"], b"");
     assert_eq!(denied.status.code(), Some(1), "{denied:?}");

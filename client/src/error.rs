@@ -55,10 +55,15 @@ impl ClientError {
             Self::Refused {
                 reason: Some(r), ..
             } => r.is_retriable(),
-            // Transport failures surface as UNAVAILABLE without a reason.
+            // Transport failures surface as UNAVAILABLE without a reason, or as CANCELLED
+            // when the connection closed under the call (a TLS peer refusing the client's
+            // certificate after the handshake).
             Self::Refused {
                 reason: None, code, ..
-            } => matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown),
+            } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ),
             _ => false,
         }
     }

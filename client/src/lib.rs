@@ -47,9 +47,9 @@ pub use session::Credentials;
 pub use sluice_protocol::Reason;
 pub use sluice_protocol::tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use sluice_protocol::v1::{
-    Acks, ClusterDescription, CommittedOffset, GroupDescription, GroupListing, GroupPartition,
-    MemberDescription, NodeDescription, PartitionDescription, TopicDescription, TopicPartition,
-    UserDescription, WhoAmIResponse,
+    Acks, AclEntry, ClusterDescription, CommittedOffset, GroupDescription, GroupListing,
+    GroupPartition, MemberDescription, NodeDescription, PartitionDescription, TopicDescription,
+    TopicPartition, UserDescription, WhoAmIResponse,
 };
 pub use sluice_storage::Compression;
 pub use tonic::Code;

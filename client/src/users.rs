@@ -3,8 +3,8 @@
 
 use sluice_protocol::scram::{self, Credential, ITERATIONS_MIN};
 use sluice_protocol::v1::{
-    DeleteUserRequest, ListUsersRequest, UpsertUserRequest, UserDescription, WhoAmIRequest,
-    WhoAmIResponse,
+    AclEntry, CreateAclsRequest, DeleteAclsRequest, DeleteUserRequest, ListAclsRequest,
+    ListUsersRequest, UpsertUserRequest, UserDescription, WhoAmIRequest, WhoAmIResponse,
 };
 
 use crate::admin::Admin;
@@ -70,5 +70,38 @@ impl Admin {
             .who_am_i(WhoAmIRequest {})
             .await?
             .into_inner())
+    }
+}
+
+impl Admin {
+    /// Adds access control entries (the broker's authorizer is on with `--require-auth`).
+    pub async fn create_acls(&self, acls: Vec<AclEntry>) -> Result<(), ClientError> {
+        self.client()
+            .auth_client()
+            .create_acls(CreateAclsRequest { acls })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes exactly these entries; answers how many existed.
+    pub async fn delete_acls(&self, acls: Vec<AclEntry>) -> Result<u32, ClientError> {
+        Ok(self
+            .client()
+            .auth_client()
+            .delete_acls(DeleteAclsRequest { acls })
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
+    /// Every access control entry.
+    pub async fn list_acls(&self) -> Result<Vec<AclEntry>, ClientError> {
+        Ok(self
+            .client()
+            .auth_client()
+            .list_acls(ListAclsRequest {})
+            .await?
+            .into_inner()
+            .acls)
     }
 }

@@ -13,6 +13,9 @@ pub use error_reason::{
     LEADER_HINT_KEY, REASON_KEY, RETRY_AFTER_MS_KEY, Reason, StatusInfo, status_with_reason,
 };
 
+/// Every .proto file compiled, as an encoded `google.protobuf.FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// Client-facing services and messages (`sluice.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod v1 {

@@ -112,6 +112,16 @@ pub enum ControllerCommand {
         /// The user's name.
         name: String,
     },
+    /// Adds access control entries (present ones stay once).
+    CreateAcls {
+        /// The entries.
+        acls: Vec<crate::authz::Acl>,
+    },
+    /// Removes exactly these access control entries.
+    DeleteAcls {
+        /// The entries.
+        acls: Vec<crate::authz::Acl>,
+    },
     /// Creates the first user, only while there is none (every founder may propose it).
     BootstrapUser {
         /// The user's name.
@@ -253,6 +263,9 @@ pub struct Metadata {
     /// SCRAM users by name.
     #[serde(default)]
     pub users: BTreeMap<String, UserCredential>,
+    /// Access control entries.
+    #[serde(default)]
+    pub acls: std::collections::BTreeSet<crate::authz::Acl>,
 }
 
 impl Metadata {
@@ -474,6 +487,16 @@ impl Metadata {
                 Some(_) => ControllerResponse::Ok,
                 None => refused("UNKNOWN_USER", format!("user {name} does not exist")),
             },
+            ControllerCommand::CreateAcls { acls } => {
+                self.acls.extend(acls.iter().cloned());
+                ControllerResponse::Ok
+            }
+            ControllerCommand::DeleteAcls { acls } => {
+                for acl in acls {
+                    self.acls.remove(acl);
+                }
+                ControllerResponse::Ok
+            }
             ControllerCommand::BootstrapUser { name, credential } => {
                 if self.users.is_empty() {
                     self.users.insert(name.clone(), credential.clone());

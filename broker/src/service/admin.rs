@@ -14,6 +14,7 @@ use sluice_protocol::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::authz::{Caller, Operation, ResourceType, authorize, permits};
 use crate::controller::{ControllerCommand, ControllerResponse, TopicConfig, TopicMeta};
 use crate::error::{BrokerError, quote};
 use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_LEN_MAX};
@@ -89,6 +90,22 @@ impl AdminService {
             configs,
             partitions,
         }
+    }
+
+    /// Checks the caller of `request` against the rule of Admin method `method`.
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        resource: &str,
+    ) -> Result<(), Status> {
+        let path = format!("/sluice.v1.Admin/{method}");
+        Ok(authorize(
+            &self.node,
+            &Caller::of(request),
+            &path,
+            resource,
+        )?)
     }
 
     fn describe_all(&self) -> Vec<TopicDescription> {
@@ -173,6 +190,7 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        self.authorize(&request, "CreateTopic", &request.get_ref().name)?;
         let r = request.into_inner();
         validate_topic_name(&r.name)?;
         validate_partition_count(r.partitions)?;
@@ -203,6 +221,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        self.authorize(&request, "DeleteTopic", &request.get_ref().name)?;
         let name = request.into_inner().name;
         refuse_internal(&name, "deleted")?;
         self.topic(&name)?;
@@ -219,9 +238,24 @@ impl Admin for AdminService {
 
     async fn list_topics(
         &self,
-        _request: Request<ListTopicsRequest>,
+        request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        let topics = self.describe_all();
+        // Only the topics the caller may describe (rule: filtered).
+        let caller = Caller::of(&request);
+        let topics = self
+            .describe_all()
+            .into_iter()
+            .filter(|t| {
+                permits(
+                    &self.node,
+                    &caller.principal,
+                    caller.host,
+                    Operation::Describe,
+                    ResourceType::Topic,
+                    &t.name,
+                )
+            })
+            .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -229,6 +263,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(&request, "DescribeTopic", &request.get_ref().name)?;
         let topic = self.topic(&request.into_inner().name)?;
         Ok(Response::new(self.describe(&topic)))
     }
@@ -237,6 +272,7 @@ impl Admin for AdminService {
         &self,
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(&request, "AlterTopicConfig", &request.get_ref().name)?;
         let r = request.into_inner();
         refuse_internal(&r.name, "reconfigured")?;
         let topic = self.topic(&r.name)?;
@@ -262,6 +298,7 @@ impl Admin for AdminService {
         &self,
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(&request, "AddPartitions", &request.get_ref().name)?;
         let r = request.into_inner();
         refuse_internal(&r.name, "grown")?;
         let topic = self.topic(&r.name)?;
@@ -290,6 +327,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ReassignPartitionRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(&request, "ReassignPartition", "")?;
         let r = request.into_inner();
         let topic = self.topic(&r.topic)?;
         if r.partition as usize >= topic.partitions.len() {
@@ -327,6 +365,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DecommissionNodeRequest>,
     ) -> Result<Response<DecommissionNodeResponse>, Status> {
+        self.authorize(&request, "DecommissionNode", "")?;
         let id = request.into_inner().node_id;
         let metadata = self.node.metadata();
         if !metadata.nodes.contains_key(&id) {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use sluice_protocol::scram::{self, ITERATIONS_MIN, KEY_BYTES};
 use sluice_protocol::v1::auth_server::Auth;
 use sluice_protocol::v1::{
-    DeleteUserRequest, DeleteUserResponse, ListUsersRequest, ListUsersResponse, ScramFinishRequest,
-    ScramFinishResponse, ScramStartRequest, ScramStartResponse, UpsertUserRequest,
-    UpsertUserResponse, UserDescription, WhoAmIRequest, WhoAmIResponse,
+    AclEntry, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DeleteUserRequest, DeleteUserResponse, ListAclsRequest, ListAclsResponse, ListUsersRequest,
+    ListUsersResponse, ScramFinishRequest, ScramFinishResponse, ScramStartRequest,
+    ScramStartResponse, UpsertUserRequest, UpsertUserResponse, UserDescription, WhoAmIRequest,
+    WhoAmIResponse,
 };
 use sluice_protocol::{RETRY_AFTER_MS_KEY, Reason, status_with_reason};
 use tonic::metadata::MetadataValue;
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::interceptor::principal_of;
 use crate::auth::scram_server::AuthError;
 use crate::auth::session::{SESSION_TTL, USER_NAME_BYTES_MAX, now_ms};
+use crate::authz::{Acl, Caller, authorize};
 use crate::controller::{ControllerCommand, ControllerResponse, UserCredential};
 use crate::error::BrokerError;
 use crate::node::Node;
@@ -38,18 +41,11 @@ impl AuthService {
         Self { node }
     }
 
-    /// User management needs a super-user once authentication is required; before that,
-    /// as every other admin call, anyone who reaches the port.
-    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let principal = principal_of(request);
-        if !self.node.config().require_auth || self.node.is_superuser(&principal) {
-            return Ok(());
-        }
-        tracing::warn!(%principal, "denied: user management needs a super-user");
-        Err(status_with_reason(
-            Reason::PermissionDenied,
-            format!("{principal} may not manage users: only a --superuser may"),
-        ))
+    /// Checks the caller of `request` against the rule of Auth method `method`: user and
+    /// ACL management need Alter (Describe to list) on the cluster, which super-users have.
+    fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<(), Status> {
+        let path = format!("/sluice.v1.Auth/{method}");
+        Ok(authorize(&self.node, &Caller::of(request), &path, "")?)
     }
 
     async fn propose(&self, command: ControllerCommand) -> Result<(), Status> {
@@ -108,6 +104,22 @@ fn credential_of(request: &UpsertUserRequest) -> Result<UserCredential, Status> 
         stored_key: request.stored_key.to_vec(),
         server_key: request.server_key.to_vec(),
     })
+}
+
+/// Most entries one call may create or delete.
+const ACLS_PER_CALL_MAX: usize = 1000;
+
+/// The entries of a request, each checked.
+fn acls_of(entries: &[AclEntry]) -> Result<Vec<Acl>, Status> {
+    if entries.is_empty() || entries.len() > ACLS_PER_CALL_MAX {
+        return Err(Status::from(BrokerError::InvalidRequest(format!(
+            "give 1 to {ACLS_PER_CALL_MAX} ACL entries"
+        ))));
+    }
+    entries
+        .iter()
+        .map(|e| Acl::from_entry(e).map_err(|m| Status::from(BrokerError::InvalidRequest(m))))
+        .collect()
 }
 
 /// A user name: 1–256 bytes of printable characters.
@@ -183,7 +195,7 @@ impl Auth for AuthService {
         &self,
         request: Request<UpsertUserRequest>,
     ) -> Result<Response<UpsertUserResponse>, Status> {
-        self.check_admin(&request)?;
+        self.authorize(&request, "UpsertUser")?;
         let r = request.get_ref();
         validate_user_name(&r.name)?;
         let credential = credential_of(r)?;
@@ -200,7 +212,7 @@ impl Auth for AuthService {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        self.check_admin(&request)?;
+        self.authorize(&request, "DeleteUser")?;
         let name = request.get_ref().name.clone();
         validate_user_name(&name)?;
         self.propose(ControllerCommand::DeleteUser { name: name.clone() })
@@ -213,7 +225,7 @@ impl Auth for AuthService {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        self.check_admin(&request)?;
+        self.authorize(&request, "ListUsers")?;
         let users = self
             .node
             .metadata()
@@ -226,6 +238,47 @@ impl Auth for AuthService {
             })
             .collect();
         Ok(Response::new(ListUsersResponse { users }))
+    }
+
+    async fn create_acls(
+        &self,
+        request: Request<CreateAclsRequest>,
+    ) -> Result<Response<CreateAclsResponse>, Status> {
+        self.authorize(&request, "CreateAcls")?;
+        let acls = acls_of(&request.get_ref().acls)?;
+        self.propose(ControllerCommand::CreateAcls { acls: acls.clone() })
+            .await?;
+        tracing::info!(?acls, by = %principal_of(&request), "ACLs created");
+        Ok(Response::new(CreateAclsResponse {}))
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<DeleteAclsRequest>,
+    ) -> Result<Response<DeleteAclsResponse>, Status> {
+        self.authorize(&request, "DeleteAcls")?;
+        let acls = acls_of(&request.get_ref().acls)?;
+        let present = self.node.metadata().acls.clone();
+        let deleted = acls.iter().filter(|a| present.contains(a)).count() as u32;
+        self.propose(ControllerCommand::DeleteAcls { acls: acls.clone() })
+            .await?;
+        tracing::info!(?acls, by = %principal_of(&request), "ACLs deleted");
+        Ok(Response::new(DeleteAclsResponse { deleted }))
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<ListAclsRequest>,
+    ) -> Result<Response<ListAclsResponse>, Status> {
+        self.authorize(&request, "ListAcls")?;
+        let acls = self
+            .node
+            .metadata()
+            .acls
+            .iter()
+            .map(Acl::to_entry)
+            .collect();
+        Ok(Response::new(ListAclsResponse { acls }))
     }
 
     async fn who_am_i(

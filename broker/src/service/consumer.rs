@@ -1,5 +1,6 @@
 //! `sluice.v1.Consumer`: long-poll fetch, credit-paced subscribe, offset lookups.
 
+use crate::authz::{Caller, authorize};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,15 @@ impl Consumer for ConsumerService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        let caller = Caller::of(&request);
+        for wanted in &request.get_ref().partitions {
+            authorize(
+                &self.node,
+                &caller,
+                "/sluice.v1.Consumer/Fetch",
+                &wanted.topic,
+            )?;
+        }
         let request = request.into_inner();
         validate_fetch(&request)?;
         let deadline =
@@ -145,6 +155,7 @@ impl Consumer for ConsumerService {
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&request);
         let mut requests = request.into_inner();
         let start = match requests.message().await? {
             Some(SubscribeRequest {
@@ -157,6 +168,12 @@ impl Consumer for ConsumerService {
                 .into());
             }
         };
+        authorize(
+            &self.node,
+            &caller,
+            "/sluice.v1.Consumer/Subscribe",
+            &start.topic,
+        )?;
         let partition = leader_partition(&self.node, &start.topic, start.partition)?;
         // Capacity 1: the broker holds at most one response it was allowed to send.
         let (tx, rx) = mpsc::channel(1);
@@ -168,6 +185,13 @@ impl Consumer for ConsumerService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let topic = &request.get_ref().topic;
+        authorize(
+            &self.node,
+            &Caller::of(&request),
+            "/sluice.v1.Consumer/ListOffsets",
+            topic,
+        )?;
         let request = request.into_inner();
         let partition = leader_partition(&self.node, &request.topic, request.partition)?;
         let (log_start_offset, high_watermark, _) = partition.offsets()?;

@@ -18,6 +18,7 @@ use sluice_protocol::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::authz::{Caller, Operation, ResourceType, authorize, permits};
 use crate::error::{BrokerError, quote};
 use crate::groups::group::{Group, HEARTBEAT_INTERVAL, Heartbeat, HeartbeatAnswer, Subscription};
 use crate::groups::offset_record::{METADATA_BYTES_MAX, OffsetValue};
@@ -484,12 +485,21 @@ impl GroupsService {
     }
 }
 
+impl GroupsService {
+    /// Checks the caller of `request` against the rule of ConsumerGroups method `method`.
+    fn authorize<T>(&self, request: &Request<T>, method: &str, group: &str) -> Result<(), Status> {
+        let path = format!("/sluice.v1.ConsumerGroups/{method}");
+        Ok(authorize(&self.node, &Caller::of(request), &path, group)?)
+    }
+}
+
 #[tonic::async_trait]
 impl ConsumerGroups for GroupsService {
     async fn find_coordinator(
         &self,
         request: Request<FindCoordinatorRequest>,
     ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        self.authorize(&request, "FindCoordinator", &request.get_ref().group)?;
         let group = request.into_inner().group;
         let (node_id, address, offsets_partition) = self.node.find_coordinator(&group).await?;
         Ok(Response::new(FindCoordinatorResponse {
@@ -503,6 +513,7 @@ impl ConsumerGroups for GroupsService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.authorize(&request, "Heartbeat", &request.get_ref().group)?;
         Ok(Response::new(
             self.heartbeat_inner(request.into_inner()).await?,
         ))
@@ -512,6 +523,7 @@ impl ConsumerGroups for GroupsService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        self.authorize(&request, "CommitOffsets", &request.get_ref().group)?;
         self.commit_inner(request.into_inner()).await?;
         Ok(Response::new(CommitOffsetsResponse {}))
     }
@@ -520,6 +532,7 @@ impl ConsumerGroups for GroupsService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        self.authorize(&request, "FetchOffsets", &request.get_ref().group)?;
         let r = request.into_inner();
         too_many("partitions", r.partitions.len())?;
         let shard = self.node.group_shard(&r.group).await?;
@@ -542,11 +555,23 @@ impl ConsumerGroups for GroupsService {
 
     async fn list_groups(
         &self,
-        _request: Request<ListGroupsRequest>,
+        request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
+        // Only the groups the caller may describe (rule: filtered).
+        let caller = Caller::of(&request);
+        let visible = |name: &str| {
+            permits(
+                &self.node,
+                &caller.principal,
+                caller.host,
+                Operation::Describe,
+                ResourceType::Group,
+                name,
+            )
+        };
         let mut groups = Vec::new();
         for shard in self.node.coordinator.shards() {
-            for (name, g) in shard.groups.lock().await.iter() {
+            for (name, g) in shard.groups.lock().await.iter().filter(|(n, _)| visible(n)) {
                 groups.push(GroupListing {
                     group: name.clone(),
                     state: g.state().to_string(),
@@ -563,6 +588,7 @@ impl ConsumerGroups for GroupsService {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
+        self.authorize(&request, "DescribeGroup", &request.get_ref().group)?;
         let group = request.into_inner().group;
         validate_group_name(&group)?;
         Ok(Response::new(self.describe_inner(&group).await?))
@@ -572,6 +598,7 @@ impl ConsumerGroups for GroupsService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        self.authorize(&request, "ResetOffsets", &request.get_ref().group)?;
         Ok(Response::new(self.reset_inner(request.into_inner()).await?))
     }
 
@@ -579,6 +606,7 @@ impl ConsumerGroups for GroupsService {
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        self.authorize(&request, "DeleteGroup", &request.get_ref().group)?;
         self.delete_inner(request.into_inner().group).await?;
         Ok(Response::new(DeleteGroupResponse {}))
     }

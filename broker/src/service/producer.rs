@@ -1,5 +1,6 @@
 //! `sluice.v1.Producer`: unary and streamed produce, and producer ids.
 
+use crate::authz::{Caller, authorize};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,8 +132,16 @@ fn error_response(request_id: u64, e: &BrokerError) -> ProduceResponse {
 type ResponseFuture = Pin<Box<dyn std::future::Future<Output = ProduceResponse> + Send>>;
 
 /// Admits and queues one stream request; the returned future answers it.
-async fn queue_stream_request(node: &Node, message: ProduceRequest) -> ResponseFuture {
+async fn queue_stream_request(
+    node: &Node,
+    caller: &Caller,
+    message: ProduceRequest,
+) -> ResponseFuture {
     let request_id = message.request_id;
+    // Each message names its topic: each is authorized, before any budget is taken.
+    if let Err(e) = authorize(node, caller, PRODUCE_STREAM, &message.topic) {
+        return Box::pin(std::future::ready(error_response(request_id, &e)));
+    }
     let started = Instant::now();
     let topic = message.topic.clone();
     let queued = async {
@@ -167,6 +176,7 @@ async fn queue_stream_request(node: &Node, message: ProduceRequest) -> ResponseF
 /// control pushes back on the client) and answers in request order.
 async fn drive_stream(
     node: Arc<Node>,
+    caller: Caller,
     mut requests: Streaming<ProduceRequest>,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
 ) {
@@ -179,7 +189,7 @@ async fn drive_stream(
                     // Queued here, in request order, so offsets follow the stream's order;
                     // only the answers are awaited concurrently. Queued batches reach the
                     // writer (and free their budget) while this loop waits for budget.
-                    let future = queue_stream_request(&node, message).await;
+                    let future = queue_stream_request(&node, &caller, message).await;
                     in_flight.push_back(future);
                 }
                 Ok(None) => reading = false,
@@ -197,6 +207,9 @@ async fn drive_stream(
         }
     }
 }
+
+const PRODUCE: &str = "/sluice.v1.Producer/Produce";
+const PRODUCE_STREAM: &str = "/sluice.v1.Producer/ProduceStream";
 
 #[tonic::async_trait]
 impl Producer for ProducerService {
@@ -225,6 +238,12 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        authorize(
+            &self.node,
+            &Caller::of(&request),
+            PRODUCE,
+            &request.get_ref().topic,
+        )?;
         let wait = wait_before_deadline(&request, THROTTLE_WAIT_DEFAULT);
         let started = Instant::now();
         let message = request.into_inner();
@@ -248,8 +267,10 @@ impl Producer for ProducerService {
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_INFLIGHT_MAX);
+        let caller = Caller::of(&request);
         tokio::spawn(drive_stream(
             Arc::clone(&self.node),
+            caller,
             request.into_inner(),
             tx,
         ));

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod acl;
 pub mod bench;
 pub mod cluster;
 pub mod consume;

@@ -81,6 +81,12 @@ fn scram_sessions_open_the_broker_and_anonymous_or_forged_calls_are_refused() {
             .upsert_user("alice", ALICE_PASSWORD, None)
             .await
             .expect("a super-user creates a user");
+        // With --require-auth the authorizer is on: alice needs an ACL for her topic.
+        admin
+            .admin()
+            .create_acls(vec![acl("ALL", "LITERAL", "orders", "ALLOW")])
+            .await
+            .expect("an ACL");
         let alice = login(&address, "alice", ALICE_PASSWORD)
             .await
             .expect("alice");
@@ -258,5 +264,131 @@ fn a_client_certificate_authenticates_as_its_common_name() {
             .list_topics()
             .await
             .expect("an authenticated call");
+    });
+}
+
+fn acl(operation: &str, pattern: &str, topic: &str, permission: &str) -> sluice_client::AclEntry {
+    sluice_client::AclEntry {
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation: operation.into(),
+        resource_type: "TOPIC".into(),
+        pattern_type: pattern.into(),
+        resource_name: topic.into(),
+        permission: permission.into(),
+    }
+}
+
+async fn send(client: &Client, topic: &str) -> Result<(), ClientError> {
+    let producer = client
+        .producer(sluice_client::ProducerConfig {
+            retries: 0,
+            ..Default::default()
+        })
+        .await?;
+    producer
+        .send(sluice_client::ProducerRecord::new(topic).value("x"))
+        .await
+        .map(|_| ())
+}
+
+#[test]
+fn acls_deny_by_default_allow_by_prefix_and_a_deny_wins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = secured_broker(dir.path());
+    let address = broker.address.clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = login(&address, "admin", ADMIN_PASSWORD)
+            .await
+            .expect("admin");
+        for topic in ["orders-eu", "orders-secret", "payments"] {
+            admin
+                .admin()
+                .create_topic(topic, 1, 1, Default::default())
+                .await
+                .expect("create");
+        }
+        admin
+            .admin()
+            .upsert_user("alice", ALICE_PASSWORD, None)
+            .await
+            .expect("alice");
+        let alice = login(&address, "alice", ALICE_PASSWORD)
+            .await
+            .expect("alice");
+        let denied = send(&alice, "orders-eu").await;
+        assert_eq!(
+            denied.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied),
+            "no ACL: deny"
+        );
+        assert!(alice.admin().list_topics().await.expect("list").is_empty());
+
+        admin
+            .admin()
+            .create_acls(vec![acl("WRITE", "PREFIXED", "orders", "ALLOW")])
+            .await
+            .expect("add");
+        send(&alice, "orders-eu")
+            .await
+            .expect("allowed by the prefix");
+        let visible: Vec<String> = alice
+            .admin()
+            .list_topics()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(
+            visible,
+            ["orders-eu", "orders-secret"],
+            "write implies describe"
+        );
+        let other = send(&alice, "payments").await;
+        assert_eq!(
+            other.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied)
+        );
+
+        admin
+            .admin()
+            .create_acls(vec![acl("WRITE", "LITERAL", "orders-secret", "DENY")])
+            .await
+            .expect("add");
+        let secret = send(&alice, "orders-secret").await;
+        assert_eq!(
+            secret.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied),
+            "deny wins"
+        );
+        let read = alice.admin().delete_topic("orders-eu").await;
+        assert_eq!(
+            read.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied)
+        );
+        let grant = alice
+            .admin()
+            .create_acls(vec![acl("ALL", "LITERAL", "*", "ALLOW")])
+            .await;
+        assert_eq!(
+            grant.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied),
+            "only super-users manage ACLs"
+        );
+
+        let removed = admin
+            .admin()
+            .delete_acls(vec![acl("WRITE", "PREFIXED", "orders", "ALLOW")])
+            .await
+            .expect("remove");
+        assert_eq!(removed, 1);
+        let again = send(&alice, "orders-eu").await;
+        assert_eq!(
+            again.err().as_ref().and_then(reason),
+            Some(Reason::PermissionDenied)
+        );
+        assert_eq!(admin.admin().list_acls().await.expect("list").len(), 1);
     });
 }

@@ -1,0 +1,106 @@
+//! Authorization (docs/security.md): ACLs in the controller, the deny-by-default authorizer
+//! that `--require-auth` turns on, and the rule each RPC is checked by.
+
+pub mod acl;
+pub mod rules;
+pub mod wire;
+
+pub use acl::{Acl, Operation, PatternType, Permission, ResourceType};
+pub use rules::{Rule, rule_for};
+
+use crate::auth::Principal;
+use crate::error::BrokerError;
+use crate::node::Node;
+
+/// Whether `principal` may do `operation` on `resource_name` of `resource_type`: always
+/// without `--require-auth` (no authorizer), always for a super-user, else by the ACLs.
+pub fn permits(
+    node: &Node,
+    principal: &Principal,
+    host: Option<std::net::IpAddr>,
+    operation: Operation,
+    resource_type: ResourceType,
+    resource_name: &str,
+) -> bool {
+    if !node.config().require_auth || node.is_superuser(principal) {
+        return true;
+    }
+    if !principal.is_authenticated() {
+        return false;
+    }
+    let who = principal.to_string();
+    let host = host.map(|h| h.to_canonical().to_string());
+    acl::allowed(
+        &node.metadata().acls,
+        &acl::Request {
+            principal: &who,
+            host: host.as_deref(),
+            operation,
+            resource_type,
+            resource_name,
+        },
+    )
+}
+
+/// Who called and from where: what authorization needs, taken from a request before its
+/// message is consumed.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The authenticated principal (anonymous if none).
+    pub principal: Principal,
+    /// The client's address.
+    pub host: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    /// The caller of `request`, as the interceptor and the listener recorded it.
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        Self {
+            principal: crate::auth::interceptor::principal_of(request),
+            host: request
+                .extensions()
+                .get::<crate::tls::ConnInfo>()
+                .and_then(|c| c.remote)
+                .map(|a| a.ip()),
+        }
+    }
+}
+
+/// Checks `caller` against the rule of `method` (its full gRPC path) for `resource_name`
+/// (unused by rules that name none): PERMISSION_DENIED naming what was refused, and a
+/// warning in the log.
+pub fn authorize(
+    node: &Node,
+    caller: &Caller,
+    method: &str,
+    resource_name: &str,
+) -> Result<(), BrokerError> {
+    let (operation, resource_type) = match rules::rule(method) {
+        Rule::Public | Rule::Authenticated | Rule::Filtered(..) => return Ok(()),
+        Rule::On(operation, resource_type) => (operation, resource_type),
+        Rule::Broker => {
+            return Err(BrokerError::PermissionDenied(format!(
+                "{method} is for brokers only"
+            )));
+        }
+    };
+    let resource_name = match resource_type {
+        ResourceType::Cluster => rules::CLUSTER,
+        _ => resource_name,
+    };
+    if permits(
+        node,
+        &caller.principal,
+        caller.host,
+        operation,
+        resource_type,
+        resource_name,
+    ) {
+        return Ok(());
+    }
+    let principal = &caller.principal;
+    tracing::warn!(%principal, host = ?caller.host, ?operation, ?resource_type, resource_name, "denied");
+    Err(BrokerError::PermissionDenied(format!(
+        "{principal} may not {operation:?} {resource_type:?} {resource_name:?}"
+    )))
+}
