@@ -116,6 +116,10 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
             .cloned()
             .collect(),
     };
+    // Before the (possibly long) start: a rotation script's SIGHUP must not end the process.
+    if !reloader.is_empty() {
+        reloader.on_sighup()?;
+    }
     let running = start(
         config,
         address.clone(),
@@ -126,12 +130,8 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     )
     .await?;
     // Installed before the ready line: a SIGTERM sent right after it must stop the broker
-    // cleanly, not kill it with the default action (a race seen under load in tests), and
-    // a SIGHUP must reload certificates, not end the process.
+    // cleanly, not kill it with the default action (a race seen under load in tests).
     let signals = ShutdownSignals::install()?;
-    if !reloader.is_empty() {
-        reloader.on_sighup()?;
-    }
     // Tests and scripts wait for this line: the broker accepts requests from here on.
     println!("sluiced listening on {address}");
     tracing::info!(%address, data_dir = %data_dir.display(), "sluiced ready");

@@ -64,7 +64,7 @@ fn a_plaintext_port_beyond_loopback_refuses_to_start_without_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("refusing to serve plaintext")
+        stderr.contains("refusing to serve gRPC without TLS")
             && stderr.contains("--insecure-allow-plaintext"),
         "{stderr}"
     );

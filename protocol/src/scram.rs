@@ -13,6 +13,9 @@ use ring::{digest, hmac, pbkdf2};
 
 /// Fewest PBKDF2 iterations a credential may have (RFC 7677's minimum).
 pub const ITERATIONS_MIN: u32 = 4096;
+/// Most PBKDF2 iterations accepted: a server (or a man in the middle) asking for more would
+/// only burn the client's CPU.
+pub const ITERATIONS_MAX: u32 = 1_000_000;
 /// Shortest salt a credential may have, in bytes.
 pub const SALT_BYTES_MIN: usize = 16;
 /// Bytes of a SHA-256 output, and so of every key here.
@@ -88,6 +91,9 @@ impl Credential {
 pub fn check_strength(salt_bytes: usize, iterations: u32) -> Result<(), ScramError> {
     if iterations < ITERATIONS_MIN {
         return Err(ScramError::Weak("fewer than 4096 iterations"));
+    }
+    if iterations > ITERATIONS_MAX {
+        return Err(ScramError::Weak("more than 1,000,000 iterations"));
     }
     if salt_bytes < SALT_BYTES_MIN {
         return Err(ScramError::Weak("a salt shorter than 16 bytes"));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sluice_protocol::{Reason, status_with_reason};
 use tonic::{Request, Status};
 
-use super::session::TokenError;
+use super::session::{TokenError, fingerprint};
 use super::{AuthMethod, Principal};
 use crate::node::Node;
 use crate::tls::ConnInfo;
@@ -61,7 +61,7 @@ impl Authenticate {
     }
 
     fn session_user(&self, token: &str) -> Result<Principal, Status> {
-        let user = self
+        let session = self
             .node
             .session_keys()
             .verify(token, crate::auth::session::now_ms())
@@ -71,15 +71,22 @@ impl Authenticate {
                     unauthenticated(Reason::AuthenticationFailed, &e.to_string())
                 }
             })?;
-        // A deleted user's sessions end with it.
-        if !self.node.metadata().users.contains_key(&user) {
+        // A deleted user's sessions end with it, and a changed password ends the sessions
+        // opened with the old one.
+        let current = self
+            .node
+            .metadata()
+            .users
+            .get(&session.user)
+            .map(|c| fingerprint(&c.stored_key));
+        if current != Some(session.fingerprint) {
             return Err(unauthenticated(
                 Reason::AuthenticationFailed,
-                "the session's user no longer exists",
+                "the session's user no longer exists or has a new password",
             ));
         }
         Ok(Principal {
-            name: user,
+            name: session.user,
             method: AuthMethod::Scram,
         })
     }

@@ -59,7 +59,8 @@ impl Principal {
             .as_str()
             .ok()?
             .to_string();
-        (!name.is_empty()).then_some(Self {
+        // `*` would read as every user in an ACL.
+        (!name.is_empty() && name != "*" && name != "ANONYMOUS").then_some(Self {
             name,
             method: AuthMethod::Mtls,
         })

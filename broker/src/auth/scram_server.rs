@@ -3,18 +3,22 @@
 //! the throttle on failed attempts.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::scram::{self, Credential, ScramError};
 
 /// How long a client has between the two rounds.
-pub const EXCHANGE_TTL: Duration = Duration::from_secs(30);
+pub const EXCHANGE_TTL: Duration = Duration::from_secs(10);
 /// Exchanges in progress at once; more are refused (they cost memory before anyone has
 /// authenticated).
 pub const EXCHANGES_MAX: usize = 1024;
-/// Failed attempts per user in a window before further attempts are refused for the rest of
-/// it.
+/// Exchanges in progress at once from one address, so one client cannot take every slot.
+pub const EXCHANGES_PER_SOURCE_MAX: usize = 32;
+/// Failed attempts per user and source address in a window before further attempts from
+/// there are refused for the rest of it (per address, so a stranger cannot lock a user out
+/// from everywhere).
 pub const FAILURES_MAX: u32 = 5;
 /// The failure window.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -40,6 +44,7 @@ pub enum AuthError {
 
 struct Exchange {
     user: String,
+    source: Option<IpAddr>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
@@ -58,7 +63,7 @@ pub struct ScramServer {
     /// Keys the fake salts of unknown users.
     fake_salt_key: [u8; scram::KEY_BYTES],
     exchanges: Mutex<HashMap<String, Exchange>>,
-    failures: Mutex<HashMap<String, Failures>>,
+    failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
 }
 
 impl std::fmt::Debug for ScramServer {
@@ -86,9 +91,10 @@ impl ScramServer {
         lookup: impl FnOnce(&str) -> Option<Credential>,
         server_nonce: &str,
         exchange_id: String,
+        source: Option<IpAddr>,
     ) -> Result<(String, String), AuthError> {
         let first = scram::parse_client_first(client_first)?;
-        self.check_throttle(&first.user)?;
+        self.check_throttle(&first.user, source)?;
         let credential = lookup(&first.user);
         // An unknown user gets a salt that is stable per name, so probing names learns
         // nothing from the answers.
@@ -102,16 +108,16 @@ impl ScramServer {
         let nonce = format!("{}{server_nonce}", first.nonce);
         let server_first = scram::server_first(&nonce, &salt, iterations);
         let mut exchanges = self.exchanges.lock().unwrap_or_else(|p| p.into_inner());
-        if exchanges.len() >= EXCHANGES_MAX {
-            exchanges.retain(|_, e| e.started.elapsed() < EXCHANGE_TTL);
-            if exchanges.len() >= EXCHANGES_MAX {
-                return Err(AuthError::Busy);
-            }
+        exchanges.retain(|_, e| e.started.elapsed() < EXCHANGE_TTL);
+        let from_source = exchanges.values().filter(|e| e.source == source).count();
+        if exchanges.len() >= EXCHANGES_MAX || from_source >= EXCHANGES_PER_SOURCE_MAX {
+            return Err(AuthError::Busy);
         }
         exchanges.insert(
             exchange_id.clone(),
             Exchange {
                 user: first.user,
+                source,
                 client_first_bare: first.bare,
                 server_first: server_first.clone(),
                 nonce,
@@ -136,7 +142,7 @@ impl ScramServer {
             .remove(exchange_id)
             .filter(|e| e.started.elapsed() < EXCHANGE_TTL)
             .ok_or_else(|| AuthError::UnknownExchange(exchange_id.chars().take(64).collect()))?;
-        self.check_throttle(&exchange.user)?;
+        self.check_throttle(&exchange.user, exchange.source)?;
         let verified = match &exchange.credential {
             Some(credential) => scram::verify_client_final(
                 credential,
@@ -150,15 +156,15 @@ impl ScramServer {
         match verified {
             Ok(server_final) => Ok((exchange.user, server_final)),
             Err(e) => {
-                self.record_failure(&exchange.user);
+                self.record_failure(&exchange.user, exchange.source);
                 Err(e.into())
             }
         }
     }
 
-    fn check_throttle(&self, user: &str) -> Result<(), AuthError> {
+    fn check_throttle(&self, user: &str, source: Option<IpAddr>) -> Result<(), AuthError> {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(user) {
+        match failures.get(&(user.to_string(), source)) {
             Some(f) if f.count >= FAILURES_MAX && f.since.elapsed() < FAILURE_WINDOW => Err(
                 AuthError::Throttled(FAILURE_WINDOW.saturating_sub(f.since.elapsed())),
             ),
@@ -166,15 +172,24 @@ impl ScramServer {
         }
     }
 
-    fn record_failure(&self, user: &str) {
+    fn record_failure(&self, user: &str, source: Option<IpAddr>) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= TRACKED_USERS_MAX {
+        let key = (user.to_string(), source);
+        if failures.len() >= TRACKED_USERS_MAX && !failures.contains_key(&key) {
             failures.retain(|_, f| f.since.elapsed() < FAILURE_WINDOW);
+            // Still full: the oldest window goes, never the new failure (recording nothing
+            // would let a flood of made-up names switch the throttle off).
+            let oldest = failures
+                .iter()
+                .min_by_key(|(_, f)| f.since)
+                .map(|(k, _)| k.clone());
+            if failures.len() >= TRACKED_USERS_MAX
+                && let Some(oldest) = oldest
+            {
+                failures.remove(&oldest);
+            }
         }
-        if failures.len() >= TRACKED_USERS_MAX && !failures.contains_key(user) {
-            return;
-        }
-        let entry = failures.entry(user.to_string()).or_insert(Failures {
+        let entry = failures.entry(key).or_insert(Failures {
             count: 0,
             since: Instant::now(),
         });
@@ -207,7 +222,7 @@ mod tests {
         id: &str,
     ) -> Result<(String, String), AuthError> {
         let (first, bare) = scram::client_first("alice", "cnonce");
-        let (server_first, id) = server.start(&first, |_| alice(), "snonce", id.into())?;
+        let (server_first, id) = server.start(&first, |_| alice(), "snonce", id.into(), None)?;
         let answer = scram::client_final(password, &bare, "cnonce", &server_first)?;
         let (user, server_final) = server.finish(&id, &answer.message)?;
         assert_eq!(server_final, answer.expected_server_final);
@@ -219,7 +234,7 @@ mod tests {
         let server = server();
         let (first, bare) = scram::client_first("alice", "cnonce");
         let (server_first, id) = server
-            .start(&first, |_| alice(), "snonce", "x1".into())
+            .start(&first, |_| alice(), "snonce", "x1".into(), None)
             .expect("start");
         let answer = scram::client_final("secret", &bare, "cnonce", &server_first).expect("final");
         assert_eq!(
@@ -237,10 +252,10 @@ mod tests {
         let server = server();
         let (first, _) = scram::client_first("mallory", "cnonce");
         let (one, _) = server
-            .start(&first, |_| None, "s", "a".into())
+            .start(&first, |_| None, "s", "a".into(), None)
             .expect("start");
         let (two, _) = server
-            .start(&first, |_| None, "s", "b".into())
+            .start(&first, |_| None, "s", "b".into(), None)
             .expect("start");
         assert_eq!(one, two, "the same fake salt each time");
         assert!(one.contains(",i=4096"));
@@ -266,19 +281,44 @@ mod tests {
     }
 
     #[test]
-    fn exchanges_in_progress_are_bounded() {
+    fn exchanges_in_progress_are_bounded_per_source_and_in_all() {
         let server = server();
         let (first, _) = scram::client_first("alice", "cnonce");
-        for i in 0..EXCHANGES_MAX {
+        let one: Option<IpAddr> = "10.0.0.1".parse().ok();
+        for i in 0..EXCHANGES_PER_SOURCE_MAX {
             server
-                .start(&first, |_| alice(), "s", i.to_string())
+                .start(&first, |_| alice(), "s", format!("a{i}"), one)
                 .expect("start");
         }
-        assert_eq!(
+        let more = server.start(&first, |_| alice(), "s", "more".into(), one);
+        assert_eq!(more.map(|_| ()), Err(AuthError::Busy));
+        for i in EXCHANGES_PER_SOURCE_MAX..EXCHANGES_MAX {
+            let source = Some(IpAddr::from([10, 1, (i / 256) as u8, (i % 256) as u8]));
             server
-                .start(&first, |_| alice(), "s", "more".into())
-                .map(|_| ()),
-            Err(AuthError::Busy)
+                .start(&first, |_| alice(), "s", format!("b{i}"), source)
+                .expect("start");
+        }
+        let full = server.start(&first, |_| alice(), "s", "full".into(), None);
+        assert_eq!(full.map(|_| ()), Err(AuthError::Busy));
+    }
+
+    #[test]
+    fn failures_from_one_address_do_not_lock_the_user_out_elsewhere() {
+        let server = server();
+        let (first, bare) = scram::client_first("alice", "cnonce");
+        let attacker: Option<IpAddr> = "10.9.9.9".parse().ok();
+        for i in 0..FAILURES_MAX {
+            let (sf, id) = server
+                .start(&first, |_| alice(), "s", format!("x{i}"), attacker)
+                .expect("start");
+            let wrong = scram::client_final("guess", &bare, "cnonce", &sf).expect("final");
+            assert!(server.finish(&id, &wrong.message).is_err());
+        }
+        let throttled = server.start(&first, |_| alice(), "s", "y".into(), attacker);
+        assert!(matches!(throttled, Err(AuthError::Throttled(_))));
+        assert!(
+            login(&server, "secret", "z").is_ok(),
+            "another address still logs in"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Session tokens: what a SCRAM exchange hands out, checked on every later call by any
-//! broker of the cluster without a lookup. A token is `base64url(version, expiry, user,
-//! HMAC-SHA-256 over those)`, keyed by the cluster secret (or, on a single node without one,
+//! broker of the cluster without a lookup. A token is `base64url(version, expiry,
+//! credential fingerprint, user, HMAC-SHA-256 over those)`, keyed by the cluster secret (or, on a single node without one,
 //! by a key made at start, so a restart ends every session).
 
 use std::time::Duration;
@@ -22,6 +22,25 @@ pub const SESSION_TTL: Duration = Duration::from_secs(3600);
 
 /// The token format's version byte.
 const TOKEN_VERSION: u8 = 1;
+
+/// Bytes of a credential's fingerprint in a token: a new password ends the old sessions.
+pub const FINGERPRINT_BYTES: usize = 8;
+
+/// The fingerprint of a credential's stored key.
+pub fn fingerprint(stored_key: &[u8]) -> [u8; FINGERPRINT_BYTES] {
+    let mut out = [0u8; FINGERPRINT_BYTES];
+    out.copy_from_slice(&sluice_protocol::scram::sha256(stored_key)[..FINGERPRINT_BYTES]);
+    out
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub user: String,
+    /// The fingerprint of the user's credential when the token was issued.
+    pub fingerprint: [u8; FINGERPRINT_BYTES],
+}
 
 /// Longest user name a token carries (and a user may have).
 pub const USER_NAME_BYTES_MAX: usize = 256;
@@ -60,12 +79,14 @@ impl SessionKeys {
         Self { key }
     }
 
-    /// A token for `user` valid until `now_ms + ttl`.
-    pub fn issue(&self, user: &str, now_ms: u64, ttl: Duration) -> String {
+    /// A token for `session` valid until `now_ms + ttl`.
+    pub fn issue(&self, session: &Session, now_ms: u64, ttl: Duration) -> String {
+        let user = &session.user;
         let expiry = now_ms.saturating_add(ttl.as_millis() as u64);
-        let mut body = Vec::with_capacity(1 + 8 + 2 + user.len() + KEY_BYTES);
+        let mut body = Vec::with_capacity(1 + 8 + FINGERPRINT_BYTES + 2 + user.len() + KEY_BYTES);
         body.push(TOKEN_VERSION);
         body.extend_from_slice(&expiry.to_be_bytes());
+        body.extend_from_slice(&session.fingerprint);
         body.extend_from_slice(&(user.len() as u16).to_be_bytes());
         body.extend_from_slice(user.as_bytes());
         let mac = hmac_sha256(&self.key, &body);
@@ -73,10 +94,10 @@ impl SessionKeys {
         B64.encode(body)
     }
 
-    /// The user a token was issued to, if it is this cluster's, unaltered and unexpired.
-    pub fn verify(&self, token: &str, now_ms: u64) -> Result<String, TokenError> {
+    /// The session a token was issued for, if it is this cluster's, unaltered and unexpired.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Session, TokenError> {
         // Bounded before decoding: a header of any size is refused cheaply.
-        if token.len() > 4 * (11 + USER_NAME_BYTES_MAX + KEY_BYTES) / 3 + 4 {
+        if token.len() > 4 * (11 + FINGERPRINT_BYTES + USER_NAME_BYTES_MAX + KEY_BYTES) / 3 + 4 {
             return Err(TokenError::Invalid);
         }
         let bytes = B64.decode(token).map_err(|_| TokenError::Invalid)?;
@@ -90,8 +111,14 @@ impl SessionKeys {
         }
         let (&version, rest) = body.split_first().ok_or(TokenError::Invalid)?;
         let expiry = rest.get(..8).ok_or(TokenError::Invalid)?;
-        let len = rest.get(8..10).ok_or(TokenError::Invalid)?;
-        let user = rest.get(10..).ok_or(TokenError::Invalid)?;
+        let fingerprint = rest
+            .get(8..8 + FINGERPRINT_BYTES)
+            .ok_or(TokenError::Invalid)?;
+        let rest = rest
+            .get(8 + FINGERPRINT_BYTES..)
+            .ok_or(TokenError::Invalid)?;
+        let len = rest.get(..2).ok_or(TokenError::Invalid)?;
+        let user = rest.get(2..).ok_or(TokenError::Invalid)?;
         let expiry = u64::from_be_bytes(expiry.try_into().map_err(|_| TokenError::Invalid)?);
         let len = u16::from_be_bytes(len.try_into().map_err(|_| TokenError::Invalid)?);
         if version != TOKEN_VERSION || user.len() != len as usize {
@@ -100,7 +127,10 @@ impl SessionKeys {
         if now_ms >= expiry {
             return Err(TokenError::Expired);
         }
-        String::from_utf8(user.to_vec()).map_err(|_| TokenError::Invalid)
+        Ok(Session {
+            user: String::from_utf8(user.to_vec()).map_err(|_| TokenError::Invalid)?,
+            fingerprint: fingerprint.try_into().map_err(|_| TokenError::Invalid)?,
+        })
     }
 }
 
@@ -111,8 +141,12 @@ mod tests {
     #[test]
     fn a_token_names_its_user_until_it_expires_and_only_for_its_cluster() {
         let keys = SessionKeys::new(Some(b"a cluster secret of 16+"), [0; 32]);
-        let token = keys.issue("alice", 1_000, Duration::from_secs(10));
-        assert_eq!(keys.verify(&token, 1_001).as_deref(), Ok("alice"));
+        let alice = Session {
+            user: "alice".into(),
+            fingerprint: fingerprint(b"stored key"),
+        };
+        let token = keys.issue(&alice, 1_000, Duration::from_secs(10));
+        assert_eq!(keys.verify(&token, 1_001), Ok(alice));
         assert_eq!(keys.verify(&token, 11_000), Err(TokenError::Expired));
         let other = SessionKeys::new(Some(b"another cluster's secret"), [0; 32]);
         assert_eq!(other.verify(&token, 1_001), Err(TokenError::Invalid));

@@ -75,8 +75,29 @@ pub fn authorize(
     method: &str,
     resource_name: &str,
 ) -> Result<(), BrokerError> {
+    let enforced = node.config().require_auth;
     let (operation, resource_type) = match rules::rule(method) {
-        Rule::Public | Rule::Authenticated | Rule::Filtered(..) => return Ok(()),
+        Rule::Public => return Ok(()),
+        // The interceptor refuses anonymous calls first; checked again so a service that
+        // only identifies its callers cannot let one through.
+        Rule::Authenticated | Rule::Filtered(..) => {
+            if enforced && !caller.principal.is_authenticated() {
+                return Err(BrokerError::PermissionDenied(format!(
+                    "{method} needs an authenticated caller"
+                )));
+            }
+            return Ok(());
+        }
+        Rule::SuperUser => {
+            if !enforced || node.is_superuser(&caller.principal) {
+                return Ok(());
+            }
+            tracing::warn!(principal = %caller.principal, host = ?caller.host, method, "denied: super-users only");
+            return Err(BrokerError::PermissionDenied(format!(
+                "{} may not call {method}: super-users only (--superuser)",
+                caller.principal
+            )));
+        }
         Rule::On(operation, resource_type) => (operation, resource_type),
         Rule::Broker => {
             return Err(BrokerError::PermissionDenied(format!(

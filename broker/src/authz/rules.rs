@@ -14,6 +14,9 @@ pub enum Rule {
     On(Operation, ResourceType),
     /// A listing, filtered to the resources the principal may do the operation on.
     Filtered(Operation, ResourceType),
+    /// Super-users only (`--superuser`): users and ACLs, so no ACL can hand out the power
+    /// to rewrite ACLs or a super-user's password.
+    SuperUser,
     /// Brokers only: the internal port, authenticated by the cluster secret (and mutual TLS).
     Broker,
 }
@@ -112,30 +115,12 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/sluice.v1.Auth/ScramStart", Rule::Public),
     ("/sluice.v1.Auth/ScramFinish", Rule::Public),
     ("/sluice.v1.Auth/WhoAmI", Rule::Public),
-    (
-        "/sluice.v1.Auth/UpsertUser",
-        Rule::On(Operation::Alter, ResourceType::Cluster),
-    ),
-    (
-        "/sluice.v1.Auth/DeleteUser",
-        Rule::On(Operation::Alter, ResourceType::Cluster),
-    ),
-    (
-        "/sluice.v1.Auth/ListUsers",
-        Rule::On(Operation::Describe, ResourceType::Cluster),
-    ),
-    (
-        "/sluice.v1.Auth/CreateAcls",
-        Rule::On(Operation::Alter, ResourceType::Cluster),
-    ),
-    (
-        "/sluice.v1.Auth/DeleteAcls",
-        Rule::On(Operation::Alter, ResourceType::Cluster),
-    ),
-    (
-        "/sluice.v1.Auth/ListAcls",
-        Rule::On(Operation::Describe, ResourceType::Cluster),
-    ),
+    ("/sluice.v1.Auth/UpsertUser", Rule::SuperUser),
+    ("/sluice.v1.Auth/DeleteUser", Rule::SuperUser),
+    ("/sluice.v1.Auth/ListUsers", Rule::SuperUser),
+    ("/sluice.v1.Auth/CreateAcls", Rule::SuperUser),
+    ("/sluice.v1.Auth/DeleteAcls", Rule::SuperUser),
+    ("/sluice.v1.Auth/ListAcls", Rule::SuperUser),
     ("/sluice.internal.v1.Raft/AppendEntries", Rule::Broker),
     ("/sluice.internal.v1.Raft/Vote", Rule::Broker),
     ("/sluice.internal.v1.Raft/InstallSnapshot", Rule::Broker),

@@ -59,14 +59,15 @@ impl Acl {
                 e.principal
             ));
         }
-        let host = if e.host.is_empty() {
-            "*"
-        } else {
-            e.host.as_str()
+        // Stored as the authorizer compares: canonical text (an IPv4-mapped IPv6 address
+        // as IPv4, IPv6 in its short lower-case form).
+        let host = match e.host.as_str() {
+            "" | "*" => "*".to_string(),
+            text => text
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.to_canonical().to_string())
+                .map_err(|_| format!("host {text:?} is not an IP address or *"))?,
         };
-        if host != "*" && host.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("host {host:?} is not an IP address or *"));
-        }
         let resource_type = parse(&RESOURCES, "resource type", &e.resource_type)?;
         let resource_name = match resource_type {
             ResourceType::Cluster => CLUSTER.to_string(),
@@ -77,7 +78,7 @@ impl Acl {
         };
         Ok(Acl {
             principal: e.principal.clone(),
-            host: host.to_string(),
+            host,
             operation: parse(&OPERATIONS, "operation", &e.operation)?,
             resource_type,
             pattern_type: if e.pattern_type.is_empty() {

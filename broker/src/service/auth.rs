@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::interceptor::principal_of;
 use crate::auth::scram_server::AuthError;
-use crate::auth::session::{SESSION_TTL, USER_NAME_BYTES_MAX, now_ms};
+use crate::auth::session::{SESSION_TTL, Session, USER_NAME_BYTES_MAX, fingerprint, now_ms};
 use crate::authz::{Acl, Caller, authorize};
 use crate::controller::{ControllerCommand, ControllerResponse, UserCredential};
 use crate::error::BrokerError;
@@ -69,7 +69,12 @@ fn auth_status(e: &AuthError) -> Status {
             );
             status
         }
-        AuthError::Scram(_) | AuthError::UnknownExchange(_) => {
+        // One answer for every failed proof or message, so an unknown user and a known
+        // one with a bad message look alike.
+        AuthError::Scram(_) => {
+            status_with_reason(Reason::AuthenticationFailed, "SCRAM authentication failed")
+        }
+        AuthError::UnknownExchange(_) => {
             status_with_reason(Reason::AuthenticationFailed, e.to_string())
         }
     }
@@ -125,9 +130,11 @@ fn acls_of(entries: &[AclEntry]) -> Result<Vec<Acl>, Status> {
 /// A user name: 1–256 bytes of printable characters.
 pub fn validate_user_name(name: &str) -> Result<(), Status> {
     let printable = name.chars().all(|c| !c.is_control());
-    if name.is_empty() || name.len() > USER_NAME_BYTES_MAX || !printable {
+    // `User:*` in an ACL means every user, and ANONYMOUS is how no user prints.
+    let reserved = name == "*" || name == "ANONYMOUS";
+    if name.is_empty() || name.len() > USER_NAME_BYTES_MAX || !printable || reserved {
         return Err(Status::from(BrokerError::InvalidRequest(
-            "a user name is 1 to 256 bytes of printable characters".into(),
+            "a user name is 1 to 256 bytes of printable characters, not * or ANONYMOUS".into(),
         )));
     }
     Ok(())
@@ -149,10 +156,11 @@ impl Auth for AuthService {
         let exchange_id = scram::nonce().map_err(|e| Status::internal(e.to_string()))?;
         let metadata = self.node.metadata();
         let lookup = |user: &str| metadata.users.get(user).and_then(UserCredential::scram);
+        let source = Caller::of(&request).host;
         let (server_first, exchange_id) = self
             .node
             .scram()
-            .start(client_first, lookup, &nonce, exchange_id)
+            .start(client_first, lookup, &nonce, exchange_id, source)
             .map_err(|e| auth_status(&e))?;
         Ok(Response::new(ScramStartResponse {
             server_first,
@@ -177,9 +185,22 @@ impl Auth for AuthService {
         match self.node.scram().finish(&r.exchange_id, &r.client_final) {
             Ok((user, server_final)) => {
                 tracing::info!(user, ?remote, "login succeeded");
+                let Some(credential) = self.node.metadata().users.get(&user).cloned() else {
+                    return Err(status_with_reason(
+                        Reason::AuthenticationFailed,
+                        "the user was deleted during the login",
+                    ));
+                };
+                let session = Session {
+                    user,
+                    fingerprint: fingerprint(&credential.stored_key),
+                };
                 Ok(Response::new(ScramFinishResponse {
                     server_final,
-                    token: self.node.session_keys().issue(&user, now_ms(), SESSION_TTL),
+                    token: self
+                        .node
+                        .session_keys()
+                        .issue(&session, now_ms(), SESSION_TTL),
                     expires_in_ms: SESSION_TTL.as_millis() as u64,
                 }))
             }

@@ -135,6 +135,21 @@ fn scram_sessions_open_the_broker_and_anonymous_or_forged_calls_are_refused() {
             Some(tonic::Code::Unauthenticated)
         );
 
+        // A new password ends the sessions opened with the old one.
+        admin
+            .admin()
+            .upsert_user("alice", "alice's new pencil", None)
+            .await
+            .expect("a new password");
+        let stale = alice.admin().list_topics().await;
+        assert_eq!(
+            stale.err().as_ref().and_then(reason),
+            Some(Reason::AuthenticationFailed)
+        );
+        let alice = login(&address, "alice", "alice's new pencil")
+            .await
+            .expect("the new password");
+        alice.admin().list_topics().await.expect("a fresh session");
         // Deleting a user ends its sessions.
         admin.admin().delete_user("alice").await.expect("delete");
         let after = alice.admin().list_topics().await;
@@ -144,7 +159,7 @@ fn scram_sessions_open_the_broker_and_anonymous_or_forged_calls_are_refused() {
         );
     });
     // The passwords are nowhere in the data dir or the broker's log.
-    for password in [ADMIN_PASSWORD, ALICE_PASSWORD] {
+    for password in [ADMIN_PASSWORD, ALICE_PASSWORD, "alice's new pencil"] {
         let hits = grep(
             broker.data_dir().parent().expect("temp dir"),
             password.as_bytes(),
