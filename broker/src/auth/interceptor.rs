@@ -71,6 +71,12 @@ impl Authenticate {
                     unauthenticated(Reason::AuthenticationFailed, &e.to_string())
                 }
             })?;
+        if session.is_broker() {
+            return Ok(Principal {
+                name: session.user,
+                method: AuthMethod::Broker,
+            });
+        }
         // A deleted user's sessions end with it, and a changed password ends the sessions
         // opened with the old one.
         let current = self

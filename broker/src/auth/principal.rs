@@ -11,6 +11,8 @@ pub enum AuthMethod {
     Scram,
     /// A client certificate (mutual TLS).
     Mtls,
+    /// Another broker of the cluster (a session only brokers can mint).
+    Broker,
 }
 
 impl AuthMethod {
@@ -20,6 +22,7 @@ impl AuthMethod {
             AuthMethod::None => "none",
             AuthMethod::Scram => "scram",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::Broker => "broker",
         }
     }
 }
@@ -60,7 +63,9 @@ impl Principal {
             .ok()?
             .to_string();
         // `*` would read as every user in an ACL.
-        (!name.is_empty() && name != "*" && name != "ANONYMOUS").then_some(Self {
+        // `__` names are the broker's own.
+        let reserved = name == "*" || name == "ANONYMOUS" || name.starts_with("__");
+        (!name.is_empty() && !reserved).then_some(Self {
             name,
             method: AuthMethod::Mtls,
         })

@@ -42,6 +42,31 @@ pub struct Session {
     pub fingerprint: [u8; FINGERPRINT_BYTES],
 }
 
+/// The user brokers call each other's client ports as (a super-user). No user may be named
+/// so: names starting with `__` are the broker's.
+pub const BROKER_USER: &str = "__broker";
+
+/// The fingerprint of broker sessions (no credential stands behind them).
+const BROKER_FINGERPRINT: [u8; FINGERPRINT_BYTES] = [0xff; FINGERPRINT_BYTES];
+
+/// How long a broker's own session token lasts (minted per call).
+const BROKER_SESSION_TTL: Duration = Duration::from_secs(60);
+
+impl Session {
+    /// The session brokers call each other's client ports with.
+    pub fn broker() -> Self {
+        Self {
+            user: BROKER_USER.into(),
+            fingerprint: BROKER_FINGERPRINT,
+        }
+    }
+
+    /// Whether this is a broker's session.
+    pub fn is_broker(&self) -> bool {
+        self.user == BROKER_USER && self.fingerprint == BROKER_FINGERPRINT
+    }
+}
+
 /// Longest user name a token carries (and a user may have).
 pub const USER_NAME_BYTES_MAX: usize = 256;
 
@@ -92,6 +117,12 @@ impl SessionKeys {
         let mac = hmac_sha256(&self.key, &body);
         body.extend_from_slice(&mac);
         B64.encode(body)
+    }
+
+    /// A token for a broker's call to another broker's client port: only brokers hold the
+    /// key (derived from the cluster secret).
+    pub fn broker_token(&self) -> String {
+        self.issue(&Session::broker(), now_ms(), BROKER_SESSION_TTL)
     }
 
     /// The session a token was issued for, if it is this cluster's, unaltered and unexpired.
@@ -160,6 +191,12 @@ mod tests {
             );
             bytes[i] ^= 1;
         }
+        // A broker's own session verifies as one, and no user session does.
+        let broker = keys
+            .verify(&keys.broker_token(), now_ms())
+            .expect("a broker token");
+        assert!(broker.is_broker());
+        assert!(!keys.verify(&token, 1_001).expect("alice").is_broker());
         for junk in ["", "x", "!!!!", &"A".repeat(10_000)] {
             assert_eq!(keys.verify(junk, 0), Err(TokenError::Invalid));
         }

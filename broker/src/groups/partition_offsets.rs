@@ -59,13 +59,21 @@ pub async fn offset(
         Spec::Latest => (OffsetSpec::Latest, 0),
         Spec::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
     };
+    let mut request = tonic::Request::new(ListOffsetsRequest {
+        topic: topic.to_string(),
+        partition,
+        spec: spec as i32,
+        timestamp_ms,
+    });
+    // As a broker: the other broker may require authentication (--require-auth).
+    let token = format!("Bearer {}", node.session_keys().broker_token());
+    if let Ok(value) = token.parse() {
+        request
+            .metadata_mut()
+            .insert(crate::auth::interceptor::AUTHORIZATION_KEY, value);
+    }
     let answer = ConsumerClient::new(channel)
-        .list_offsets(ListOffsetsRequest {
-            topic: topic.to_string(),
-            partition,
-            spec: spec as i32,
-            timestamp_ms,
-        })
+        .list_offsets(request)
         .await
         .map_err(|s| {
             BrokerError::Unavailable(format!(

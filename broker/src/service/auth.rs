@@ -131,10 +131,10 @@ fn acls_of(entries: &[AclEntry]) -> Result<Vec<Acl>, Status> {
 pub fn validate_user_name(name: &str) -> Result<(), Status> {
     let printable = name.chars().all(|c| !c.is_control());
     // `User:*` in an ACL means every user, and ANONYMOUS is how no user prints.
-    let reserved = name == "*" || name == "ANONYMOUS";
+    let reserved = name == "*" || name == "ANONYMOUS" || name.starts_with("__");
     if name.is_empty() || name.len() > USER_NAME_BYTES_MAX || !printable || reserved {
         return Err(Status::from(BrokerError::InvalidRequest(
-            "a user name is 1 to 256 bytes of printable characters, not * or ANONYMOUS".into(),
+            "a user name is 1 to 256 bytes of printable characters, not * or ANONYMOUS, not starting with __".into(),
         )));
     }
     Ok(())

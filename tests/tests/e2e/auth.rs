@@ -407,3 +407,61 @@ fn acls_deny_by_default_allow_by_prefix_and_a_deny_wins() {
         assert_eq!(admin.admin().list_acls().await.expect("list").len(), 1);
     });
 }
+
+#[test]
+fn brokers_ask_each_other_for_offsets_as_brokers_under_require_auth() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bootstrap-password");
+    std::fs::write(&file, ADMIN_PASSWORD).expect("password file");
+    let file = file.display().to_string();
+    let cluster = sluice_tests::TestCluster::start_with(
+        3,
+        &[
+            "--require-auth",
+            "--superuser",
+            "admin",
+            "--bootstrap-password-file",
+            &file,
+        ],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = Client::connect_with(cluster.addresses(), credentials("admin", ADMIN_PASSWORD))
+            .await
+            .expect("admin");
+        // Six partitions over three nodes: the group's coordinator leads some, not all.
+        admin
+            .admin()
+            .create_topic("spread", 6, 3, Default::default())
+            .await
+            .expect("create");
+        let leaders: std::collections::BTreeSet<u64> = admin
+            .admin()
+            .describe_topic("spread")
+            .await
+            .expect("describe")
+            .partitions
+            .iter()
+            .map(|p| p.leader)
+            .collect();
+        assert!(
+            leaders.len() > 1,
+            "partitions led by one node only: {leaders:?}"
+        );
+        // Resetting asks each partition's leader for its offsets, broker to broker.
+        let reset = admin
+            .admin()
+            .reset_group_offsets("g", "spread", &[], sluice_client::ResetTo::Latest)
+            .await
+            .expect("every leader answered the coordinator");
+        assert_eq!(reset.len(), 6);
+        let described = admin.admin().describe_group("g").await.expect("describe");
+        let errors: Vec<&str> = described
+            .partitions
+            .iter()
+            .map(|p| p.error.as_str())
+            .filter(|e| !e.is_empty())
+            .collect();
+        assert!(errors.is_empty(), "lag from other leaders: {errors:?}");
+    });
+}
