@@ -110,6 +110,10 @@ pub struct Args {
     /// certificate), with UNAUTHENTICATED.
     #[arg(long, env = "SLUICE_REQUIRE_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_auth: bool,
+    /// Record security and admin events in the internal topic `__audit` (always on with
+    /// --require-auth).
+    #[arg(long, env = "SLUICE_AUDIT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub audit: bool,
     /// Users who may do everything, comma separated (and manage users when authentication
     /// is required).
     #[arg(long, env = "SLUICE_SUPERUSER", value_delimiter = ',')]
@@ -159,6 +163,7 @@ struct FileConfig {
     raft_tls_key: Option<PathBuf>,
     raft_tls_client_ca: Option<PathBuf>,
     require_auth: Option<bool>,
+    audit: Option<bool>,
     superuser: Option<Vec<String>>,
     bootstrap_password_file: Option<PathBuf>,
 }
@@ -196,6 +201,8 @@ pub struct BrokerConfig {
     pub tls: TlsConfig,
     /// Whether every client call must be authenticated.
     pub require_auth: bool,
+    /// Whether security and admin events go to `__audit` (`--audit`, or `--require-auth`).
+    pub audit: bool,
     /// Super-users' names.
     pub superusers: Vec<String>,
     /// The first super-user's password file, for a cluster without users.
@@ -510,6 +517,10 @@ impl BrokerConfig {
                 || file.insecure_allow_plaintext.unwrap_or(false),
             tls,
             require_auth: args.require_auth || file.require_auth.unwrap_or(false),
+            audit: args.audit
+                || file.audit.unwrap_or(false)
+                || args.require_auth
+                || file.require_auth.unwrap_or(false),
             superusers: if args.superuser.is_empty() {
                 file.superuser.unwrap_or_default()
             } else {

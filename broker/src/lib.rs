@@ -1,6 +1,7 @@
 //! The Sluice broker: every partition is a Raft group over its segmented log, the controller
 //! is Raft group 0, and everything is served over gRPC (`sluice-protocol`).
 
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod blocking;

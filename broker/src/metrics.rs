@@ -23,6 +23,10 @@ pub fn describe() {
         "TLS handshakes that failed or timed out, by listener (client, raft)."
     );
     describe_counter!(
+        "sluice_audit_events_total",
+        "Audit events, by result: written (durable in __audit), dropped (queue full, nobody waited), lost (not written after retries)."
+    );
+    describe_counter!(
         "sluice_group_rebalances_total",
         "Changes of a consumer group's target assignment (members or subscribed partitions changed), by group."
     );
@@ -143,6 +147,21 @@ pub fn produce_answered(topic: &str, records: u32, bytes: usize, started: Instan
         counter!("sluice_produce_bytes_total", &labels).increment(bytes as u64);
     }
     histogram!("sluice_produce_latency_seconds", &labels).record(started.elapsed());
+}
+
+/// Records audit events written to `__audit`.
+pub fn audit_written(events: usize) {
+    counter!("sluice_audit_events_total", "result" => "written").increment(events as u64);
+}
+
+/// Records an audit event dropped because the queue was full.
+pub fn audit_dropped() {
+    counter!("sluice_audit_events_total", "result" => "dropped").increment(1);
+}
+
+/// Records audit events given up after retries.
+pub fn audit_lost(events: usize) {
+    counter!("sluice_audit_events_total", "result" => "lost").increment(events as u64);
 }
 
 /// Records a produce refused for lack of budget.

@@ -76,6 +76,7 @@ pub struct Node {
     pub coordinator: crate::groups::Coordinator,
     session_keys: SessionKeys,
     scram: ScramServer,
+    audit: crate::audit::Audit,
     io: Arc<dyn Io>,
     clock: Arc<dyn sluice_storage::Clock>,
 }
@@ -342,6 +343,12 @@ impl Node {
             secret_bytes().map_err(NodeError::Entropy)?,
         );
         let (leader_reports, reports) = mpsc::unbounded_channel();
+        let (audit, audit_queue) = if config.audit {
+            let (sender, queue) = crate::audit::writer::queue();
+            (crate::audit::Audit::on(config.node_id, sender), Some(queue))
+        } else {
+            (crate::audit::Audit::off(config.node_id), None)
+        };
         let node = Arc::new(Self {
             config,
             address,
@@ -360,6 +367,7 @@ impl Node {
             coordinator: crate::groups::Coordinator::new(client_port_tls),
             session_keys,
             scram: ScramServer::new(secret_bytes().map_err(NodeError::Entropy)?),
+            audit,
             io,
             clock,
         });
@@ -394,6 +402,9 @@ impl Node {
         tokio::spawn(housekeeping::run(Arc::downgrade(&node)));
         tokio::spawn(crate::metrics::run_gauges(Arc::downgrade(&node)));
         tokio::spawn(crate::groups::run(Arc::downgrade(&node)));
+        if let Some(queue) = audit_queue {
+            tokio::spawn(crate::audit::writer::run(Arc::downgrade(&node), queue));
+        }
         if node.auth.is_some() {
             tokio::spawn(membership::run(Arc::downgrade(&node)));
             tokio::spawn(reassignment::run(Arc::downgrade(&node)));
@@ -422,6 +433,11 @@ impl Node {
     /// The keys session tokens are signed and checked with.
     pub fn session_keys(&self) -> &SessionKeys {
         &self.session_keys
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.audit
     }
 
     /// The SCRAM exchanges in progress here.

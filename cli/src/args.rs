@@ -76,6 +76,9 @@ pub enum Command {
     /// Access control entries: add, remove, list (enforced with sluiced --require-auth).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// The audit trail (`__audit`): security and admin events.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure produce and consume throughput and latency.
     Bench(BenchArgs),
     /// Print a shell completion script.
@@ -83,6 +86,23 @@ pub enum Command {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print audit events, oldest first: one JSON object per line with --format json.
+    Tail {
+        /// Where to start: beginning, end, an offset, or @UNIX_MS.
+        #[arg(long, default_value = "beginning")]
+        from: String,
+        /// Keep printing events as they are recorded (until Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        num: Option<u64>,
     },
 }
 

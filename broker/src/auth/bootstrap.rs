@@ -4,7 +4,7 @@
 use anyhow::Context;
 use sluice_protocol::scram::{Credential, ITERATIONS_MIN, secret_bytes};
 
-use crate::controller::{ControllerCommand, UserCredential};
+use crate::controller::{ControllerCommand, ControllerResponse, UserCredential};
 use crate::node::Node;
 
 /// Creates the first `--superuser` with the password in the bootstrap file, if the cluster
@@ -30,17 +30,32 @@ pub async fn create_first_superuser(node: &Node) -> anyhow::Result<()> {
     );
     let salt: [u8; 16] = secret_bytes()?;
     let credential = Credential::new(password, &salt, ITERATIONS_MIN)?;
-    node.propose(ControllerCommand::BootstrapUser {
-        name: name.clone(),
-        credential: UserCredential {
-            salt: credential.salt,
-            iterations: credential.iterations,
-            stored_key: credential.stored_key.to_vec(),
-            server_key: credential.server_key.to_vec(),
+    let answer = node
+        .propose(ControllerCommand::BootstrapUser {
+            name: name.clone(),
+            credential: UserCredential {
+                salt: credential.salt,
+                iterations: credential.iterations,
+                stored_key: credential.stored_key.to_vec(),
+                server_key: credential.server_key.to_vec(),
+            },
+        })
+        .await
+        .context("cannot create the bootstrap super-user")?;
+    if answer != ControllerResponse::Ok {
+        // Another founder created the first user.
+        return Ok(());
+    }
+    let context = crate::audit::Context {
+        principal: crate::auth::Principal {
+            name: crate::auth::session::Session::broker().user,
+            method: crate::auth::AuthMethod::Broker,
         },
-    })
-    .await
-    .context("cannot create the bootstrap super-user")?;
+        source: None,
+        request_id: None,
+    };
+    let audit = node.audit();
+    audit.note(audit.event(&context, "user.bootstrap", &format!("user:{name}"), Ok(())));
     tracing::info!(
         user = name,
         "bootstrap super-user created (if the cluster had no users)"

@@ -104,15 +104,48 @@ fn unauthenticated(reason: Reason, message: &str) -> Status {
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let principal = self.principal(&request)?;
+        let principal = match self.principal(&request) {
+            Ok(principal) => principal,
+            Err(status) => {
+                self.audit_refusal(&request, &status);
+                return Err(status);
+            }
+        };
         if self.enforce && !principal.is_authenticated() {
-            return Err(unauthenticated(
+            let status = unauthenticated(
                 Reason::AuthenticationRequired,
                 "this broker requires authentication: a client certificate or a SCRAM session (sluice --user)",
-            ));
+            );
+            self.audit_refusal(&request, &status);
+            return Err(status);
         }
         request.extensions_mut().insert(principal);
         Ok(request)
+    }
+}
+
+impl Authenticate {
+    /// Notes a refused authentication in the audit trail (without waiting: an anonymous
+    /// flood must not queue writes behind it).
+    fn audit_refusal(&self, request: &Request<()>, status: &Status) {
+        let audit = self.node.audit();
+        if !audit.is_on() {
+            return;
+        }
+        let context = crate::audit::Context {
+            principal: Principal::anonymous(),
+            source: request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.remote)
+                .map(|a| a.ip()),
+            request_id: crate::audit::request_id_of(request.metadata()),
+        };
+        let reason = sluice_protocol::StatusInfo::of(status)
+            .reason
+            .map_or("UNAUTHENTICATED", |r| r.as_str());
+        let reason = format!("{reason}: {}", status.message());
+        audit.note(audit.denied(&context, "authenticate", "", reason));
     }
 }
 

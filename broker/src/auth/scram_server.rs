@@ -128,6 +128,15 @@ impl ScramServer {
         Ok((server_first, exchange_id))
     }
 
+    /// The user exchange `exchange_id` claims to be, while it is in progress.
+    pub fn user_of(&self, exchange_id: &str) -> Option<String> {
+        self.exchanges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exchange_id)
+            .map(|e| e.user.clone())
+    }
+
     /// The second round: checks the proof and answers the user and the
     /// server-final-message. The exchange ends here whatever the outcome.
     pub fn finish(

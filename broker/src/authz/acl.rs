@@ -72,6 +72,22 @@ pub struct Acl {
     pub permission: Permission,
 }
 
+impl std::fmt::Display for Acl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} {} from {} {:?} {:?}:{} ({:?})",
+            self.permission,
+            self.principal,
+            self.host,
+            self.operation,
+            self.resource_type,
+            self.resource_name,
+            self.pattern_type
+        )
+    }
+}
+
 /// A call to decide: who, from where, doing what, to what.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {

@@ -50,6 +50,8 @@ pub struct Caller {
     pub principal: Principal,
     /// The client's address.
     pub host: Option<std::net::IpAddr>,
+    /// The client's `x-request-id`, for the audit trail.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -62,6 +64,16 @@ impl Caller {
                 .get::<crate::tls::ConnInfo>()
                 .and_then(|c| c.remote)
                 .map(|a| a.ip()),
+            request_id: crate::audit::request_id_of(request.metadata()),
+        }
+    }
+
+    /// The audit context of this caller.
+    pub fn audit_context(&self) -> crate::audit::Context {
+        crate::audit::Context {
+            principal: self.principal.clone(),
+            source: self.host,
+            request_id: self.request_id.clone(),
         }
     }
 }
@@ -80,6 +92,27 @@ pub fn authorize(
     if !node.config().require_auth {
         return Ok(());
     }
+    let decided = decide(node, caller, method, resource_name);
+    if let Err(e) = &decided {
+        let audit = node.audit();
+        let resource = match rules::rule(method) {
+            Rule::On(_, ResourceType::Topic) => format!("topic:{resource_name}"),
+            Rule::On(_, ResourceType::Group) => format!("group:{resource_name}"),
+            Rule::On(_, ResourceType::Cluster) => rules::CLUSTER.to_string(),
+            _ => String::new(),
+        };
+        audit.note(audit.event(&caller.audit_context(), method, &resource, Err(e)));
+    }
+    decided
+}
+
+/// The authorizer's answer for `caller` calling `method` on `resource_name`.
+fn decide(
+    node: &Node,
+    caller: &Caller,
+    method: &str,
+    resource_name: &str,
+) -> Result<(), BrokerError> {
     let (operation, resource_type) = match rules::rule(method) {
         Rule::Public => return Ok(()),
         // The interceptor refuses anonymous calls first; checked again so a service that

@@ -498,9 +498,10 @@ impl Metadata {
                 ControllerResponse::Ok
             }
             ControllerCommand::BootstrapUser { name, credential } => {
-                if self.users.is_empty() {
-                    self.users.insert(name.clone(), credential.clone());
+                if !self.users.is_empty() {
+                    return refused("USERS_EXIST", "the cluster has users already".into());
                 }
+                self.users.insert(name.clone(), credential.clone());
                 ControllerResponse::Ok
             }
         }

@@ -130,7 +130,24 @@ impl AdminService {
         self.node.placement_nodes(replication_factor).await
     }
 
-    async fn propose(&self, command: ControllerCommand) -> Result<(), BrokerError> {
+    /// Applies `command`, then records it in the audit trail (durably, before the answer)
+    /// as `operation` on `resource`.
+    async fn propose(
+        &self,
+        context: &crate::audit::Context,
+        operation: &str,
+        resource: &str,
+        command: ControllerCommand,
+    ) -> Result<(), BrokerError> {
+        let result = self.apply(command).await;
+        self.node
+            .audit()
+            .admin(context, operation, resource, result)
+            .await
+    }
+
+    /// Applies `command` (part of an operation audited as a whole).
+    async fn apply(&self, command: ControllerCommand) -> Result<(), BrokerError> {
         match self.node.propose(command).await? {
             ControllerResponse::Ok | ControllerResponse::ProducerId(_) => Ok(()),
             ControllerResponse::Refused { reason, message } => Err(match reason.as_str() {
@@ -163,12 +180,12 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Refuses changes to the broker's internal topics (`__consumer_offsets`): only the
-/// broker writes, grows or deletes them.
+/// Refuses changes to the broker's internal topics (`__consumer_offsets`, `__audit`): only
+/// the broker writes, grows or deletes them, whoever asks (super-users too).
 fn refuse_internal(name: &str, what: &str) -> Result<(), BrokerError> {
     if name.starts_with("__") {
-        return Err(BrokerError::InvalidRequest(format!(
-            "{} is an internal topic: it cannot be {what}",
+        return Err(BrokerError::PermissionDenied(format!(
+            "{} is an internal topic: no API may have it {what}",
             quote(name)
         )));
     }
@@ -191,6 +208,7 @@ impl Admin for AdminService {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         self.authorize(&request, "CreateTopic", &request.get_ref().name)?;
+        let context = crate::audit::Context::of(&request);
         let r = request.into_inner();
         validate_topic_name(&r.name)?;
         validate_partition_count(r.partitions)?;
@@ -209,7 +227,13 @@ impl Admin for AdminService {
             configs,
             nodes,
         };
-        self.propose(command).await?;
+        self.propose(
+            &context,
+            "topic.create",
+            &format!("topic:{}", r.name),
+            command,
+        )
+        .await?;
         self.node.reconcile().await;
         self.node.wait_topic_ready(&r.name).await?;
         Ok(Response::new(CreateTopicResponse {
@@ -222,11 +246,24 @@ impl Admin for AdminService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         self.authorize(&request, "DeleteTopic", &request.get_ref().name)?;
+        let context = crate::audit::Context::of(&request);
         let name = request.into_inner().name;
-        refuse_internal(&name, "deleted")?;
-        self.topic(&name)?;
-        self.propose(ControllerCommand::DeleteTopic { name: name.clone() })
-            .await?;
+        let refused = refuse_internal(&name, "deleted").and_then(|()| self.topic(&name).map(drop));
+        let resource = format!("topic:{name}");
+        if let Err(e) = refused {
+            let audit = self.node.audit();
+            return Err(audit
+                .refused(&context, "topic.delete", &resource, e)
+                .await
+                .into());
+        }
+        self.propose(
+            &context,
+            "topic.delete",
+            &resource,
+            ControllerCommand::DeleteTopic { name: name.clone() },
+        )
+        .await?;
         self.node.reconcile().await;
         // The reconciler closed the partitions and removed their data.
         let gone = self.node.partitions().iter().all(|p| p.topic != name);
@@ -273,8 +310,15 @@ impl Admin for AdminService {
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         self.authorize(&request, "AlterTopicConfig", &request.get_ref().name)?;
+        let context = crate::audit::Context::of(&request);
         let r = request.into_inner();
-        refuse_internal(&r.name, "reconfigured")?;
+        if let Err(e) = refuse_internal(&r.name, "reconfigured") {
+            let (audit, resource) = (self.node.audit(), format!("topic:{}", r.name));
+            return Err(audit
+                .refused(&context, "topic.alter_config", &resource, e)
+                .await
+                .into());
+        }
         let topic = self.topic(&r.name)?;
         let mut merged = topic.configs.clone();
         for key in &r.delete {
@@ -284,11 +328,17 @@ impl Admin for AdminService {
         merged.extend(set.clone());
         TopicConfig::resolve(&self.node.config.default_log, &merged)
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
-        self.propose(ControllerCommand::AlterTopicConfig {
-            name: r.name.clone(),
-            set,
-            delete: r.delete,
-        })
+        let what = format!("topic:{} set {set:?} delete {:?}", r.name, r.delete);
+        self.propose(
+            &context,
+            "topic.alter_config",
+            &what,
+            ControllerCommand::AlterTopicConfig {
+                name: r.name.clone(),
+                set,
+                delete: r.delete,
+            },
+        )
         .await?;
         self.node.reconcile().await;
         Ok(Response::new(self.describe(&self.topic(&r.name)?)))
@@ -299,8 +349,15 @@ impl Admin for AdminService {
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         self.authorize(&request, "AddPartitions", &request.get_ref().name)?;
+        let context = crate::audit::Context::of(&request);
         let r = request.into_inner();
-        refuse_internal(&r.name, "grown")?;
+        if let Err(e) = refuse_internal(&r.name, "grown") {
+            let (audit, resource) = (self.node.audit(), format!("topic:{}", r.name));
+            let e = audit
+                .refused(&context, "topic.add_partitions", &resource, e)
+                .await;
+            return Err(e.into());
+        }
         let topic = self.topic(&r.name)?;
         validate_partition_count(r.count)?;
         if (r.count as usize) <= topic.partitions.len() {
@@ -312,11 +369,16 @@ impl Admin for AdminService {
             .into());
         }
         let nodes = self.placement_nodes(topic.replication_factor).await?;
-        self.propose(ControllerCommand::AddPartitions {
-            name: r.name.clone(),
-            count: r.count,
-            nodes,
-        })
+        self.propose(
+            &context,
+            "topic.add_partitions",
+            &format!("topic:{} to {}", r.name, r.count),
+            ControllerCommand::AddPartitions {
+                name: r.name.clone(),
+                count: r.count,
+                nodes,
+            },
+        )
         .await?;
         self.node.reconcile().await;
         self.node.wait_topic_ready(&r.name).await?;
@@ -328,6 +390,7 @@ impl Admin for AdminService {
         request: Request<ReassignPartitionRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         self.authorize(&request, "ReassignPartition", "")?;
+        let context = crate::audit::Context::of(&request);
         let r = request.into_inner();
         let topic = self.topic(&r.topic)?;
         if r.partition as usize >= topic.partitions.len() {
@@ -351,11 +414,16 @@ impl Admin for AdminService {
             ))
             .into());
         }
-        self.propose(ControllerCommand::ReassignPartition {
-            topic: r.topic.clone(),
-            partition: r.partition,
-            replicas: r.replicas,
-        })
+        self.propose(
+            &context,
+            "partition.reassign",
+            &format!("topic:{}/{} to {:?}", r.topic, r.partition, r.replicas),
+            ControllerCommand::ReassignPartition {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                replicas: r.replicas,
+            },
+        )
         .await?;
         self.node.reconcile().await;
         Ok(Response::new(self.describe(&self.topic(&r.topic)?)))
@@ -366,6 +434,7 @@ impl Admin for AdminService {
         request: Request<DecommissionNodeRequest>,
     ) -> Result<Response<DecommissionNodeResponse>, Status> {
         self.authorize(&request, "DecommissionNode", "")?;
+        let context = crate::audit::Context::of(&request);
         let id = request.into_inner().node_id;
         let metadata = self.node.metadata();
         if !metadata.nodes.contains_key(&id) {
@@ -415,11 +484,16 @@ impl Admin for AdminService {
                 moves.push((topic.name.clone(), i as u32, replicas));
             }
         }
-        self.propose(ControllerCommand::DecommissionNode { id })
-            .await?;
+        self.propose(
+            &context,
+            "node.decommission",
+            &format!("node:{id}"),
+            ControllerCommand::DecommissionNode { id },
+        )
+        .await?;
         let mut moved = Vec::new();
         for (topic, partition, replicas) in moves {
-            self.propose(ControllerCommand::ReassignPartition {
+            self.apply(ControllerCommand::ReassignPartition {
                 topic: topic.clone(),
                 partition,
                 replicas,

@@ -48,13 +48,68 @@ impl AuthService {
         Ok(authorize(&self.node, &Caller::of(request), &path, "")?)
     }
 
-    async fn propose(&self, command: ControllerCommand) -> Result<(), Status> {
-        match self.node.propose(command).await.map_err(Status::from)? {
-            ControllerResponse::Refused { message, .. } => {
-                Err(Status::from(BrokerError::InvalidRequest(message)))
+    /// Applies `command`, then records it in the audit trail (durably, before the answer)
+    /// as `operation` on `resource` by the caller of `request`.
+    async fn propose<T>(
+        &self,
+        request: &Request<T>,
+        operation: &str,
+        resource: &str,
+        command: ControllerCommand,
+    ) -> Result<(), Status> {
+        let result = match self.node.propose(command).await {
+            Ok(ControllerResponse::Refused { message, .. }) => {
+                Err(BrokerError::InvalidRequest(message))
             }
-            _ => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let context = crate::audit::Context::of(request);
+        Ok(self
+            .node
+            .audit()
+            .admin(&context, operation, resource, result)
+            .await?)
+    }
+
+    /// Records a login in the audit trail: a success durably (it opens a session), a
+    /// failure without waiting (an attacker's failures must not queue writes).
+    async fn audit_login<T>(
+        &self,
+        request: &Request<T>,
+        user: &str,
+        failure: Option<&AuthError>,
+    ) -> Result<(), Status> {
+        let audit = self.node.audit();
+        if !audit.is_on() {
+            return Ok(());
         }
+        let mut context = crate::audit::Context::of(request);
+        // The name claimed, proven or not: what an operator searches failures by.
+        context.principal = crate::auth::Principal {
+            name: user.to_string(),
+            method: crate::auth::AuthMethod::Scram,
+        };
+        let resource = format!("user:{user}");
+        match failure {
+            None => {
+                audit
+                    .write(audit.event(&context, "login", &resource, Ok(())))
+                    .await?
+            }
+            Some(e) => {
+                let reason = auth_status(e);
+                let reason = format!(
+                    "{}: {}",
+                    sluice_protocol::StatusInfo::of(&reason)
+                        .reason
+                        .map_or("UNAUTHENTICATED", |r| r.as_str()),
+                    reason.message()
+                );
+                audit.note(audit.denied(&context, "login", &resource, reason));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -115,6 +170,12 @@ fn credential_of(request: &UpsertUserRequest) -> Result<UserCredential, Status> 
 const ACLS_PER_CALL_MAX: usize = 1000;
 
 /// The entries of a request, each checked.
+/// ACLs as the audit trail names them.
+fn acl_list(acls: &[Acl]) -> String {
+    let described: Vec<String> = acls.iter().map(|a| format!("acl:{a}")).collect();
+    described.join("; ")
+}
+
 fn acls_of(entries: &[AclEntry]) -> Result<Vec<Acl>, Status> {
     if entries.is_empty() || entries.len() > ACLS_PER_CALL_MAX {
         return Err(Status::from(BrokerError::InvalidRequest(format!(
@@ -157,11 +218,19 @@ impl Auth for AuthService {
         let metadata = self.node.metadata();
         let lookup = |user: &str| metadata.users.get(user).and_then(UserCredential::scram);
         let source = Caller::of(&request).host;
-        let (server_first, exchange_id) = self
+        let started = self
             .node
             .scram()
-            .start(client_first, lookup, &nonce, exchange_id, source)
-            .map_err(|e| auth_status(&e))?;
+            .start(client_first, lookup, &nonce, exchange_id, source);
+        let (server_first, exchange_id) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                if let Ok(first) = scram::parse_client_first(client_first) {
+                    self.audit_login(&request, &first.user, Some(&e)).await?;
+                }
+                return Err(auth_status(&e));
+            }
+        };
         Ok(Response::new(ScramStartResponse {
             server_first,
             exchange_id,
@@ -182,9 +251,11 @@ impl Auth for AuthService {
             &r.client_final,
             SCRAM_MESSAGE_BYTES_MAX,
         )?;
+        let claimed = self.node.scram().user_of(&r.exchange_id);
         match self.node.scram().finish(&r.exchange_id, &r.client_final) {
             Ok((user, server_final)) => {
                 tracing::info!(user, ?remote, "login succeeded");
+                self.audit_login(&request, &user, None).await?;
                 let Some(credential) = self.node.metadata().users.get(&user).cloned() else {
                     return Err(status_with_reason(
                         Reason::AuthenticationFailed,
@@ -207,6 +278,9 @@ impl Auth for AuthService {
             Err(e) => {
                 // Never the messages themselves: they carry the proof.
                 tracing::warn!(?remote, error = %e, "login failed");
+                if let Some(user) = claimed {
+                    self.audit_login(&request, &user, Some(&e)).await?;
+                }
                 Err(auth_status(&e))
             }
         }
@@ -220,10 +294,15 @@ impl Auth for AuthService {
         let r = request.get_ref();
         validate_user_name(&r.name)?;
         let credential = credential_of(r)?;
-        self.propose(ControllerCommand::UpsertUser {
-            name: r.name.clone(),
-            credential,
-        })
+        self.propose(
+            &request,
+            "user.upsert",
+            &format!("user:{}", r.name),
+            ControllerCommand::UpsertUser {
+                name: r.name.clone(),
+                credential,
+            },
+        )
         .await?;
         tracing::info!(user = r.name, by = %principal_of(&request), "user created or updated");
         Ok(Response::new(UpsertUserResponse {}))
@@ -236,8 +315,13 @@ impl Auth for AuthService {
         self.authorize(&request, "DeleteUser")?;
         let name = request.get_ref().name.clone();
         validate_user_name(&name)?;
-        self.propose(ControllerCommand::DeleteUser { name: name.clone() })
-            .await?;
+        self.propose(
+            &request,
+            "user.delete",
+            &format!("user:{name}"),
+            ControllerCommand::DeleteUser { name: name.clone() },
+        )
+        .await?;
         tracing::info!(user = name, by = %principal_of(&request), "user deleted");
         Ok(Response::new(DeleteUserResponse {}))
     }
@@ -267,8 +351,13 @@ impl Auth for AuthService {
     ) -> Result<Response<CreateAclsResponse>, Status> {
         self.authorize(&request, "CreateAcls")?;
         let acls = acls_of(&request.get_ref().acls)?;
-        self.propose(ControllerCommand::CreateAcls { acls: acls.clone() })
-            .await?;
+        self.propose(
+            &request,
+            "acl.create",
+            &acl_list(&acls),
+            ControllerCommand::CreateAcls { acls: acls.clone() },
+        )
+        .await?;
         tracing::info!(?acls, by = %principal_of(&request), "ACLs created");
         Ok(Response::new(CreateAclsResponse {}))
     }
@@ -281,8 +370,13 @@ impl Auth for AuthService {
         let acls = acls_of(&request.get_ref().acls)?;
         let present = self.node.metadata().acls.clone();
         let deleted = acls.iter().filter(|a| present.contains(a)).count() as u32;
-        self.propose(ControllerCommand::DeleteAcls { acls: acls.clone() })
-            .await?;
+        self.propose(
+            &request,
+            "acl.delete",
+            &acl_list(&acls),
+            ControllerCommand::DeleteAcls { acls: acls.clone() },
+        )
+        .await?;
         tracing::info!(?acls, by = %principal_of(&request), "ACLs deleted");
         Ok(Response::new(DeleteAclsResponse { deleted }))
     }

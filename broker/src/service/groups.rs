@@ -599,7 +599,15 @@ impl ConsumerGroups for GroupsService {
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         self.authorize(&request, "ResetOffsets", &request.get_ref().group)?;
-        Ok(Response::new(self.reset_inner(request.into_inner()).await?))
+        let context = crate::audit::Context::of(&request);
+        let r = request.into_inner();
+        let resource = format!("group:{} topic:{} {:?}", r.group, r.topic, r.to);
+        let result = self.reset_inner(r).await;
+        let audit = self.node.audit();
+        let answer = audit
+            .admin(&context, "group.reset_offsets", &resource, result)
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn delete_group(
@@ -607,7 +615,14 @@ impl ConsumerGroups for GroupsService {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         self.authorize(&request, "DeleteGroup", &request.get_ref().group)?;
-        self.delete_inner(request.into_inner().group).await?;
+        let context = crate::audit::Context::of(&request);
+        let group = request.into_inner().group;
+        let result = self.delete_inner(group.clone()).await;
+        let resource = format!("group:{group}");
+        let audit = self.node.audit();
+        audit
+            .admin(&context, "group.delete", &resource, result)
+            .await?;
         Ok(Response::new(DeleteGroupResponse {}))
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod acl;
+pub mod audit;
 pub mod bench;
 pub mod cluster;
 pub mod consume;

@@ -1,5 +1,6 @@
 //! End-to-end tests against real `sluiced` processes.
 
+mod audit;
 mod auth;
 mod backpressure;
 mod bad_input;

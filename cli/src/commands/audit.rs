@@ -1,0 +1,109 @@
+//! `sluice audit tail`: the events of `__audit`, as a table's rows or JSON lines.
+
+use std::io::Write;
+
+use futures::{FutureExt, StreamExt};
+use serde_json::Value;
+use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
+
+use crate::args::{AuditCommand, Format};
+use crate::commands::consume::parse_from;
+use crate::failure::Failure;
+use crate::output::json_line;
+
+/// The internal topic of the audit trail.
+const AUDIT_TOPIC: &str = "__audit";
+
+/// The text columns, in order, and the event fields they show.
+const COLUMNS: [&str; 8] = [
+    "time_ms",
+    "principal",
+    "source",
+    "operation",
+    "resource",
+    "outcome",
+    "request_id",
+    "reason",
+];
+
+/// Runs an audit command.
+pub async fn run(
+    client: &Client,
+    command: AuditCommand,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let AuditCommand::Tail { from, follow, num } = command;
+    let from = parse_from(&from)?;
+    if let Err(e) = client.admin().describe_topic(AUDIT_TOPIC).await {
+        if e.reason() == Some(sluice_client::Reason::UnknownTopic) {
+            return Err(Failure::other(
+                "no audit trail yet: brokers record one with --require-auth or --audit, from their first event",
+            ));
+        }
+        return Err(e.into());
+    }
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    if follow {
+        consumer.assign(AUDIT_TOPIC, 0, from).await?;
+    } else {
+        let end = consumer.resolve(AUDIT_TOPIC, 0, Offset::Latest).await?;
+        consumer.assign_until(AUDIT_TOPIC, 0, from, end).await?;
+    }
+    if format == Format::Text {
+        writeln!(out, "{}", COLUMNS.join("\t").to_uppercase())?;
+    }
+    if num == Some(0) {
+        return Ok(());
+    }
+    let mut stream = consumer.into_stream();
+    let mut printed = 0u64;
+    loop {
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                out.flush()?;
+                stream.next().await
+            }
+        };
+        let Some(record) = next else { break };
+        print_event(&record?, format, out)?;
+        printed += 1;
+        if num.is_some_and(|n| printed >= n) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Prints one event; a record that is not an event's JSON is printed as the error it is,
+/// not skipped (the trail must show everything it holds).
+fn print_event(
+    record: &ConsumerRecord,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let value = record.value.as_deref().unwrap_or_default();
+    let event: Value = match serde_json::from_slice(value) {
+        Ok(event) => event,
+        Err(e) => serde_json::json!({
+            "offset": record.offset,
+            "error": format!("not an audit event: {e}"),
+        }),
+    };
+    match format {
+        Format::Json => json_line(out, &event)?,
+        Format::Text => {
+            let cells: Vec<String> = COLUMNS
+                .iter()
+                .map(|c| match event.get(c) {
+                    Some(Value::String(s)) => s.replace(['\t', '\n'], " "),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                })
+                .collect();
+            writeln!(out, "{}", cells.join("\t"))?;
+        }
+    }
+    Ok(())
+}
