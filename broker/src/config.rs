@@ -110,6 +110,14 @@ pub struct Args {
     /// certificate), with UNAUTHENTICATED.
     #[arg(long, env = "SLUICE_REQUIRE_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_auth: bool,
+    /// Produce bytes per second each principal may send to this broker (0 or absent: no
+    /// limit); `sluice quota set` overrides it per principal.
+    #[arg(long, env = "SLUICE_QUOTA_PRODUCE_BYTES_PER_SEC")]
+    pub quota_produce_bytes_per_sec: Option<u64>,
+    /// Fetch bytes per second each principal may read from this broker (0 or absent: no
+    /// limit); `sluice quota set` overrides it per principal.
+    #[arg(long, env = "SLUICE_QUOTA_FETCH_BYTES_PER_SEC")]
+    pub quota_fetch_bytes_per_sec: Option<u64>,
     /// Record security and admin events in the internal topic `__audit` (always on with
     /// --require-auth).
     #[arg(long, env = "SLUICE_AUDIT", value_parser = clap::builder::BoolishValueParser::new())]
@@ -164,6 +172,8 @@ struct FileConfig {
     raft_tls_client_ca: Option<PathBuf>,
     require_auth: Option<bool>,
     audit: Option<bool>,
+    quota_produce_bytes_per_sec: Option<u64>,
+    quota_fetch_bytes_per_sec: Option<u64>,
     superuser: Option<Vec<String>>,
     bootstrap_password_file: Option<PathBuf>,
 }
@@ -203,6 +213,8 @@ pub struct BrokerConfig {
     pub require_auth: bool,
     /// Whether security and admin events go to `__audit` (`--audit`, or `--require-auth`).
     pub audit: bool,
+    /// Each principal's byte rates unless it has its own (`--quota-*-bytes-per-sec`).
+    pub default_quota: crate::flow::quota::QuotaLimits,
     /// Super-users' names.
     pub superusers: Vec<String>,
     /// The first super-user's password file, for a cluster without users.
@@ -517,6 +529,14 @@ impl BrokerConfig {
                 || file.insecure_allow_plaintext.unwrap_or(false),
             tls,
             require_auth: args.require_auth || file.require_auth.unwrap_or(false),
+            default_quota: crate::flow::quota::QuotaLimits {
+                produce_bytes_per_sec: args
+                    .quota_produce_bytes_per_sec
+                    .or(file.quota_produce_bytes_per_sec),
+                fetch_bytes_per_sec: args
+                    .quota_fetch_bytes_per_sec
+                    .or(file.quota_fetch_bytes_per_sec),
+            },
             audit: args.audit
                 || file.audit.unwrap_or(false)
                 || args.require_auth

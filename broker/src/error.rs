@@ -136,6 +136,16 @@ pub enum BrokerError {
     /// The group has no members and no committed offsets.
     #[error("group {} does not exist", quote(.0))]
     UnknownGroup(String),
+    /// The principal is over its byte-rate quota (answered THROTTLED with the wait).
+    #[error("{principal} is over its {direction} quota; retry in {retry_after_ms} ms")]
+    QuotaExceeded {
+        /// Who.
+        principal: String,
+        /// `produce` or `fetch`.
+        direction: &'static str,
+        /// How long until the principal may go on.
+        retry_after_ms: u32,
+    },
     /// The authenticated principal may not do this (the authorizer, `--require-auth`).
     #[error("{0}")]
     PermissionDenied(String),

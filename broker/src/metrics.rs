@@ -23,6 +23,10 @@ pub fn describe() {
         "TLS handshakes that failed or timed out, by listener (client, raft)."
     );
     describe_counter!(
+        "sluice_quota_throttled_total",
+        "Requests answered THROTTLED, or subscription sends delayed, because the principal was over its byte-rate quota, by direction (produce, fetch)."
+    );
+    describe_counter!(
         "sluice_audit_events_total",
         "Audit events, by result: written (durable in __audit), dropped (queue full, nobody waited), lost (not written after retries)."
     );
@@ -147,6 +151,11 @@ pub fn produce_answered(topic: &str, records: u32, bytes: usize, started: Instan
         counter!("sluice_produce_bytes_total", &labels).increment(bytes as u64);
     }
     histogram!("sluice_produce_latency_seconds", &labels).record(started.elapsed());
+}
+
+/// Records a request refused, or a stream paused, for a principal over its quota.
+pub fn quota_throttled(direction: crate::flow::quota::Direction) {
+    counter!("sluice_quota_throttled_total", "direction" => direction.name()).increment(1);
 }
 
 /// Records audit events written to `__audit`.

@@ -77,6 +77,8 @@ pub struct Node {
     session_keys: SessionKeys,
     scram: ScramServer,
     audit: crate::audit::Audit,
+    /// Byte-rate quota buckets of the principals calling this broker.
+    pub quotas: crate::flow::quota::Quotas,
     io: Arc<dyn Io>,
     clock: Arc<dyn sluice_storage::Clock>,
 }
@@ -368,6 +370,7 @@ impl Node {
             session_keys,
             scram: ScramServer::new(secret_bytes().map_err(NodeError::Entropy)?),
             audit,
+            quotas: crate::flow::quota::Quotas::default(),
             io,
             clock,
         });

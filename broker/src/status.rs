@@ -35,7 +35,7 @@ impl BrokerError {
             Self::OutOfOrderSequence { .. } => Reason::OutOfOrderSequence,
             Self::ProducerFenced(_) => Reason::ProducerFenced,
             Self::OffsetOutOfRange { .. } => Reason::OffsetOutOfRange,
-            Self::Throttled(_) => Reason::Throttled,
+            Self::Throttled(_) | Self::QuotaExceeded { .. } => Reason::Throttled,
             Self::InvalidConfig(_) => Reason::InvalidConfig,
             Self::TopicExists(_) => Reason::TopicExists,
             Self::InvalidRequest(_) => Reason::InvalidRequest,
@@ -52,6 +52,15 @@ impl BrokerError {
         }
     }
 
+    /// The retry hint of a THROTTLED answer.
+    fn retry_after_ms(&self) -> Option<u32> {
+        match self {
+            Self::Throttled(_) => Some(THROTTLE_RETRY_AFTER_MS),
+            Self::QuotaExceeded { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
     fn leader_hint(&self) -> Option<&str> {
         match self {
             Self::NotLeader { leader_hint, .. } => leader_hint.as_deref(),
@@ -65,11 +74,10 @@ impl BrokerError {
     /// The gRPC status for a unary call, with reason and hints in metadata.
     pub fn to_status(&self) -> Status {
         let mut status = status_with_reason(self.reason(), bounded_message(self));
-        if matches!(self, Self::Throttled(_)) {
-            status.metadata_mut().insert(
-                RETRY_AFTER_MS_KEY,
-                MetadataValue::from(THROTTLE_RETRY_AFTER_MS),
-            );
+        if let Some(ms) = self.retry_after_ms() {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_MS_KEY, MetadataValue::from(ms));
         }
         if let Some(hint) = self
             .leader_hint()
@@ -86,11 +94,7 @@ impl BrokerError {
             code: self.reason().code() as i32,
             reason: self.reason().as_str().to_string(),
             message: bounded_message(self),
-            retry_after_ms: if matches!(self, Self::Throttled(_)) {
-                THROTTLE_RETRY_AFTER_MS
-            } else {
-                0
-            },
+            retry_after_ms: self.retry_after_ms().unwrap_or(0),
             leader_hint: self.leader_hint().unwrap_or_default().to_string(),
         }
     }

@@ -76,6 +76,9 @@ pub enum Command {
     /// Access control entries: add, remove, list (enforced with sluiced --require-auth).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Byte-rate quotas per principal: set, delete, list.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// The audit trail (`__audit`): security and admin events.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -87,6 +90,32 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Quota commands.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set a principal's byte rates per broker (an unset rate keeps the brokers' default;
+    /// 0 lifts it).
+    Set {
+        /// `User:NAME`, or `User:ANONYMOUS` for unauthenticated callers.
+        #[arg(long)]
+        principal: String,
+        /// Produce bytes per second.
+        #[arg(long)]
+        produce_bytes_per_sec: Option<u64>,
+        /// Fetch bytes per second.
+        #[arg(long)]
+        fetch_bytes_per_sec: Option<u64>,
+    },
+    /// Remove a principal's own rates: the brokers' defaults apply again.
+    Delete {
+        /// `User:NAME`.
+        #[arg(long)]
+        principal: String,
+    },
+    /// The answering broker's defaults and every principal's own rates.
+    List,
 }
 
 /// Audit commands.

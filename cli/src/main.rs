@@ -67,6 +67,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::User(command) => {
                 commands::user::run(&client, command, cli.format, &mut out).await
             }
+            Command::Quota(command) => {
+                commands::quota::run(&client, command, cli.format, &mut out).await
+            }
             Command::Audit(command) => {
                 commands::audit::run(&client, command, cli.format, &mut out).await
             }

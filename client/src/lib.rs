@@ -48,8 +48,8 @@ pub use sluice_protocol::Reason;
 pub use sluice_protocol::tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use sluice_protocol::v1::{
     Acks, AclEntry, ClusterDescription, CommittedOffset, GroupDescription, GroupListing,
-    GroupPartition, MemberDescription, NodeDescription, PartitionDescription, TopicDescription,
-    TopicPartition, UserDescription, WhoAmIResponse,
+    GroupPartition, MemberDescription, NodeDescription, PartitionDescription, QuotaEntry,
+    TopicDescription, TopicPartition, UserDescription, WhoAmIResponse,
 };
 pub use sluice_storage::Compression;
 pub use tonic::Code;

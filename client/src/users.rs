@@ -6,6 +6,7 @@ use sluice_protocol::v1::{
     AclEntry, CreateAclsRequest, DeleteAclsRequest, DeleteUserRequest, ListAclsRequest,
     ListUsersRequest, UpsertUserRequest, UserDescription, WhoAmIRequest, WhoAmIResponse,
 };
+use sluice_protocol::v1::{DeleteQuotaRequest, ListQuotasRequest, QuotaEntry, SetQuotaRequest};
 
 use crate::admin::Admin;
 use crate::error::ClientError;
@@ -103,5 +104,49 @@ impl Admin {
             .await?
             .into_inner()
             .acls)
+    }
+}
+
+impl Admin {
+    /// Sets `principal`'s byte rates (bytes per second per broker): `None` keeps the
+    /// brokers' default, `Some(0)` lifts it.
+    pub async fn set_quota(
+        &self,
+        principal: &str,
+        produce_bytes_per_sec: Option<u64>,
+        fetch_bytes_per_sec: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let quota = QuotaEntry {
+            principal: principal.to_string(),
+            produce_bytes_per_sec,
+            fetch_bytes_per_sec,
+        };
+        self.client()
+            .auth_client()
+            .set_quota(SetQuotaRequest { quota: Some(quota) })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `principal`'s own quotas: the brokers' defaults apply again.
+    pub async fn delete_quota(&self, principal: &str) -> Result<(), ClientError> {
+        self.client()
+            .auth_client()
+            .delete_quota(DeleteQuotaRequest {
+                principal: principal.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The answering broker's default rates, and every principal's own.
+    pub async fn list_quotas(&self) -> Result<(QuotaEntry, Vec<QuotaEntry>), ClientError> {
+        let answer = self
+            .client()
+            .auth_client()
+            .list_quotas(ListQuotasRequest {})
+            .await?
+            .into_inner();
+        Ok((answer.defaults.unwrap_or_default(), answer.quotas))
     }
 }

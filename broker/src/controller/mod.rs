@@ -122,6 +122,18 @@ pub enum ControllerCommand {
         /// The entries.
         acls: Vec<crate::authz::Acl>,
     },
+    /// Sets a principal's byte-rate quotas (replacing any it had).
+    SetQuota {
+        /// `User:NAME`.
+        principal: String,
+        /// Its rates.
+        limits: crate::flow::quota::QuotaLimits,
+    },
+    /// Removes a principal's quotas: the broker's defaults apply again.
+    DeleteQuota {
+        /// `User:NAME`.
+        principal: String,
+    },
     /// Creates the first user, only while there is none (every founder may propose it).
     BootstrapUser {
         /// The user's name.
@@ -266,6 +278,9 @@ pub struct Metadata {
     /// Access control entries.
     #[serde(default)]
     pub acls: std::collections::BTreeSet<crate::authz::Acl>,
+    /// Byte-rate quotas by principal (`User:NAME`), over the broker's defaults.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, crate::flow::quota::QuotaLimits>,
 }
 
 impl Metadata {
@@ -497,6 +512,17 @@ impl Metadata {
                 }
                 ControllerResponse::Ok
             }
+            ControllerCommand::SetQuota { principal, limits } => {
+                self.quotas.insert(principal.clone(), *limits);
+                ControllerResponse::Ok
+            }
+            ControllerCommand::DeleteQuota { principal } => match self.quotas.remove(principal) {
+                Some(_) => ControllerResponse::Ok,
+                None => refused(
+                    "UNKNOWN_QUOTA",
+                    format!("{principal} has no quota of its own"),
+                ),
+            },
             ControllerCommand::BootstrapUser { name, credential } => {
                 if !self.users.is_empty() {
                     return refused("USERS_EXIST", "the cluster has users already".into());

@@ -1,3 +1,4 @@
-//! Flow control: the produce byte budgets.
+//! Flow control: the produce byte budgets and the byte-rate quotas per principal.
 
 pub mod produce_budget;
+pub mod quota;

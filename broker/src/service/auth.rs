@@ -12,6 +12,10 @@ use sluice_protocol::v1::{
     ScramStartResponse, UpsertUserRequest, UpsertUserResponse, UserDescription, WhoAmIRequest,
     WhoAmIResponse,
 };
+use sluice_protocol::v1::{
+    DeleteQuotaRequest, DeleteQuotaResponse, ListQuotasRequest, ListQuotasResponse,
+    SetQuotaRequest, SetQuotaResponse,
+};
 use sluice_protocol::{RETRY_AFTER_MS_KEY, Reason, status_with_reason};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -32,7 +36,7 @@ const SCRAM_MESSAGE_BYTES_MAX: usize = 1024;
 
 /// Serves `sluice.v1.Auth`.
 pub struct AuthService {
-    node: Arc<Node>,
+    pub(super) node: Arc<Node>,
 }
 
 impl AuthService {
@@ -43,14 +47,14 @@ impl AuthService {
 
     /// Checks the caller of `request` against the rule of Auth method `method`: user and
     /// ACL management need Alter (Describe to list) on the cluster, which super-users have.
-    fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<(), Status> {
+    pub(super) fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<(), Status> {
         let path = format!("/sluice.v1.Auth/{method}");
         Ok(authorize(&self.node, &Caller::of(request), &path, "")?)
     }
 
     /// Applies `command`, then records it in the audit trail (durably, before the answer)
     /// as `operation` on `resource` by the caller of `request`.
-    async fn propose<T>(
+    pub(super) async fn propose<T>(
         &self,
         request: &Request<T>,
         operation: &str,
@@ -203,6 +207,27 @@ pub fn validate_user_name(name: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Auth for AuthService {
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<SetQuotaResponse>, Status> {
+        self.set_quota_call(request).await
+    }
+
+    async fn delete_quota(
+        &self,
+        request: Request<DeleteQuotaRequest>,
+    ) -> Result<Response<DeleteQuotaResponse>, Status> {
+        self.delete_quota_call(request).await
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<ListQuotasRequest>,
+    ) -> Result<Response<ListQuotasResponse>, Status> {
+        self.list_quotas_call(&request)
+    }
+
     async fn scram_start(
         &self,
         request: Request<ScramStartRequest>,

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
+use crate::flow::quota::Direction;
 use crate::limits::{FETCH_BYTES_MAX, FETCH_PARTITIONS_MAX, FETCH_WAIT_MS_MAX};
 use crate::node::Node;
 use crate::partition::Partition;
@@ -120,6 +121,9 @@ impl Consumer for ConsumerService {
         }
         let request = request.into_inner();
         validate_fetch(&request)?;
+        // A principal over its fetch quota waits its debt out before reading anything.
+        self.node
+            .admit_quota(Direction::Fetch, &caller.principal, 0)?;
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
         loop {
@@ -130,6 +134,8 @@ impl Consumer for ConsumerService {
                     let n = p.batches.iter().map(bytes::Bytes::len).sum();
                     crate::metrics::fetched("fetch", &p.topic, n);
                 }
+                self.node
+                    .charge_quota(Direction::Fetch, &caller.principal, bytes as u64);
                 return Ok(Response::new(response));
             }
             // Wait for any requested partition's high watermark to move, or the deadline.
@@ -177,7 +183,11 @@ impl Consumer for ConsumerService {
         let partition = leader_partition(&self.node, &start.topic, start.partition)?;
         // Capacity 1: the broker holds at most one response it was allowed to send.
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(run_subscription(partition, start, requests, tx));
+        let quota = Quota {
+            node: Arc::clone(&self.node),
+            principal: caller.principal,
+        };
+        tokio::spawn(run_subscription(partition, quota, start, requests, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -225,10 +235,37 @@ impl Held {
     }
 }
 
+/// Whose fetch quota a subscription's bytes count against.
+struct Quota {
+    node: Arc<Node>,
+    principal: crate::auth::Principal,
+}
+
+impl Quota {
+    /// Waits while the principal is over its fetch quota (the stream slows, it does not
+    /// fail).
+    async fn wait(&self) {
+        let Some(rate) = self.node.quota_rate(Direction::Fetch, &self.principal) else {
+            return;
+        };
+        let name = self.principal.to_string();
+        if let Some(wait) = self.node.quotas.debt(Direction::Fetch, &name, rate) {
+            crate::metrics::quota_throttled(Direction::Fetch);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn charge(&self, bytes: u64) {
+        self.node
+            .charge_quota(Direction::Fetch, &self.principal, bytes);
+    }
+}
+
 /// Sends batches from `start.offset` as credit allows. Reads nothing while the subscriber
 /// grants nothing: a stalled consumer costs no buffered record copies.
 async fn run_subscription(
     partition: Arc<Partition>,
+    quota: Quota,
     start: SubscribeStart,
     mut requests: Streaming<SubscribeRequest>,
     responses: mpsc::Sender<Result<SubscribeResponse, Status>>,
@@ -239,9 +276,13 @@ async fn run_subscription(
     let mut open = true;
     loop {
         if held.bytes > 0 && held.batches > 0 && *high_watermark.borrow() > next {
+            quota.wait().await;
             match send_within_credit(&partition, &mut next, &mut held, &responses).await {
-                Ok(true) => continue,
-                Ok(false) => {}
+                Ok(Some(sent)) => {
+                    quota.charge(sent);
+                    continue;
+                }
+                Ok(None) => {}
                 Err(()) => return,
             }
         }
@@ -265,14 +306,14 @@ async fn run_subscription(
     }
 }
 
-/// Sends what fits the held credit; `Ok(true)` if something was sent, `Ok(false)` if the next
-/// batch does not fit, `Err` if the subscriber is gone.
+/// Sends what fits the held credit; the bytes sent, `Ok(None)` if the next batch does not
+/// fit, `Err` if the subscriber is gone.
 async fn send_within_credit(
     partition: &Partition,
     next: &mut u64,
     held: &mut Held,
     responses: &mpsc::Sender<Result<SubscribeResponse, Status>>,
-) -> Result<bool, ()> {
+) -> Result<Option<u64>, ()> {
     let read = match partition.read(*next, held.bytes.min(SUBSCRIBE_READ_BYTES_MAX) as usize) {
         Ok(read) => read,
         Err(e) => {
@@ -295,7 +336,7 @@ async fn send_within_credit(
         batches.push(bytes);
     }
     if batches.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     held.bytes -= used;
     held.batches -= batches.len() as u32;
@@ -307,6 +348,6 @@ async fn send_within_credit(
     responses
         .send(Ok(response))
         .await
-        .map(|()| true)
+        .map(|()| Some(used))
         .map_err(|_| ())
 }

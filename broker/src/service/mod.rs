@@ -6,3 +6,4 @@ pub mod consumer;
 pub mod deadline;
 pub mod groups;
 pub mod producer;
+pub mod quotas;

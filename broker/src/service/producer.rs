@@ -20,6 +20,7 @@ use super::deadline::wait_before_deadline;
 use crate::controller::{ControllerCommand, ControllerResponse};
 use crate::error::BrokerError;
 use crate::flow::produce_budget::{self, AdmitError};
+use crate::flow::quota::Direction;
 use crate::limits::THROTTLE_WAIT_DEFAULT;
 use crate::node::Node;
 
@@ -88,6 +89,8 @@ async fn admit(
         .validate_produced()
         .map_err(|e| BrokerError::CorruptBatch(e.to_string()))?;
     let len = batch.len();
+    // Before the budget: a principal over its quota holds none of the broker's bytes.
+    node.admit_quota(Direction::Produce, &caller.principal, len as u64)?;
     let budgets = [&node.broker_budget, partition.budget()];
     let permits = produce_budget::admit(&budgets, len, wait)
         .await

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;
+pub mod quota;
 pub mod topic;
 pub mod user;
 

@@ -18,6 +18,7 @@ mod offline;
 mod partitions;
 mod pipelined_producer;
 mod produce_consume;
+mod quotas;
 mod retention;
 mod streams;
 mod tls;
