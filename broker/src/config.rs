@@ -118,6 +118,10 @@ pub struct Args {
     /// limit); `sluice quota set` overrides it per principal.
     #[arg(long, env = "SLUICE_QUOTA_FETCH_BYTES_PER_SEC")]
     pub quota_fetch_bytes_per_sec: Option<u64>,
+    /// Print the effective configuration (flags, environment, file and defaults) as JSON,
+    /// and exit without starting.
+    #[arg(long)]
+    pub print_config: bool,
     /// Record security and admin events in the internal topic `__audit` (always on with
     /// --require-auth).
     #[arg(long, env = "SLUICE_AUDIT", value_parser = clap::builder::BoolishValueParser::new())]

@@ -7,6 +7,7 @@ pub mod authz;
 pub mod blocking;
 pub mod cluster;
 pub mod config;
+pub mod config_dump;
 pub mod controller;
 pub mod error;
 pub mod flow;

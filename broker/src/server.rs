@@ -48,7 +48,12 @@ pub fn run_process(args: crate::config::Args) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let print_config = args.print_config;
     let config = BrokerConfig::resolve(args)?;
+    if print_config {
+        println!("{:#}", crate::config_dump::dump(&config));
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -76,3 +76,67 @@ fn a_plaintext_port_beyond_loopback_refuses_to_start_without_the_flag() {
         "nothing written before refusing"
     );
 }
+
+/// The effective configuration of `args`, from `sluiced --print-config`.
+fn printed_config(args: &[&str]) -> serde_json::Value {
+    let out = sluiced()
+        .arg("--print-config")
+        .args(args)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).expect("the configuration is one JSON document")
+}
+
+#[test]
+fn dumped_defaults_show_loopback_quorum_fsync_acks_and_limits_and_a_deny_by_default_authorizer() {
+    let defaults = printed_config(&[]);
+    assert_eq!(defaults["version"], 1);
+    assert_eq!(defaults["listen"], "127.0.0.1:9092");
+    assert_eq!(defaults["durability"]["acks_default"], "all");
+    assert!(
+        defaults["durability"]["acks_all"]
+            .as_str()
+            .is_some_and(|s| s.contains("quorum") && s.contains("fsync")),
+        "{defaults:#}"
+    );
+    assert_eq!(defaults["security"]["require_auth"], false);
+    assert_eq!(
+        defaults["security"]["plaintext_binds"],
+        serde_json::json!([])
+    );
+    for limit in [
+        "partition_inflight_bytes",
+        "broker_inflight_bytes",
+        "grpc_message_bytes_max",
+        "fetch_bytes_max",
+        "fetch_partitions_max",
+        "partitions_per_topic_max",
+    ] {
+        assert!(
+            defaults["limits"][limit].as_u64().is_some_and(|n| n > 0),
+            "{limit}: {defaults:#}"
+        );
+    }
+    assert_eq!(defaults["topic_defaults"]["max.message.bytes"], "1048576");
+    let secured = printed_config(&["--require-auth", "--superuser", "admin"]);
+    assert_eq!(secured["security"]["require_auth"], true);
+    assert_eq!(secured["security"]["audit"], true);
+    assert!(
+        secured["security"]["authorizer"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("deny-by-default")),
+        "{secured:#}"
+    );
+    assert_eq!(
+        secured["security"]["superusers"],
+        serde_json::json!(["admin"])
+    );
+    let quota = printed_config(&["--quota-produce-bytes-per-sec", "1000"]);
+    assert_eq!(quota["quotas"]["produce_bytes_per_sec"], 1000);
+}
