@@ -17,6 +17,7 @@ mod memory;
 mod offline;
 mod partitions;
 mod pipelined_producer;
+mod preauth;
 mod produce_consume;
 mod quotas;
 mod retention;

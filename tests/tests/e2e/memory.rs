@@ -106,11 +106,16 @@ async fn produce_loop(
 
 /// Samples process `pid`'s anonymous memory every 100 ms until `stop`; returns the peak.
 async fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> u64 {
+    sample_peak_every(pid, stop, Duration::from_millis(100)).await
+}
+
+/// Samples process `pid`'s anonymous memory every `every` until `stop`; returns the peak.
+pub(crate) async fn sample_peak_every(pid: u32, stop: Arc<AtomicBool>, every: Duration) -> u64 {
     let mut peak = 0;
     while !stop.load(Ordering::Relaxed) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         peak = peak.max(sluice_tests::parse_rss_anon_kib(&status).unwrap_or(0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
     peak
 }
