@@ -261,16 +261,18 @@ impl Client {
             return Ok(n);
         }
         self.refresh_metadata().await?;
-        self.metadata()
-            .partitions
-            .get(topic)
-            .copied()
-            .ok_or_else(|| ClientError::Refused {
-                reason: Some(sluice_protocol::Reason::UnknownTopic),
-                code: tonic::Code::NotFound,
-                message: format!("topic {topic:?} does not exist"),
-                retry_after_ms: None,
+        if let Some(n) = self.metadata().partitions.get(topic).copied() {
+            return Ok(n);
+        }
+        // Metadata lists only the topics this principal may describe: asking for the topic
+        // by name tells "does not exist" from "may not" (PERMISSION_DENIED).
+        let described = self
+            .admin_client()
+            .describe_topic(sluice_protocol::v1::DescribeTopicRequest {
+                name: topic.to_string(),
             })
+            .await?;
+        Ok(described.into_inner().partitions.len() as u32)
     }
 
     pub(crate) fn metadata(&self) -> Metadata {

@@ -106,6 +106,46 @@ pub fn authorize(
     decided
 }
 
+/// Checks, as Kafka does for group calls that name topics, that `caller` may do `operation`
+/// on each of `topics` as part of `method`: PERMISSION_DENIED naming the first refused,
+/// noted in the audit trail.
+pub fn authorize_topics<'a>(
+    node: &Node,
+    caller: &Caller,
+    method: &str,
+    operation: Operation,
+    topics: impl IntoIterator<Item = &'a str>,
+) -> Result<(), BrokerError> {
+    if !node.config().require_auth {
+        return Ok(());
+    }
+    for topic in topics {
+        if permits(
+            node,
+            &caller.principal,
+            caller.host,
+            operation,
+            ResourceType::Topic,
+            topic,
+        ) {
+            continue;
+        }
+        let e = BrokerError::PermissionDenied(format!(
+            "{} may not {operation:?} Topic {topic:?} (needed by {method})",
+            caller.principal
+        ));
+        let audit = node.audit();
+        audit.note(audit.event(
+            &caller.audit_context(),
+            method,
+            &format!("topic:{topic}"),
+            Err(&e),
+        ));
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// The authorizer's answer for `caller` calling `method` on `resource_name`.
 fn decide(
     node: &Node,

@@ -108,11 +108,22 @@ impl AdminService {
         )?)
     }
 
-    fn describe_all(&self) -> Vec<TopicDescription> {
+    /// The topics `caller` may describe, described (Kafka's Metadata hides the others).
+    fn describable(&self, caller: &Caller) -> Vec<TopicDescription> {
         self.node
             .metadata()
             .topics
             .values()
+            .filter(|t| {
+                permits(
+                    &self.node,
+                    &caller.principal,
+                    caller.host,
+                    Operation::Describe,
+                    ResourceType::Topic,
+                    &t.name,
+                )
+            })
             .map(|t| self.describe(t))
             .collect()
     }
@@ -278,21 +289,7 @@ impl Admin for AdminService {
         request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         // Only the topics the caller may describe (rule: filtered).
-        let caller = Caller::of(&request);
-        let topics = self
-            .describe_all()
-            .into_iter()
-            .filter(|t| {
-                permits(
-                    &self.node,
-                    &caller.principal,
-                    caller.host,
-                    Operation::Describe,
-                    ResourceType::Topic,
-                    &t.name,
-                )
-            })
-            .collect();
+        let topics = self.describable(&Caller::of(&request));
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -507,7 +504,7 @@ impl Admin for AdminService {
 
     async fn describe_cluster(
         &self,
-        _request: Request<DescribeClusterRequest>,
+        request: Request<DescribeClusterRequest>,
     ) -> Result<Response<ClusterDescription>, Status> {
         if self.node.controller_failed() {
             // Its metadata stops where its controller log failed: leaders named there send
@@ -535,7 +532,7 @@ impl Admin for AdminService {
                 decommissioned: n.decommissioned,
             })
             .collect();
-        let topics = self.describe_all();
+        let topics = self.describable(&Caller::of(&request));
         Ok(Response::new(ClusterDescription {
             nodes,
             controller: self.node.controller_leader().unwrap_or_default(),

@@ -18,7 +18,7 @@ use sluice_protocol::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Caller, Operation, ResourceType, authorize, permits};
+use crate::authz::{Caller, Operation, ResourceType, authorize, authorize_topics, permits};
 use crate::error::{BrokerError, quote};
 use crate::groups::group::{Group, HEARTBEAT_INTERVAL, Heartbeat, HeartbeatAnswer, Subscription};
 use crate::groups::offset_record::{METADATA_BYTES_MAX, OffsetValue};
@@ -524,6 +524,15 @@ impl ConsumerGroups for GroupsService {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         self.authorize(&request, "CommitOffsets", &request.get_ref().group)?;
+        // Committing a topic's offsets needs Read on the topic too (as Kafka's OffsetCommit).
+        let topics = request.get_ref().offsets.iter().map(|c| c.topic.as_str());
+        authorize_topics(
+            &self.node,
+            &Caller::of(&request),
+            "/sluice.v1.ConsumerGroups/CommitOffsets",
+            Operation::Read,
+            topics,
+        )?;
         self.commit_inner(request.into_inner()).await?;
         Ok(Response::new(CommitOffsetsResponse {}))
     }
@@ -533,6 +542,7 @@ impl ConsumerGroups for GroupsService {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         self.authorize(&request, "FetchOffsets", &request.get_ref().group)?;
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         too_many("partitions", r.partitions.len())?;
         let shard = self.node.group_shard(&r.group).await?;
@@ -550,6 +560,21 @@ impl ConsumerGroups for GroupsService {
                 .filter_map(|t| committed(g, &t.topic, t.partition))
                 .collect(),
         };
+        // Only the topics the caller may describe (Kafka's OffsetFetch hides the others).
+        let offsets = offsets
+            .into_iter()
+            .filter(|c| {
+                !self.node.config().require_auth
+                    || permits(
+                        &self.node,
+                        &caller.principal,
+                        caller.host,
+                        Operation::Describe,
+                        ResourceType::Topic,
+                        &c.topic,
+                    )
+            })
+            .collect();
         Ok(Response::new(FetchOffsetsResponse { offsets }))
     }
 
@@ -599,6 +624,13 @@ impl ConsumerGroups for GroupsService {
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         self.authorize(&request, "ResetOffsets", &request.get_ref().group)?;
+        authorize_topics(
+            &self.node,
+            &Caller::of(&request),
+            "/sluice.v1.ConsumerGroups/ResetOffsets",
+            Operation::Read,
+            [request.get_ref().topic.as_str()],
+        )?;
         let context = crate::audit::Context::of(&request);
         let r = request.into_inner();
         let resource = format!("group:{} topic:{} {:?}", r.group, r.topic, r.to);

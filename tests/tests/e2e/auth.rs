@@ -465,3 +465,70 @@ fn brokers_ask_each_other_for_offsets_as_brokers_under_require_auth() {
         assert!(errors.is_empty(), "lag from other leaders: {errors:?}");
     });
 }
+
+fn group_acl(operation: &str, group: &str) -> sluice_client::AclEntry {
+    sluice_client::AclEntry {
+        resource_type: "GROUP".into(),
+        ..acl(operation, "LITERAL", group, "ALLOW")
+    }
+}
+
+#[test]
+fn group_calls_that_name_topics_need_the_topic_too_and_metadata_shows_only_describable_topics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = secured_broker(dir.path());
+    let address = broker.address.clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = login(&address, "admin", ADMIN_PASSWORD)
+            .await
+            .expect("admin");
+        for topic in ["mine", "secret"] {
+            admin
+                .admin()
+                .create_topic(topic, 1, 1, Default::default())
+                .await
+                .expect("create");
+        }
+        admin
+            .admin()
+            .upsert_user("alice", ALICE_PASSWORD, None)
+            .await
+            .expect("alice");
+        admin
+            .admin()
+            .create_acls(vec![
+                group_acl("READ", "g"),
+                acl("READ", "LITERAL", "mine", "ALLOW"),
+            ])
+            .await
+            .expect("ACLs");
+        let alice = login(&address, "alice", ALICE_PASSWORD)
+            .await
+            .expect("alice");
+        // The group alone is not enough to move a topic's offsets (Kafka's rule).
+        let refused = alice
+            .admin()
+            .reset_group_offsets("g", "secret", &[], sluice_client::ResetTo::Earliest)
+            .await;
+        assert_eq!(
+            refused.as_ref().err().and_then(reason),
+            Some(Reason::PermissionDenied),
+            "{refused:?}"
+        );
+        alice
+            .admin()
+            .reset_group_offsets("g", "mine", &[], sluice_client::ResetTo::Earliest)
+            .await
+            .expect("the group and the topic: allowed");
+        let cluster = alice.admin().describe_cluster().await.expect("metadata");
+        let names: Vec<&str> = cluster.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["mine"],
+            "metadata shows only what alice may describe"
+        );
+        let everything = admin.admin().describe_cluster().await.expect("metadata");
+        assert!(everything.topics.iter().any(|t| t.name == "secret"));
+    });
+}
