@@ -659,3 +659,72 @@ fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_enviro
     assert_eq!(denied.status.code(), Some(1), "{denied:?}");
     assert!(String::from_utf8_lossy(&denied.stderr).contains("PERMISSION_DENIED"));
 }
+
+#[test]
+fn quotas_are_set_listed_and_deleted_and_audit_tail_shows_the_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bootstrap");
+    std::fs::write(&file, "admin-secret-3\n").expect("password file");
+    let file = file.display().to_string();
+    let broker = TestBroker::start_with(&[
+        "--require-auth",
+        "--superuser",
+        "admin",
+        "--bootstrap-password-file",
+        &file,
+        "--quota-fetch-bytes-per-sec",
+        "5000000",
+    ]);
+    let b = broker.address.as_str();
+    let admin = |args: &[&str]| sluice_as(b, "admin", "admin-secret-3", args, b"");
+    let set = [
+        "quota",
+        "set",
+        "--principal",
+        "User:bob",
+        "--produce-bytes-per-sec",
+        "1000",
+    ];
+    assert!(ok_stdout(&admin(&set)).contains("User:bob"));
+    let table = ok_stdout(&admin(&["quota", "list"]));
+    assert!(table.contains("(default)"), "{table}");
+    assert!(table.contains("5000000"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("User:bob") && l.contains("1000")),
+        "{table}"
+    );
+    let listed = json(&admin(&["--format", "json", "quota", "list"]));
+    assert_eq!(listed["defaults"]["fetch_bytes_per_sec"], 5_000_000);
+    assert_eq!(listed["quotas"][0]["principal"], "User:bob");
+    assert_eq!(listed["quotas"][0]["fetch_bytes_per_sec"], Value::Null);
+    // Neither rate given: a usage error.
+    let usage = admin(&["quota", "set", "--principal", "User:bob"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    ok_stdout(&admin(&["quota", "delete", "--principal", "User:bob"]));
+    let gone = admin(&["quota", "delete", "--principal", "User:bob"]);
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+
+    let tail = ok_stdout(&admin(&["audit", "tail"]));
+    let header = tail.lines().next().unwrap_or_default();
+    assert_eq!(
+        header,
+        "TIME_MS\tPRINCIPAL\tSOURCE\tOPERATION\tRESOURCE\tOUTCOME\tREQUEST_ID\tREASON"
+    );
+    assert!(
+        tail.lines()
+            .any(|l| l.contains("\tquota.set\t") && l.contains("\tok\t")),
+        "{tail}"
+    );
+    assert!(
+        tail.lines()
+            .any(|l| l.contains("\tquota.delete\t") && l.contains("\tfailed\t")),
+        "{tail}"
+    );
+    let events = ok_stdout(&admin(&["--format", "json", "audit", "tail", "--num", "2"]));
+    let first: Value = serde_json::from_str(events.lines().next().unwrap_or_default())
+        .expect("a JSON event per line");
+    assert_eq!(first["operation"], "user.bootstrap");
+    assert_eq!(events.lines().count(), 2, "{events}");
+}
