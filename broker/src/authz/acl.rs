@@ -195,6 +195,32 @@ mod tests {
         assert!(allowed(&everyone, &write("User:carol", "x")));
     }
 
+    /// KAFKA-14435: Kafka's KRaft authorizer let a principal with no ACL of its own through
+    /// a resource that had ACLs for others (with `allow.everyone.if.no.acl.found`). Here no
+    /// "no ACL found" fallback exists: someone else's entries, allow or deny, literal or
+    /// prefixed, never speak for another principal.
+    #[test]
+    fn kafka_14435_acls_for_others_do_not_admit_a_principal_without_its_own() {
+        use Operation::*;
+        use PatternType::*;
+        use Permission::*;
+        let others = [
+            acl("User:alice", Write, Literal, "orders", Allow),
+            acl("User:alice", All, Prefixed, "ord", Allow),
+            acl("User:carol", Write, Prefixed, "orders", Deny),
+        ];
+        // Carol's deny is carol's: alice's own allow still admits her.
+        assert!(allowed(&others, &write("User:alice", "orders")));
+        assert!(!allowed(&others, &write("User:bob", "orders")));
+        assert!(!allowed(&others, &write("User:bob", "ord")));
+        let read = Request {
+            operation: Read,
+            ..write("User:bob", "orders")
+        };
+        assert!(!allowed(&others, &read));
+        assert!(!allowed(&others, &write("User:carol", "orders")));
+    }
+
     /// The reference: the rule written as plainly as possible.
     fn naive(acls: &[Acl], r: &Request<'_>) -> bool {
         let speaks: Vec<&Acl> = acls
