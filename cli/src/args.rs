@@ -430,9 +430,13 @@ pub struct BenchArgs {
     /// What each record waits for.
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     pub acks: AcksArg,
-    /// Records per second over all producers (default: as fast as possible).
+    /// Records per second over all producers (default: as fast as possible). Latency is then
+    /// measured from each record's scheduled send time, so falling behind shows as latency.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Seconds at the start whose records are sent but whose latencies are not counted.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
     /// Batch compression.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,

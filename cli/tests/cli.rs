@@ -265,6 +265,33 @@ fn bench_reports_throughput_as_json() {
         &["--format", "json", "bench", "consume", "--records", "2000"],
     ));
     assert_eq!(consumed["records"], 2000);
+    // Paced: the report says what was asked and what was sent, and how many latencies.
+    let paced = json(&sluice(
+        b,
+        &[
+            "--format",
+            "json",
+            "bench",
+            "produce",
+            "--records",
+            "400",
+            "--rate",
+            "1000",
+            "--producers",
+            "2",
+            "--warmup",
+            "0.1",
+            "--record-size",
+            "100",
+        ],
+    ));
+    assert_eq!(paced["records"], 400);
+    assert_eq!(paced["pace"]["requested_per_s"], 1000.0);
+    let achieved = paced["pace"]["achieved_per_s"].as_f64().unwrap_or(0.0);
+    assert!(achieved > 0.0 && achieved < 2000.0, "{paced}");
+    // The first 0.1 s (about 100 records) are sent but not measured.
+    let samples = paced["latency_samples"].as_u64().unwrap_or(0);
+    assert!((200..400).contains(&samples), "{paced}");
 }
 
 #[test]

@@ -34,6 +34,8 @@ struct Measured {
     elapsed: Duration,
     /// Produce latency (produce mode) or end-to-end latency (e2e); empty for consume.
     latency_us: Histogram<u64>,
+    /// How a paced run kept to its schedule (`--rate`).
+    pace: Option<Pace>,
 }
 
 fn histogram() -> Result<Histogram<u64>, Failure> {
@@ -109,6 +111,41 @@ fn progress_bar(args: &BenchArgs, format: Format) -> ProgressBar {
     bar
 }
 
+/// How a paced run (`--rate`) kept to its schedule.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Records per second asked for.
+    requested: f64,
+    /// Records per second sent, first send to last.
+    achieved: f64,
+    /// The furthest a send fell behind its scheduled time.
+    behind_max: Duration,
+}
+
+/// One producer task's sends.
+struct Sent {
+    latency_us: Histogram<u64>,
+    count: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    behind_max: Duration,
+}
+
+/// One producer task's schedule and limits.
+#[derive(Clone, Copy)]
+struct Schedule {
+    /// When its first record is due.
+    first_due: Instant,
+    /// Between its records, with `--rate`.
+    interval: Option<Duration>,
+    /// Records due before this are sent but not measured.
+    measure_from: Instant,
+    /// Without a record count, when to stop.
+    deadline: Instant,
+    /// With a record count, its share.
+    quota: Option<u64>,
+}
+
 /// Produces with `args.producers` producers until the record count or the duration is
 /// reached. With `epoch`, each key starts with the send time in µs since `epoch` (e2e).
 async fn produce(
@@ -119,11 +156,9 @@ async fn produce(
 ) -> Result<Measured, Failure> {
     let payload = Bytes::from(vec![b'x'; args.record_size]);
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(args.duration);
     let counted = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for producer_index in 0..args.producers {
+    let mut producers = Vec::with_capacity(args.producers);
+    for _ in 0..args.producers {
         // Each producer has its own connection, as separate processes would.
         let client = target.connect().await?;
         let config = ProducerConfig {
@@ -131,74 +166,59 @@ async fn produce(
             compression: compression(args.compression),
             ..ProducerConfig::default()
         };
-        let producer = client.producer(config).await?;
-        let quota = args.records.map(|n| {
-            n / args.producers as u64
-                + u64::from((producer_index as u64) < n % args.producers as u64)
+        producers.push(client.producer(config).await?);
+    }
+    // The clock starts once every connection is open.
+    let started = Instant::now();
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.producers as f64 / r));
+    let mut tasks = Vec::new();
+    for (index, producer) in producers.into_iter().enumerate() {
+        // Producers' schedules interleave instead of all sending on the same beat.
+        let offset = interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(index as f64 / args.producers as f64)
         });
-        let interval = args
-            .rate
-            .map(|r| Duration::from_secs_f64(args.producers as f64 / r));
-        let (stop, payload, topic, counted) = (
+        let schedule = Schedule {
+            first_due: started + offset,
+            interval,
+            measure_from: started + Duration::from_secs_f64(args.warmup.max(0.0)),
+            deadline: started + Duration::from_secs_f64(args.duration),
+            quota: args.records.map(|n| {
+                n / args.producers as u64 + u64::from((index as u64) < n % args.producers as u64)
+            }),
+        };
+        let context = (
             Arc::clone(&stop),
             payload.clone(),
             args.topic.clone(),
             Arc::clone(&counted),
         );
-        let mut latency_hist = histogram()?;
-        tasks.push(tokio::spawn(async move {
-            let mut window: DeliveryQueue<Instant> = DeliveryQueue::new();
-            let mut sent = 0u64;
-            let mut next_send = Instant::now();
-            loop {
-                let more = !stop.load(Ordering::Relaxed)
-                    && quota.is_none_or(|q| sent < q)
-                    && (quota.is_some() || Instant::now() < deadline);
-                // Answers are read in send order without a future per record; each latency
-                // ends when the answer arrived, however late it is read here.
-                let answered = if !more || window.len() >= WINDOW {
-                    window.pop_oldest().await
-                } else {
-                    window.pop_answered()
-                };
-                if let Some(answered) = answered {
-                    answered.result?;
-                    let latency = answered.answered_at.saturating_duration_since(answered.tag);
-                    latency_hist.saturating_record((latency.as_micros() as u64).max(1));
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                if !more {
-                    break;
-                }
-                tokio::time::sleep_until(next_send.into()).await;
-                if let Some(interval) = interval {
-                    next_send += interval;
-                }
-                let mut key = [0u8; 16];
-                let sent_at = epoch.map_or(0, |e| e.elapsed().as_micros() as u64);
-                key[..8].copy_from_slice(&sent_at.to_le_bytes());
-                key[8..].copy_from_slice(&sent.to_le_bytes());
-                let record = ProducerRecord {
-                    topic: topic.clone(),
-                    key: Some(Bytes::copy_from_slice(&key)),
-                    value: Some(payload.clone()),
-                    ..ProducerRecord::default()
-                };
-                let t0 = Instant::now();
-                window.push(producer.enqueue(record).await?, t0);
-                sent += 1;
-            }
-            Ok::<_, ClientError>(latency_hist)
-        }));
+        let latency_hist = histogram()?;
+        tasks.push(tokio::spawn(produce_task(
+            producer,
+            schedule,
+            context,
+            latency_hist,
+            epoch,
+        )));
     }
     let ticker = tick_progress(progress, args, &counted, started);
     let mut latency_us = histogram()?;
     let mut failure = None;
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+    let (mut sent, mut behind_max) = (0u64, Duration::ZERO);
     for task in tasks {
         match task.await {
-            Ok(Ok(h)) => {
-                let _ = latency_us.add(&h);
+            Ok(Ok(s)) => {
+                let _ = latency_us.add(&s.latency_us);
+                first = match (first, s.first) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                last = last.max(s.last);
+                sent += s.count;
+                behind_max = behind_max.max(s.behind_max);
             }
             Ok(Err(e)) => {
                 stop.store(true, Ordering::Relaxed);
@@ -213,13 +233,96 @@ async fn produce(
     if let Some(failure) = failure {
         return Err(failure);
     }
+    let pace = args.rate.map(|requested| {
+        let span = match (first, last) {
+            (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        Pace {
+            requested,
+            achieved: if span > 0.0 { sent.saturating_sub(1) as f64 / span } else { 0.0 },
+            behind_max,
+        }
+    });
     let records = counted.load(Ordering::Relaxed);
     Ok(Measured {
         records,
         bytes: records * args.record_size as u64,
         elapsed: started.elapsed(),
         latency_us,
+        pace,
     })
+}
+
+type TaskContext = (Arc<AtomicBool>, Bytes, String, Arc<AtomicU64>);
+
+/// One producer's loop: sends on `schedule`, reads answers in send order. With a rate, a
+/// record's latency runs from when it was due, not from when it was sent, so a producer
+/// that falls behind its schedule reports it (no coordinated omission).
+async fn produce_task(
+    producer: sluice_client::Producer,
+    schedule: Schedule,
+    (stop, payload, topic, counted): TaskContext,
+    latency_us: Histogram<u64>,
+    epoch: Option<Instant>,
+) -> Result<Sent, ClientError> {
+    let mut window: DeliveryQueue<Instant> = DeliveryQueue::new();
+    let mut sent = Sent {
+        latency_us,
+        count: 0,
+        first: None,
+        last: None,
+        behind_max: Duration::ZERO,
+    };
+    let mut next_due = schedule.first_due;
+    loop {
+        let more = !stop.load(Ordering::Relaxed)
+            && schedule.quota.is_none_or(|q| sent.count < q)
+            && (schedule.quota.is_some() || Instant::now() < schedule.deadline);
+        // Answers are read in send order without a future per record; each latency ends
+        // when the answer arrived, however late it is read here.
+        let answered = if !more || window.len() >= WINDOW {
+            window.pop_oldest().await
+        } else {
+            window.pop_answered()
+        };
+        if let Some(answered) = answered {
+            answered.result?;
+            if answered.tag >= schedule.measure_from {
+                let latency = answered.answered_at.saturating_duration_since(answered.tag);
+                sent.latency_us
+                    .saturating_record((latency.as_micros() as u64).max(1));
+            }
+            counted.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if !more {
+            break;
+        }
+        let due = next_due;
+        if let Some(interval) = schedule.interval {
+            tokio::time::sleep_until(due.into()).await;
+            next_due += interval;
+        }
+        let now = Instant::now();
+        let tag = if schedule.interval.is_some() { due } else { now };
+        sent.behind_max = sent.behind_max.max(now.saturating_duration_since(due));
+        let mut key = [0u8; 16];
+        let sent_at = epoch.map_or(0, |e| tag.saturating_duration_since(e).as_micros() as u64);
+        key[..8].copy_from_slice(&sent_at.to_le_bytes());
+        key[8..].copy_from_slice(&sent.count.to_le_bytes());
+        let record = ProducerRecord {
+            topic: topic.clone(),
+            key: Some(Bytes::copy_from_slice(&key)),
+            value: Some(payload.clone()),
+            ..ProducerRecord::default()
+        };
+        window.push(producer.enqueue(record).await?, tag);
+        sent.first.get_or_insert(now);
+        sent.last = Some(now);
+        sent.count += 1;
+    }
+    Ok(sent)
 }
 
 /// Moves the progress bar every 100 ms until aborted.
@@ -284,6 +387,7 @@ async fn consume(
         bytes,
         elapsed: started.elapsed(),
         latency_us: histogram()?,
+        pace: None,
     })
 }
 
@@ -335,6 +439,7 @@ async fn e2e(
         bytes: r.2,
         elapsed: produced.elapsed,
         latency_us: r.0.clone(),
+        pace: produced.pace,
     })
 }
 
@@ -372,8 +477,15 @@ fn report(
                 "records_per_s": records_per_s,
                 "mb_per_s": mb_per_s,
                 "latency_ms": latency,
+                "latency_samples": m.latency_us.len(),
+                "pace": m.pace.map(|p| json!({
+                    "requested_per_s": p.requested,
+                    "achieved_per_s": p.achieved,
+                    "behind_max_ms": p.behind_max.as_secs_f64() * 1000.0,
+                })),
             }),
         )?;
+        warn_if_behind(m.pace);
         return Ok(());
     }
     writeln!(
@@ -381,9 +493,20 @@ fn report(
         "{mode}: {} records in {seconds:.2} s: {records_per_s:.0} records/s, {mb_per_s:.1} MB/s",
         m.records
     )?;
+    if let Some(p) = m.pace {
+        writeln!(
+            out,
+            "pace: {:.0} records/s asked, {:.0} sent; furthest behind schedule {:.2} ms",
+            p.requested,
+            p.achieved,
+            p.behind_max.as_secs_f64() * 1000.0
+        )?;
+        warn_if_behind(m.pace);
+    }
     if !has_latency {
         return Ok(());
     }
+    writeln!(out, "latency samples: {}", m.latency_us.len())?;
     writeln!(
         out,
         "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
@@ -395,6 +518,17 @@ fn report(
     )?;
     text_histogram(&m.latency_us, out)?;
     Ok(())
+}
+
+/// Says on stderr when a paced run could not send at the asked rate: its latencies then
+/// describe an overloaded producer or broker, not the asked load.
+fn warn_if_behind(pace: Option<Pace>) {
+    if let Some(p) = pace.filter(|p| p.achieved < 0.95 * p.requested) {
+        eprintln!(
+            "sluice: warning: sent {:.0} records/s of the {:.0} asked; latencies include the wait behind schedule",
+            p.achieved, p.requested
+        );
+    }
 }
 
 /// A bar per doubling of latency, from 0.25 ms.
