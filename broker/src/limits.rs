@@ -136,3 +136,7 @@ pub const GROUP_TAKEOVER_GRACE: Duration = Duration::from_secs(6);
 
 /// Longest member id a client may choose (the coordinator's own are 32 hex digits).
 pub const MEMBER_ID_LEN_MAX: usize = 64;
+
+/// How long a partition waits at shutdown for the snapshot that spares the next start a
+/// re-apply of its log.
+pub const SHUTDOWN_SNAPSHOT_WAIT: Duration = Duration::from_secs(5);

@@ -45,7 +45,10 @@ fn main() {
     );
     assert!(broker.stop(), "the broker stopped cleanly");
     let files = segment_files(broker.data_dir());
-    let bytes: u64 = files.iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum();
     let direct = read_files_direct(&files);
     let raw_mb_s = bytes as f64 / direct.as_secs_f64() / 1e6;
     println!(
@@ -62,7 +65,10 @@ fn main() {
         direct.as_secs_f64() / buffered.as_secs_f64()
     );
     drop_cached(&files);
-    println!("cached before the broker restarts: {} MB", cached_mb(&files));
+    println!(
+        "cached before the broker restarts: {} MB",
+        cached_mb(&files)
+    );
     broker.restart();
     // A restart reads the log back (measured: all of it), so the consumer would find it
     // cached: drop it again now the broker serves.
@@ -127,7 +133,10 @@ fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![data_dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read the data dir").flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .expect("read the data dir")
+            .flatten()
+        {
             let path = entry.path();
             if path.is_dir() {
                 dirs.push(path);

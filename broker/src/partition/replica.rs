@@ -357,10 +357,38 @@ impl Partition {
             .map_or(high_watermark, |o| o.min(high_watermark)))
     }
 
+    /// Snapshots the state machine if it applied entries since its last snapshot. openraft
+    /// re-applies every entry after the last snapshot at start, reading each back from the
+    /// log (and so mapping and keeping resident all of it): after a clean stop, the next
+    /// start then re-applies nothing. Bounded: a slow snapshot only costs that re-apply.
+    async fn snapshot_before_stop(&self) {
+        let raft = &self.group.raft;
+        let metrics = raft.metrics();
+        let (snapshot, applied) = {
+            let m = metrics.borrow();
+            (m.snapshot.map(|s| s.index), m.last_applied.map(|l| l.index))
+        };
+        let Some(applied) = applied else { return };
+        if snapshot.is_some_and(|s| s >= applied) || raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        let built = raft
+            .wait(Some(crate::limits::SHUTDOWN_SNAPSHOT_WAIT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot at shutdown",
+            )
+            .await;
+        if let Err(e) = built {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "no snapshot at shutdown: the next start re-applies the log since the last one");
+        }
+    }
+
     /// Stops the writer and the Raft group, then checkpoints the log.
     pub async fn shutdown(&self) {
         self.writer.abort();
         self.serving_tracker.abort();
+        self.snapshot_before_stop().await;
         let _ = self.group.raft.shutdown().await;
         if let Ok(mut log) = self.group.log.write()
             && let Err(e) = log.checkpoint()

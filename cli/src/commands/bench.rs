@@ -240,7 +240,11 @@ async fn produce(
         };
         Pace {
             requested,
-            achieved: if span > 0.0 { sent.saturating_sub(1) as f64 / span } else { 0.0 },
+            achieved: if span > 0.0 {
+                sent.saturating_sub(1) as f64 / span
+            } else {
+                0.0
+            },
             behind_max,
         }
     });
@@ -305,7 +309,11 @@ async fn produce_task(
             next_due += interval;
         }
         let now = Instant::now();
-        let tag = if schedule.interval.is_some() { due } else { now };
+        let tag = if schedule.interval.is_some() {
+            due
+        } else {
+            now
+        };
         sent.behind_max = sent.behind_max.max(now.saturating_duration_since(due));
         let mut key = [0u8; 16];
         let sent_at = epoch.map_or(0, |e| tag.saturating_duration_since(e).as_micros() as u64);

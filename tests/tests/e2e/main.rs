@@ -20,6 +20,7 @@ mod pipelined_producer;
 mod preauth;
 mod produce_consume;
 mod quotas;
+mod restart_cost;
 mod retention;
 mod streams;
 mod tls;
