@@ -107,14 +107,18 @@ fn retried_batches_keep_their_offsets_gaps_are_refused_and_state_survives_restar
     });
 }
 
-/// A batch of `records` records all with key `key`.
+/// A batch of `records` records all with key `key`, stamped now: a producer expires
+/// `producer.id.expiration.ms` after its newest record's timestamp, as in Kafka.
 fn keyed_batch(producer_id: u64, sequence: u32, records: u32, key: &[u8]) -> Bytes {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as i64);
     let mut b = BatchBuilder::new(Compression::None).producer(producer_id, 0, sequence);
     for i in 0..records {
         b.push(NewRecord {
             key: Some(key),
             value: Some(format!("{sequence}-{i}").as_bytes()),
-            timestamp: 1,
+            timestamp: now_ms,
             headers: &[],
         });
     }
