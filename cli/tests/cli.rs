@@ -592,17 +592,7 @@ fn sluice_as(broker: &str, user: &str, password: &str, args: &[&str], stdin: &[u
 
 #[test]
 fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_environment() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("bootstrap");
-    std::fs::write(&file, "admin-secret-1\n").expect("password file");
-    let file = file.display().to_string();
-    let broker = TestBroker::start_with(&[
-        "--require-auth",
-        "--superuser",
-        "admin",
-        "--bootstrap-password-file",
-        &file,
-    ]);
+    let broker = TestBroker::start_secured("admin-secret-1", &[]);
     let b = broker.address.as_str();
     let created = sluice_as(
         b,
@@ -689,19 +679,10 @@ fn users_are_managed_by_a_superuser_and_log_in_with_the_password_from_the_enviro
 
 #[test]
 fn quotas_are_set_listed_and_deleted_and_audit_tail_shows_the_changes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("bootstrap");
-    std::fs::write(&file, "admin-secret-3\n").expect("password file");
-    let file = file.display().to_string();
-    let broker = TestBroker::start_with(&[
-        "--require-auth",
-        "--superuser",
-        "admin",
-        "--bootstrap-password-file",
-        &file,
-        "--quota-fetch-bytes-per-sec",
-        "5000000",
-    ]);
+    let broker = TestBroker::start_secured(
+        "admin-secret-3",
+        &["--quota-fetch-bytes-per-sec", "5000000"],
+    );
     let b = broker.address.as_str();
     let admin = |args: &[&str]| sluice_as(b, "admin", "admin-secret-3", args, b"");
     let set = [

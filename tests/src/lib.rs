@@ -15,6 +15,23 @@ use std::time::Duration;
 /// How long a broker may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The flags of a broker that requires authentication, with the super-user `admin` whose
+/// bootstrap password is written to `dir/bootstrap-password` (`dir` must outlive the start).
+pub fn secured_args(dir: &Path, admin_password: &str) -> Vec<String> {
+    let file = dir.join("bootstrap-password");
+    std::fs::write(&file, format!("{admin_password}\n")).expect("write the password file");
+    [
+        "--require-auth",
+        "--superuser",
+        "admin",
+        "--bootstrap-password-file",
+    ]
+    .iter()
+    .map(|f| f.to_string())
+    .chain([file.display().to_string()])
+    .collect()
+}
+
 /// The `sluiced` binary cargo built next to this test executable.
 pub fn sluiced_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SLUICED") {
@@ -74,6 +91,18 @@ impl TestBroker {
         // The data dir sits inside the temp dir, so the broker's log file beside it
         // (`data.log`) goes with the temp dir too.
         let mut broker = Self::start_in(&temp.path().join("data"), args);
+        broker._temp = Some(temp);
+        broker
+    }
+
+    /// Starts a broker that requires authentication (`--require-auth`), with the super-user
+    /// `admin` bootstrapped with `admin_password`, and extra flags.
+    pub fn start_secured(admin_password: &str, args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp data dir");
+        let mut flags = secured_args(temp.path(), admin_password);
+        flags.extend(args.iter().map(|a| a.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut broker = Self::start_in(&temp.path().join("data"), &flags);
         broker._temp = Some(temp);
         broker
     }

@@ -31,19 +31,6 @@ async fn login(
     Client::connect_with([address], options).await
 }
 
-fn secured_broker(dir: &std::path::Path) -> TestBroker {
-    let file = dir.join("bootstrap-password");
-    std::fs::write(&file, ADMIN_PASSWORD).expect("password file");
-    let file = file.display().to_string();
-    TestBroker::start_with(&[
-        "--require-auth",
-        "--superuser",
-        "admin",
-        "--bootstrap-password-file",
-        &file,
-    ])
-}
-
 fn acl_on(topic: &str) -> sluice_client::AclEntry {
     sluice_client::AclEntry {
         principal: "User:bob".into(),
@@ -245,8 +232,7 @@ fn assert_structured(events: &[Value]) {
 
 #[test]
 fn fifty_security_and_admin_events_are_recorded_once_and_survive_kill_9() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut broker = secured_broker(dir.path());
+    let mut broker = TestBroker::start_secured(ADMIN_PASSWORD, &[]);
     let address = broker.address.clone();
     let rt = runtime();
     let expected = expected_events();
@@ -319,19 +305,9 @@ fn fifty_security_and_admin_events_are_recorded_once_and_survive_kill_9() {
 #[test]
 fn every_broker_of_a_cluster_records_into_the_one_audit_topic() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("bootstrap-password");
-    std::fs::write(&file, ADMIN_PASSWORD).expect("password file");
-    let file = file.display().to_string();
-    let cluster = sluice_tests::TestCluster::start_with(
-        3,
-        &[
-            "--require-auth",
-            "--superuser",
-            "admin",
-            "--bootstrap-password-file",
-            &file,
-        ],
-    );
+    let flags = sluice_tests::secured_args(dir.path(), ADMIN_PASSWORD);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = sluice_tests::TestCluster::start_with(3, &flags);
     let rt = runtime();
     rt.block_on(async {
         // One client per broker: each broker records its own admin operation, and two of

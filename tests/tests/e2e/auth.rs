@@ -30,17 +30,8 @@ async fn login(address: &str, user: &str, password: &str) -> Result<Client, Clie
 }
 
 /// A broker that requires authentication, with super-user `admin` bootstrapped.
-fn secured_broker(dir: &std::path::Path) -> TestBroker {
-    let file = dir.join("bootstrap-password");
-    std::fs::write(&file, format!("{ADMIN_PASSWORD}\n")).expect("password file");
-    let file = file.display().to_string();
-    TestBroker::start_with(&[
-        "--require-auth",
-        "--superuser",
-        "admin",
-        "--bootstrap-password-file",
-        &file,
-    ])
+fn secured_broker() -> TestBroker {
+    TestBroker::start_secured(ADMIN_PASSWORD, &[])
 }
 
 async fn raw_channel(address: &str) -> Channel {
@@ -57,8 +48,7 @@ fn reason(e: &ClientError) -> Option<Reason> {
 
 #[test]
 fn scram_sessions_open_the_broker_and_anonymous_or_forged_calls_are_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = secured_broker(dir.path());
+    let broker = secured_broker();
     let address = broker.address.clone();
     let rt = runtime();
     rt.block_on(async {
@@ -158,12 +148,13 @@ fn scram_sessions_open_the_broker_and_anonymous_or_forged_calls_are_refused() {
             Some(Reason::AuthenticationFailed)
         );
     });
-    // The passwords are nowhere in the data dir or the broker's log.
+    // The passwords are nowhere in the data dir (snapshots included) or the broker's log
+    // (`data.log` beside the data dir; the operator's bootstrap file is the only other file).
+    let log = broker.data_dir().with_extension("log");
+    assert!(log.is_file(), "the broker's log at {}", log.display());
     for password in [ADMIN_PASSWORD, ALICE_PASSWORD, "alice's new pencil"] {
-        let hits = grep(
-            broker.data_dir().parent().expect("temp dir"),
-            password.as_bytes(),
-        );
+        let mut hits = grep(broker.data_dir(), password.as_bytes());
+        hits.extend(grep(&log, password.as_bytes()));
         assert!(
             hits.is_empty(),
             "the plaintext password is stored in {hits:?}"
@@ -191,8 +182,7 @@ fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_replayed_final_message_and_repeated_failures_are_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = secured_broker(dir.path());
+    let broker = secured_broker();
     let rt = runtime();
     rt.block_on(async {
         let mut auth = AuthClient::new(raw_channel(&broker.address).await);
@@ -309,8 +299,7 @@ async fn send(client: &Client, topic: &str) -> Result<(), ClientError> {
 
 #[test]
 fn acls_deny_by_default_allow_by_prefix_and_a_deny_wins() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = secured_broker(dir.path());
+    let broker = secured_broker();
     let address = broker.address.clone();
     let rt = runtime();
     rt.block_on(async {
@@ -411,19 +400,9 @@ fn acls_deny_by_default_allow_by_prefix_and_a_deny_wins() {
 #[test]
 fn brokers_ask_each_other_for_offsets_as_brokers_under_require_auth() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("bootstrap-password");
-    std::fs::write(&file, ADMIN_PASSWORD).expect("password file");
-    let file = file.display().to_string();
-    let cluster = sluice_tests::TestCluster::start_with(
-        3,
-        &[
-            "--require-auth",
-            "--superuser",
-            "admin",
-            "--bootstrap-password-file",
-            &file,
-        ],
-    );
+    let flags = sluice_tests::secured_args(dir.path(), ADMIN_PASSWORD);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = sluice_tests::TestCluster::start_with(3, &flags);
     let rt = runtime();
     rt.block_on(async {
         let admin = Client::connect_with(cluster.addresses(), credentials("admin", ADMIN_PASSWORD))
@@ -475,8 +454,7 @@ fn group_acl(operation: &str, group: &str) -> sluice_client::AclEntry {
 
 #[test]
 fn group_calls_that_name_topics_need_the_topic_too_and_metadata_shows_only_describable_topics() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = secured_broker(dir.path());
+    let broker = secured_broker();
     let address = broker.address.clone();
     let rt = runtime();
     rt.block_on(async {

@@ -91,17 +91,7 @@ async fn refused_round(broker: &TestBroker, body: &Bytes) -> u64 {
 
 #[test]
 fn unauthenticated_large_bodies_are_refused_unread_and_leave_no_memory_behind() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("bootstrap-password");
-    std::fs::write(&file, "preauth admin password").expect("password file");
-    let file = file.display().to_string();
-    let broker = TestBroker::start_with(&[
-        "--require-auth",
-        "--superuser",
-        "admin",
-        "--bootstrap-password-file",
-        &file,
-    ]);
+    let broker = TestBroker::start_secured("preauth admin password", &[]);
     let rt = runtime();
     let body = Bytes::from(vec![0xA5u8; BODY_BYTES]);
     // A first full round fills the allocator's arenas as far as this load does: the second

@@ -108,17 +108,7 @@ async fn login(address: &str, user: &str, password: &str) -> Client {
 
 #[test]
 fn one_tenants_quota_does_not_slow_another_and_the_sdk_waits_it_out() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("bootstrap-password");
-    std::fs::write(&file, ADMIN_PASSWORD).expect("password file");
-    let file = file.display().to_string();
-    let broker = TestBroker::start_with(&[
-        "--require-auth",
-        "--superuser",
-        "admin",
-        "--bootstrap-password-file",
-        &file,
-    ]);
+    let broker = TestBroker::start_secured(ADMIN_PASSWORD, &[]);
     let rt = runtime();
     rt.block_on(async {
         let admin = login(&broker.address, "admin", ADMIN_PASSWORD).await;
