@@ -2,12 +2,11 @@
 
 use std::io::Write;
 
-use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use sluice_client::{Client, ConsumerConfig, ConsumerRecord, Offset};
 
 use crate::args::{AuditCommand, Format};
-use crate::commands::consume::parse_from;
+use crate::commands::consume::{parse_from, print_stream};
 use crate::failure::Failure;
 use crate::output::json_line;
 
@@ -56,24 +55,10 @@ pub async fn run(
     if num == Some(0) {
         return Ok(());
     }
-    let mut stream = consumer.into_stream();
-    let mut printed = 0u64;
-    loop {
-        let next = match stream.next().now_or_never() {
-            Some(next) => next,
-            None => {
-                out.flush()?;
-                stream.next().await
-            }
-        };
-        let Some(record) = next else { break };
-        print_event(&record?, format, out)?;
-        printed += 1;
-        if num.is_some_and(|n| printed >= n) {
-            break;
-        }
-    }
-    Ok(())
+    print_stream(consumer.into_stream(), num, out, |record, out| {
+        print_event(record, format, out)
+    })
+    .await
 }
 
 /// Prints one event; a record that is not an event's JSON is printed as the error it is,

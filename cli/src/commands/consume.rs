@@ -76,10 +76,23 @@ pub async fn run(
     if args.num == Some(0) {
         return Ok(());
     }
-    let mut stream = consumer.into_stream();
+    let num = args.num;
+    print_stream(consumer.into_stream(), num, out, |record, out| {
+        print_record(record, &args, format, out)
+    })
+    .await
+}
+
+/// Prints `stream`'s records with `print` until it ends or `num` are printed, flushing
+/// whenever no record is ready, so a pipe sees records as they come.
+pub async fn print_stream<W: Write>(
+    mut stream: impl futures::Stream<Item = Result<ConsumerRecord, sluice_client::ClientError>> + Unpin,
+    num: Option<u64>,
+    out: &mut W,
+    mut print: impl FnMut(&ConsumerRecord, &mut W) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let mut printed = 0u64;
     loop {
-        // Flushed whenever no record is ready, so a pipe sees records as they come.
         let next = match stream.next().now_or_never() {
             Some(next) => next,
             None => {
@@ -88,10 +101,9 @@ pub async fn run(
             }
         };
         let Some(record) = next else { break };
-        let record = record?;
-        print_record(&record, &args, format, out)?;
+        print(&record?, out)?;
         printed += 1;
-        if args.num.is_some_and(|n| printed >= n) {
+        if num.is_some_and(|n| printed >= n) {
             break;
         }
     }
