@@ -303,21 +303,9 @@ fn acls_deny_by_default_allow_by_prefix_and_a_deny_wins() {
     let address = broker.address.clone();
     let rt = runtime();
     rt.block_on(async {
-        let admin = login(&address, "admin", ADMIN_PASSWORD)
-            .await
-            .expect("admin");
-        for topic in ["orders-eu", "orders-secret", "payments"] {
-            admin
-                .admin()
-                .create_topic(topic, 1, 1, Default::default())
-                .await
-                .expect("create");
-        }
-        admin
-            .admin()
-            .upsert_user("alice", ALICE_PASSWORD, None)
-            .await
-            .expect("alice");
+        let admin =
+            admin_with_topics_and_alice(&address, &["orders-eu", "orders-secret", "payments"])
+                .await;
         let alice = login(&address, "alice", ALICE_PASSWORD)
             .await
             .expect("alice");
@@ -445,6 +433,27 @@ fn brokers_ask_each_other_for_offsets_as_brokers_under_require_auth() {
     });
 }
 
+/// Logs in as the super-user, creates `topics` (one partition each) and the user alice
+/// without any ACL; returns the super-user's client.
+async fn admin_with_topics_and_alice(address: &str, topics: &[&str]) -> Client {
+    let admin = login(address, "admin", ADMIN_PASSWORD)
+        .await
+        .expect("admin");
+    for topic in topics {
+        admin
+            .admin()
+            .create_topic(topic, 1, 1, Default::default())
+            .await
+            .expect("create");
+    }
+    admin
+        .admin()
+        .upsert_user("alice", ALICE_PASSWORD, None)
+        .await
+        .expect("alice");
+    admin
+}
+
 fn group_acl(operation: &str, group: &str) -> sluice_client::AclEntry {
     sluice_client::AclEntry {
         resource_type: "GROUP".into(),
@@ -458,21 +467,7 @@ fn group_calls_that_name_topics_need_the_topic_too_and_metadata_shows_only_descr
     let address = broker.address.clone();
     let rt = runtime();
     rt.block_on(async {
-        let admin = login(&address, "admin", ADMIN_PASSWORD)
-            .await
-            .expect("admin");
-        for topic in ["mine", "secret"] {
-            admin
-                .admin()
-                .create_topic(topic, 1, 1, Default::default())
-                .await
-                .expect("create");
-        }
-        admin
-            .admin()
-            .upsert_user("alice", ALICE_PASSWORD, None)
-            .await
-            .expect("alice");
+        let admin = admin_with_topics_and_alice(&address, &["mine", "secret"]).await;
         admin
             .admin()
             .create_acls(vec![
