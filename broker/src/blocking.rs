@@ -15,6 +15,18 @@ pub async fn run_in_place<T: Send + 'static>(
     }
 }
 
+/// Runs `f`, which blocks for a while but borrows from its caller, with this worker's other
+/// tasks handed to another thread (`block_in_place`); inline outside a multi-thread runtime.
+pub fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// Runs `f` on the blocking pool (inline on a current-thread runtime, for the same reason as
 /// [`run_in_place`]).
 pub async fn run<T: Send + 'static>(

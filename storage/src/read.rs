@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use crate::batch::{Batch, BatchHeader};
 use crate::error::{Result, StorageError};
+use crate::io::DIRECT_READ_BYTES_MAX;
 use crate::limits::BATCH_HEADER_LEN;
 use crate::log::Log;
 use crate::segment::Segment;
@@ -33,9 +34,15 @@ impl Log {
             .saturating_sub(1);
         let mut reader = BatchCollector::new(max_bytes, false);
         reader.stop_offset = Some(upper);
+        // Without a cached tail the kernel caches what it likes, readers included.
+        reader.uncached = self.config.cached_tail_bytes.is_some();
+        // The collector finds the batch from the index's entry on: the headers it passes
+        // come from its uncached window, where a header read through the mapping would
+        // fault in a whole readahead window of a released range.
+        reader.skip_below = Some(from_offset);
         for (i, segment) in self.segments.iter().enumerate().skip(first) {
             let position = if i == first {
-                segment.position_for_offset(from_offset)?
+                segment.indexed_position_for_offset(from_offset)
             } else {
                 0
             };
@@ -47,6 +54,19 @@ impl Log {
             }
         }
         Ok(reader.batches)
+    }
+
+    /// Whether a read from `offset` starts in a range released from memory, so it goes to
+    /// the disk (past the page cache): callers run such reads off their async workers.
+    pub fn reads_from_disk(&self, offset: u64) -> bool {
+        let first = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        self.config.cached_tail_bytes.is_some()
+            && self.segments.get(first).is_some_and(|segment| {
+                segment.indexed_position_for_offset(offset) < segment.released
+            })
     }
 
     /// Whole batches from the first with Raft index `from_index`, up to `max_bytes`, never
@@ -148,6 +168,12 @@ fn first_record_at_or_after(
     Ok(None)
 }
 
+/// Whether the batch of `header` holds nothing at or after `offset` (as
+/// `Segment::position_for_offset` passes batches over).
+fn ends_at_or_below(header: &BatchHeader, offset: u64) -> bool {
+    header.next_offset() <= offset && !(header.offset_count() == 0 && header.base_offset > offset)
+}
+
 /// Gathers whole batches across segments under a byte budget.
 struct BatchCollector {
     batches: Vec<Bytes>,
@@ -160,6 +186,12 @@ struct BatchCollector {
     /// header: bytes at and above the bound may be unsynced or gone after an fsync error.
     stop_offset: Option<u64>,
     next_offset: Option<u64>,
+    /// Released ranges are read past the page cache ([`IoFile::read_uncached`]).
+    uncached: bool,
+    /// Batches wholly below this offset are passed over, uncounted.
+    skip_below: Option<u64>,
+    /// The last uncached read: its segment's base offset, its position, its bytes.
+    window: Option<(u64, u64, Bytes)>,
 }
 
 impl BatchCollector {
@@ -172,7 +204,48 @@ impl BatchCollector {
             whole_entries,
             stop_offset: None,
             next_offset: None,
+            uncached: false,
+            skip_below: None,
+            window: None,
         }
+    }
+
+    /// `len` bytes at `position` of `segment`: from the uncached window when the range was
+    /// released from memory (reading a new window if needed), else from the mapping. The
+    /// window never reaches past `released`, which is below `written`.
+    fn bytes_at(&mut self, segment: &Segment, position: u64, len: usize) -> Result<Bytes> {
+        if let Some(bytes) = self.in_window(segment, position, len) {
+            return Ok(bytes);
+        }
+        if self.uncached
+            && len <= DIRECT_READ_BYTES_MAX
+            && let Some(bytes) = segment.read_uncached(position, len)?
+        {
+            // The rest of the read window comes along: the headers and batches after this
+            // one are read from it.
+            self.window = Some((segment.base_offset, position, bytes));
+            if let Some(bytes) = self.in_window(segment, position, len) {
+                return Ok(bytes);
+            }
+        }
+        segment.read(position, len)
+    }
+
+    fn in_window(&self, segment: &Segment, position: u64, len: usize) -> Option<Bytes> {
+        let (base, start, bytes) = self.window.as_ref()?;
+        if *base != segment.base_offset || position < *start {
+            return None;
+        }
+        let from = usize::try_from(position - start).ok()?;
+        let to = from.checked_add(len)?;
+        (to <= bytes.len()).then(|| bytes.slice(from..to))
+    }
+
+    /// The verified header of the batch at `position` of `segment`.
+    fn header_at(&mut self, segment: &Segment, position: u64) -> Result<BatchHeader> {
+        let bytes = self.bytes_at(segment, position, BATCH_HEADER_LEN)?;
+        BatchHeader::decode(&bytes)
+            .map_err(|e| StorageError::corruption(&segment.path, position, e))
     }
 
     /// Adds batches of `segment` from `position` while `admit` accepts them and the budget
@@ -189,8 +262,15 @@ impl BatchCollector {
             {
                 return Ok(false);
             }
-            let header = segment.header_at(position)?;
+            let header = self.header_at(segment, position)?;
             let len = header.batch_len() as usize;
+            if self
+                .skip_below
+                .is_some_and(|from| ends_at_or_below(&header, from))
+            {
+                position += len as u64;
+                continue;
+            }
             let same_entry = self.whole_entries && self.last_raft_index == Some(header.raft.index);
             let over_budget = !self.batches.is_empty() && self.bytes + len > self.max_bytes;
             if !admit(&header) || (over_budget && !same_entry) {
@@ -209,7 +289,7 @@ impl BatchCollector {
                     ),
                 ));
             }
-            let bytes = segment.read(position, len)?;
+            let bytes = self.bytes_at(segment, position, len)?;
             if self.whole_entries {
                 // Raft reads feed replication and the state machine: a sealed segment is
                 // trusted at open through its index files, so its batches are checked here

@@ -204,12 +204,35 @@ impl TestBroker {
         self.child.is_some()
     }
 
+    /// CPU time the broker has used so far (user and system), for benchmarks' CPU figures.
+    pub fn cpu_time(&self) -> Duration {
+        process_cpu_time(self.pid())
+    }
+
     /// Anonymous resident memory (heap, stacks) in KiB: mapped segment pages excluded.
     pub fn rss_anon_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         parse_rss_anon_kib(&status).unwrap_or(0)
     }
+}
+
+/// CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat`; zero if
+/// it cannot be read.
+pub fn process_cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on every Linux we run on.
+    Duration::from_millis(ticks * 10)
 }
 
 /// The `RssAnon` figure of a `/proc/<pid>/status` text, in KiB.
@@ -229,7 +252,33 @@ pub fn parse_rss_anon_kib(status: &str) -> Option<u64> {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test's brokers take their logs with their temp dirs: show what they
+        // said, or a flake in CI leaves nothing to read. A broker that panicked is shown
+        // even when the test passed (a panicking request handler is only a reset stream).
+        let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+        if std::thread::panicking() || log.contains(BROKER_PANIC) {
+            eprint!("{}", log_tail(&self.data_dir, &log, LOG_TAIL_LINES));
+        }
     }
+}
+
+/// How much of each broker's log a failing test prints.
+const LOG_TAIL_LINES: usize = 80;
+
+/// What a Rust panic prints first.
+const BROKER_PANIC: &str = "panicked at";
+
+/// The last `lines` lines of `log`, the log of the broker on `data_dir`, headed by its path.
+fn log_tail(data_dir: &Path, log: &str, lines: usize) -> String {
+    let path = data_dir.with_extension("log");
+    let all: Vec<&str> = log.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    format!(
+        "---- last {} lines of {} ----\n{}\n",
+        tail.len(),
+        path.display(),
+        tail.join("\n")
+    )
 }
 
 fn spawn(

@@ -322,6 +322,9 @@ impl Partition {
         }
         let batches = if offset >= high_watermark {
             Vec::new()
+        } else if log.reads_from_disk(offset) {
+            // A few milliseconds of disk read: the worker's other tasks move elsewhere.
+            crate::blocking::in_place(|| log.read(offset, max_bytes, high_watermark))?
         } else {
             log.read(offset, max_bytes, high_watermark)?
         };

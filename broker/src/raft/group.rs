@@ -10,6 +10,7 @@ use sluice_storage::io::Io;
 use sluice_storage::{Log, LogConfig, LogEnv, RecoveryReport};
 
 use super::entry_codec::GroupKind;
+use super::first_election;
 use super::log_store::{LogStore, SharedLog};
 use super::network::{GroupNetwork, PeerChannels};
 use super::state_machine::{GroupState, GroupStateMachine};
@@ -223,9 +224,14 @@ pub async fn start_group<S: GroupState>(
         raft.initialize(members).await.map_err(|e| raft_error(&e))?;
     }
     let single = spec.members.len() == 1 && spec.members.contains_key(&spec.node_id);
-    if single || (fresh && spec.elect) {
-        // A group of one has no one to wait for; a new group's preferred leader need not
-        // wait out an election timeout (which spreads leaders as placement intended).
+    let election_timeout = std::time::Duration::from_millis(spec.timing.election_timeout_ms);
+    if single {
+        // A group of one has no one to wait for.
+        let _ = raft.trigger().elect().await;
+    } else if fresh && !spec.members.is_empty() && spec.kind == GroupKind::Partition {
+        // A new partition's preferred leader leads, as placement intended.
+        first_election::start(raft.clone(), spec.elect, election_timeout);
+    } else if fresh && spec.elect {
         let _ = raft.trigger().elect().await;
     }
     let others = raft
@@ -242,8 +248,7 @@ pub async fn start_group<S: GroupState>(
             bytes = report.truncated_bytes,
             "recovery cut this replica's log above its checkpoint: it votes again once it has caught up with a leader"
         );
-        let timeout = std::time::Duration::from_millis(spec.timing.election_timeout_ms);
-        Suspect::start(spec.group_id, spec.node_id, raft.clone(), peers, timeout)
+        Suspect::start(spec.group_id, spec.node_id, raft.clone(), peers, election_timeout)
     });
     Ok((
         Group {

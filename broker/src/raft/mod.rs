@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod entry_codec;
+pub mod first_election;
 pub mod group;
 pub mod log_store;
 pub mod network;

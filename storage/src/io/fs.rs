@@ -13,6 +13,7 @@ use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 
 use super::deleter::delete_in_background;
+use super::direct::DirectHandle;
 use super::{DELETED_SUFFIX, Io, IoFile, OpenMode};
 
 /// [`Io`] over the operating system's file system.
@@ -51,6 +52,7 @@ impl Io for FsIo {
             file,
             map: RwLock::new(Bytes::new()),
             live_maps: Arc::new(AtomicUsize::new(0)),
+            direct: DirectHandle::default(),
         }))
     }
 
@@ -129,6 +131,8 @@ struct FsFile {
     map: RwLock<Bytes>,
     /// Maps of this file (ours and older ones) that some slice still keeps alive.
     live_maps: Arc<AtomicUsize>,
+    /// Reads of released ranges, past the page cache.
+    direct: DirectHandle,
 }
 
 impl FsFile {
@@ -268,6 +272,14 @@ impl IoFile for FsFile {
         Ok(())
     }
 
+    fn read_uncached(&self, position: u64, len: usize, limit: u64) -> io::Result<Option<Bytes>> {
+        self.direct.read(&self.file, position, len, limit)
+    }
+
+    fn forget_uncached(&self) {
+        self.direct.forget();
+    }
+
     fn drop_mapping(&self) -> io::Result<bool> {
         let mut map = self.map.write().map_err(|_| lock_poisoned())?;
         *map = Bytes::new();
@@ -275,6 +287,7 @@ impl IoFile for FsFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.direct.forget();
         let mut map = self.map.write().map_err(|_| lock_poisoned())?;
         self.file.set_len(len)?;
         // Drop our own mapping so later reads map the new length; handed-out slices keep theirs.

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 mod deleter;
+mod direct;
 mod fs;
 mod sim;
 
 pub use deleter::shrink_in_steps;
+pub use direct::{DIRECT_READ_BYTES_MAX, direct_read_bytes};
 pub use fs::FsIo;
 pub use sim::{PowerLoss, SimIo};
 
@@ -101,4 +103,14 @@ pub trait IoFile: Send + Sync + Debug {
         let _ = (position, len);
         Ok(())
     }
+    /// At least `len` bytes at `position`, and as many more below `limit` as one read
+    /// window holds, read past the page cache, for a range released from memory; `None`
+    /// where that is not possible (the caller uses [`IoFile::read_at`]).
+    fn read_uncached(&self, position: u64, len: usize, limit: u64) -> io::Result<Option<Bytes>> {
+        let _ = (position, len, limit);
+        Ok(None)
+    }
+    /// Forgets what [`IoFile::read_uncached`] keeps of this file: bytes below its old end
+    /// are about to be rewritten (a truncation).
+    fn forget_uncached(&self) {}
 }

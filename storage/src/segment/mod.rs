@@ -405,6 +405,19 @@ impl Segment {
         read_below(self.file.as_ref(), &self.path, self.written, position, len)
     }
 
+    /// At least `len` bytes at `position` of the released range, and the rest of their read
+    /// window within it, read past the page cache; `None` when the range is not released or
+    /// the file cannot be read that way.
+    pub(crate) fn read_uncached(&self, position: u64, len: usize) -> Result<Option<Bytes>> {
+        let limit = self.released.min(self.written);
+        if position.saturating_add(len as u64) > limit {
+            return Ok(None);
+        }
+        self.file
+            .read_uncached(position, len, limit)
+            .map_err(|e| StorageError::io("read", &self.path, e))
+    }
+
     /// Reads a range of a file that may hold anything (recovery): no bound by `written`.
     pub(crate) fn read_raw(&self, position: u64, len: usize) -> Result<Bytes> {
         self.file
@@ -414,8 +427,7 @@ impl Segment {
 
     /// Position of the first batch whose offsets reach past `offset` (or `written`).
     pub(crate) fn position_for_offset(&self, offset: u64) -> Result<u64> {
-        let relative = u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
-        let mut position = u64::from(self.index.position_for_offset(relative));
+        let mut position = self.indexed_position_for_offset(offset);
         while position < self.written {
             let header = self.header_at(position)?;
             if header.next_offset() > offset
@@ -426,6 +438,13 @@ impl Segment {
             position += header.batch_len();
         }
         Ok(position)
+    }
+
+    /// The position of the indexed batch boundary at or before the batch holding `offset`,
+    /// from the sparse index alone (no header read).
+    pub(crate) fn indexed_position_for_offset(&self, offset: u64) -> u64 {
+        let relative = u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+        u64::from(self.index.position_for_offset(relative))
     }
 
     /// Position of the first batch whose Raft index is at least `raft_index` (or `written`).
@@ -459,6 +478,8 @@ impl Segment {
     /// summary from the batches that remain.
     pub(crate) fn truncate_to(&mut self, position: u64, params: SegmentParams) -> Result<()> {
         assert!(position <= self.written);
+        // Bytes kept from reads past the page cache would outlive the rewrite.
+        self.file.forget_uncached();
         self.zero_fill(position, self.written)?;
         self.sync()?;
         let old_written = self.written;

@@ -719,6 +719,125 @@ fn released_pages_of_real_files_read_back_intact() {
     assert_eq!(all_records(&log).len(), 150);
 }
 
+#[test]
+fn released_ranges_are_read_past_the_page_cache_batch_for_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 4 << 20,
+        cached_tail_bytes: Some(0),
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
+    const BATCHES: u64 = 150;
+    for i in 0..BATCHES {
+        log.append(&value_batch(i, 60 << 10), next_raft(&log))
+            .expect("append");
+        log.sync().expect("sync");
+    }
+    for reopen in [false, true] {
+        if reopen {
+            // Sealed segments found at open are not in this process's cache either.
+            drop(log);
+            log = Log::open(dir.path(), config.clone()).expect("reopen").0;
+            assert!(
+                log.reads_from_disk(0),
+                "a sealed segment at open reads from disk"
+            );
+        }
+        read_back_from_disk(&log, BATCHES, dir.path());
+    }
+}
+
+fn read_back_from_disk(log: &Log, batches: u64, dir: &Path) {
+    const BATCHES: u64 = 150;
+    assert_eq!(batches, BATCHES);
+    let before = sluice_storage::io::direct_read_bytes();
+    // Budgets below one batch, of a few batches, of a whole window and beyond one.
+    for max_bytes in [1, 200 << 10, 4 << 20, 9 << 20] {
+        let mut offset = 0;
+        while offset < BATCHES {
+            let batches = log.read(offset, max_bytes, u64::MAX).expect("read");
+            assert!(!batches.is_empty(), "nothing read at {offset}");
+            for bytes in batches {
+                let records = Batch::decode(bytes)
+                    .expect("decode")
+                    .records_vec()
+                    .expect("records");
+                let expected = value_batch(offset, 60 << 10)
+                    .records_vec()
+                    .expect("records");
+                assert_eq!(records[0].offset, offset, "budget {max_bytes}");
+                assert_eq!(records[0].value, expected[0].value, "value at {offset}");
+                offset += 1;
+            }
+        }
+    }
+    if direct_io_works(dir) {
+        assert!(
+            // Most of the sealed segments' 8 MiB at least once (later passes may find the windows
+            // that were kept).
+            sluice_storage::io::direct_read_bytes() - before >= 6 << 20,
+            "the released log was read past the page cache: {} bytes",
+            sluice_storage::io::direct_read_bytes() - before
+        );
+    }
+}
+
+#[test]
+fn a_truncated_and_rewritten_range_never_reads_back_its_old_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        cached_tail_bytes: Some(0),
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(dir.path(), config).expect("open");
+    let fill = |log: &mut Log, from: u64, seed: u64| {
+        for i in from..200 {
+            log.append(&value_batch(seed + i, 30 << 10), next_raft(log))
+                .expect("append");
+            log.sync().expect("sync");
+        }
+    };
+    fill(&mut log, 0, 0);
+    // Read (and keep windows of) the released middle, then rewrite it with other values.
+    let before = sluice_storage::io::direct_read_bytes();
+    assert!(!log.read(100, 1 << 20, u64::MAX).expect("read").is_empty());
+    assert!(
+        !direct_io_works(dir.path()) || sluice_storage::io::direct_read_bytes() > before,
+        "the middle was read past the page cache"
+    );
+    log.truncate_suffix(50).expect("truncate");
+    fill(&mut log, 50, 1_000);
+    // The kept window began at offset 100: read inside it first.
+    for offset in [100, 150, 50] {
+        let bytes = log.read(offset, 1, u64::MAX).expect("read").remove(0);
+        let records = Batch::decode(bytes)
+            .expect("decode")
+            .records_vec()
+            .expect("records");
+        let expected = value_batch(1_000 + offset, 30 << 10)
+            .records_vec()
+            .expect("records");
+        assert_eq!(
+            records[0].value, expected[0].value,
+            "offset {offset} reads its new value"
+        );
+    }
+}
+
+/// Whether files in `dir` can be opened with `O_DIRECT` (tmpfs refuses).
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct-probe");
+    std::fs::write(&probe, b"x").is_ok()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok()
+}
+
 /// A simulated log with segments large enough that no roll interrupts the hints.
 fn writeback_log(
     dir: &Path,

@@ -1,0 +1,47 @@
+//! The first election of a new partition group. Placement names a preferred leader (the
+//! first replica) per partition so that leaders spread over the nodes. Its replicas open the
+//! group at about the same time, but not at once: a preferred leader that stands before its
+//! peers have opened the group gets no votes, and then whichever replica's election timer
+//! fires first wins, which piled every leader of a new topic on one node in CI.
+//!
+//! So, for a bounded grace after the group is first started, the preferred leader stands
+//! again until a leader exists, and the other replicas do not stand on their own timers.
+//! Once a leader exists, or the grace ends (the preferred leader may be down), every replica
+//! elects as usual.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::GroupRaft;
+
+/// The grace, in election timeouts: long enough for every replica to open the group, short
+/// enough that a dead preferred leader delays a new partition by seconds at most.
+const GRACE_ELECTION_TIMEOUTS: u32 = 3;
+
+/// How often, in fractions of an election timeout, the preferred leader stands again.
+const RETRIES_PER_ELECTION_TIMEOUT: u32 = 4;
+
+/// Starts the first election of a group just initialised with other voters.
+pub fn start(raft: GroupRaft, preferred: bool, election_timeout: Duration) {
+    if !preferred {
+        raft.runtime_config().elect(false);
+    }
+    tokio::spawn(async move {
+        let deadline = Instant::now() + election_timeout * GRACE_ELECTION_TIMEOUTS;
+        let retry = election_timeout / RETRIES_PER_ELECTION_TIMEOUT;
+        let mut metrics = raft.metrics();
+        while metrics.borrow().current_leader.is_none() && Instant::now() < deadline {
+            if preferred {
+                let _ = raft.trigger().elect().await;
+            }
+            // A leader shows as a metrics change; a refused vote does not, hence the retry.
+            if let Ok(Err(_)) = tokio::time::timeout(retry, metrics.changed()).await {
+                return;
+            }
+        }
+        if !preferred {
+            raft.runtime_config().elect(true);
+        }
+    });
+}
