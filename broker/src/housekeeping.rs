@@ -21,6 +21,7 @@ pub async fn run(node: Weak<Node>) {
         tokio::time::sleep(interval).await;
         let Some(node) = node.upgrade() else { return };
         let now_ms = sluice_storage::Clock::now_ms(&sluice_storage::SystemClock);
+        crate::metrics::direct_reads();
         for partition in node.partitions() {
             snapshot_pass(&partition).await;
             retention_pass(&partition).await;

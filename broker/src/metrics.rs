@@ -15,6 +15,10 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 /// Registers every metric's help text, so a scrape documents itself.
 pub fn describe() {
     describe_counter!(
+        "sluice_storage_direct_read_bytes_total",
+        "Bytes consumers read past the page cache (O_DIRECT) from ranges released behind the cached tail, read-ahead included."
+    );
+    describe_counter!(
         "sluice_tls_reloads_total",
         "Reloads of the TLS certificates (SIGHUP), by outcome (ok, failed: the old ones stay)."
     );
@@ -184,6 +188,12 @@ pub fn fetched(kind: &'static str, topic: &str, bytes: usize) {
     if bytes > 0 {
         counter!("sluice_fetch_bytes_total", "topic" => topic.to_string()).increment(bytes as u64);
     }
+}
+
+/// Brings the counter of bytes read past the page cache up to the storage's own count.
+pub fn direct_reads() {
+    counter!("sluice_storage_direct_read_bytes_total")
+        .absolute(sluice_storage::io::direct_read_bytes());
 }
 
 /// Records a compaction pass that rewrote segments.

@@ -1,11 +1,13 @@
-//! Catch-up read (issue 18): a consumer reading one partition from its beginning while the
-//! page cache holds none of it, next to the disk's own sequential read of the same segment
-//! files measured in the same run, cold too.
+//! Catch-up read (issue 18): a consumer reading one partition from its beginning right
+//! after it was written (against the produce rate), and again after a restart while the page
+//! cache holds none of it, next to the disk's own sequential read of the same segment files
+//! measured in the same run, cold too. Prints the broker's and the consumer's CPU.
 //!
 //! ```sh
 //! cargo build --release --bins
 //! target/release/catchup [GiB]            # default 2 GiB of 1 KiB records
 //! CATCHUP_FLAGS="--cached-tail-bytes 0" target/release/catchup 2   # a broker flag A/B
+//! CATCHUP_CREDIT_MB=32 target/release/catchup 2   # the consumer's credit per partition
 //! ```
 //!
 //! The broker is stopped between producing and reading, so none of the log is mapped, and

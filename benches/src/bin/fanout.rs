@@ -6,6 +6,7 @@
 //! cargo build --release --bins
 //! target/release/fanout                 # 20 MB/s of 1 KiB records, 10 s per step
 //! FANOUT_RATE_MB=50 FANOUT_SECONDS=20 target/release/fanout
+//! FANOUT_STEPS="0 16" target/release/fanout   # only these consumer counts
 //! ```
 
 use std::sync::Arc;
@@ -50,7 +51,16 @@ fn main() {
     });
     println!("producer: {rate_mb} MB/s of {RECORD_BYTES} B records; {seconds} s per step");
     let mut alone = None;
-    for consumers in [0usize, 1, 4, 16] {
+    // FANOUT_STEPS="0 16": only these consumer counts (e.g. to profile one).
+    let steps: Vec<usize> = std::env::var("FANOUT_STEPS")
+        .ok()
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![0, 1, 4, 16]);
+    for consumers in steps {
         let step = runtime.block_on(run_step(&broker, rate_mb, consumers, seconds));
         let cpu = step.broker_cores;
         let base: f64 = *alone.get_or_insert(cpu);

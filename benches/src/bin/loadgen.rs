@@ -520,6 +520,10 @@ fn main() {
         // LOADGEN_TLS=1: TLS on the client port (a fresh CA and certificate), the SDK over it.
         let tls = Tls::from_env();
         flags.extend(tls.iter().flat_map(|t| t.flags.clone()));
+        // LOADGEN_BROKER_FLAGS="--cached-tail-bytes 0": more broker flags, for an A/B.
+        if let Ok(more) = std::env::var("LOADGEN_BROKER_FLAGS") {
+            flags.extend(more.split_whitespace().map(str::to_string));
+        }
         let mut broker =
             TestBroker::start_with(&flags.iter().map(String::as_str).collect::<Vec<_>>());
         runtime.block_on(async {

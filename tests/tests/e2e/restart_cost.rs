@@ -1,13 +1,14 @@
 //! What a clean restart costs (issue 18): the partitions are snapshotted at shutdown, so the
 //! next start re-applies none of the log, and the log's older segments are neither read nor
-//! left mapped. Measured with the page cache: `dd iflag=nocache` drops a file's pages,
+//! left mapped. A consumer catching up afterwards reads them past the page cache. Measured with the page cache: `dd iflag=nocache` drops a file's pages,
 //! `fincore` (util-linux) counts those resident.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sluice_client::{Client, ProducerConfig, ProducerRecord};
+use futures::StreamExt;
+use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
 use sluice_tests::TestBroker;
 
 use crate::{high_watermark, runtime};
@@ -52,7 +53,7 @@ fn resident(files: &[PathBuf]) -> u64 {
 }
 
 #[test]
-fn a_clean_restart_reapplies_nothing_and_leaves_older_segments_unread() {
+fn a_clean_restart_reapplies_nothing_and_catching_up_leaves_older_segments_uncached() {
     let mut broker = TestBroker::start();
     let rt = runtime();
     rt.block_on(async {
@@ -112,5 +113,34 @@ fn a_clean_restart_reapplies_nothing_and_leaves_older_segments_unread() {
     assert!(
         read < total / 2,
         "the restart read {read} of {total} bytes of the older segments back (re-applying the log?)"
+    );
+    // A consumer catching up reads the released segments past the page cache (decision 43):
+    // it gets every record, and the older segments stay out of the cache.
+    for file in older {
+        drop_cached(file);
+    }
+    rt.block_on(async {
+        let client = Client::connect([broker.address.as_str()])
+            .await
+            .expect("connect");
+        let mut consumer = client.consumer(ConsumerConfig::default());
+        consumer
+            .assign_until("restart", 0, Offset::Earliest, RECORDS as u64)
+            .await
+            .expect("assign");
+        let mut stream = consumer.into_stream();
+        let mut offsets = Vec::new();
+        while let Some(record) = stream.next().await {
+            let record = record.expect("a record");
+            assert_eq!(record.value.as_deref(), Some(&[7u8; VALUE_BYTES][..]));
+            offsets.push(record.offset);
+        }
+        assert_eq!(offsets, (0..RECORDS as u64).collect::<Vec<_>>());
+    });
+    let read = resident(older);
+    eprintln!("after catching up: {read} bytes of the older segments resident");
+    assert!(
+        read < total / 2,
+        "catching up left {read} of {total} bytes of the older segments cached (read through the mapping?)"
     );
 }
