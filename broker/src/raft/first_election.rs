@@ -31,12 +31,22 @@ pub fn start(raft: GroupRaft, preferred: bool, election_timeout: Duration) {
         let deadline = Instant::now() + election_timeout * GRACE_ELECTION_TIMEOUTS;
         let retry = election_timeout / RETRIES_PER_ELECTION_TIMEOUT;
         let mut metrics = raft.metrics();
+        let mut next_stand = Instant::now();
         while metrics.borrow().current_leader.is_none() && Instant::now() < deadline {
-            if preferred {
+            // Paced by the clock, not by metrics changes: standing changes the metrics (a new
+            // term), so standing again on every change would stand without end (and, under
+            // a simulated clock, without time ever passing).
+            if preferred && Instant::now() >= next_stand {
                 let _ = raft.trigger().elect().await;
+                next_stand = Instant::now() + retry;
             }
-            // A leader shows as a metrics change; a refused vote does not, hence the retry.
-            if let Ok(Err(_)) = tokio::time::timeout(retry, metrics.changed()).await {
+            let wake = if preferred {
+                next_stand.min(deadline)
+            } else {
+                deadline
+            };
+            // A leader shows as a metrics change; a refused vote does not, hence the clock.
+            if let Ok(Err(_)) = tokio::time::timeout_at(wake, metrics.changed()).await {
                 return;
             }
         }
