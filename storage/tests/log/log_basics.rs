@@ -691,11 +691,7 @@ fn release_behind_a_cached_tail_of(keep: u64) {
 #[test]
 fn released_pages_of_real_files_read_back_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: 4 << 20,
-        cached_tail_bytes: Some(0),
-        ..small_config()
-    };
+    let config = no_cached_tail(4 << 20);
     let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
     let mut held = Vec::new();
     for i in 0..150u64 {
@@ -722,11 +718,7 @@ fn released_pages_of_real_files_read_back_intact() {
 #[test]
 fn released_ranges_are_read_past_the_page_cache_batch_for_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: 4 << 20,
-        cached_tail_bytes: Some(0),
-        ..small_config()
-    };
+    let config = no_cached_tail(4 << 20);
     let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
     const BATCHES: u64 = 150;
     for i in 0..BATCHES {
@@ -786,11 +778,7 @@ fn read_back_from_disk(log: &Log, batches: u64, dir: &Path) {
 #[test]
 fn a_truncated_and_rewritten_range_never_reads_back_its_old_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: 64 << 20,
-        cached_tail_bytes: Some(0),
-        ..small_config()
-    };
+    let config = no_cached_tail(64 << 20);
     let (mut log, _) = Log::open(dir.path(), config).expect("open");
     let fill = |log: &mut Log, from: u64, seed: u64| {
         for i in from..200 {
@@ -823,6 +811,15 @@ fn a_truncated_and_rewritten_range_never_reads_back_its_old_bytes() {
             records[0].value, expected[0].value,
             "offset {offset} reads its new value"
         );
+    }
+}
+
+/// A real-file log config whose synced pages are all released (no cached tail).
+fn no_cached_tail(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        cached_tail_bytes: Some(0),
+        ..small_config()
     }
 }
 
