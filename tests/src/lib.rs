@@ -2,6 +2,7 @@
 //! and a temp data dir, restart it, `kill -9` it, and read its anonymous memory.
 
 pub mod certs;
+mod fill;
 pub mod logcheck;
 pub mod memory_cgroup;
 pub mod netns;
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+pub use fill::produce_copies;
 
 /// How long a broker may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(120);

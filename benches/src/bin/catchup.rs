@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ConsumerConfig, Offset};
 use sluice_tests::TestBroker;
 
 const TOPIC: &str = "catchup";
@@ -111,19 +111,11 @@ async fn produce(address: &str, records: u64) -> Duration {
         .create_topic(TOPIC, 1, 1, configs.into_iter().collect())
         .await
         .expect("create");
-    let producer = client
-        .producer(ProducerConfig::default())
-        .await
-        .expect("producer");
-    let value = bytes::Bytes::from(vec![b'x'; RECORD_BYTES]);
+    let value = vec![b'x'; RECORD_BYTES];
     let started = Instant::now();
-    for _ in 0..records {
-        producer
-            .enqueue(ProducerRecord::new(TOPIC).value(value.clone()))
-            .await
-            .expect("queued");
-    }
-    producer.flush().await.expect("acknowledged");
+    sluice_tests::produce_copies(&client, TOPIC, value, records)
+        .await
+        .expect("acknowledged");
     started.elapsed()
 }
 

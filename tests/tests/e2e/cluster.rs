@@ -1146,21 +1146,9 @@ fn a_follower_with_a_full_disk_refuses_appends_and_catches_up_once_space_is_back
     };
     cluster.nodes[f].restart();
     let filler = disk.fill(256 << 10);
-    let value = vec![b'y'; 1000];
     rt.block_on(async {
         let client = connect(&cluster, node_index(leader)).await;
-        let producer = client
-            .producer(ProducerConfig::default())
-            .await
-            .expect("producer");
-        for _ in 0..4000 {
-            producer
-                .enqueue(ProducerRecord::new("full").value(value.clone()))
-                .await
-                .expect("enqueue");
-        }
-        producer
-            .flush()
+        sluice_tests::produce_copies(&client, "full", vec![b'y'; 1000], 4000)
             .await
             .expect("the other two replicas commit without the full one");
     });

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use futures::StreamExt;
-use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ConsumerConfig, Offset};
 use sluice_tests::TestBroker;
 
 use crate::{high_watermark, runtime};
@@ -66,18 +66,9 @@ fn a_clean_restart_reapplies_nothing_and_catching_up_leaves_older_segments_uncac
             .create_topic("restart", 1, 1, configs)
             .await
             .expect("create");
-        let producer = client
-            .producer(ProducerConfig::default())
+        sluice_tests::produce_copies(&client, "restart", vec![7u8; VALUE_BYTES], RECORDS as u64)
             .await
-            .expect("producer");
-        let value = vec![7u8; VALUE_BYTES];
-        for _ in 0..RECORDS {
-            producer
-                .enqueue(ProducerRecord::new("restart").value(value.clone()))
-                .await
-                .expect("queued");
-        }
-        producer.flush().await.expect("acknowledged");
+            .expect("acknowledged");
     });
     assert!(broker.stop(), "a clean stop");
     let files = segments(broker.data_dir());
