@@ -9,7 +9,6 @@ use sluice_protocol::internal::v1::raft_server::RaftServer;
 use sluice_protocol::v1::admin_server::AdminServer;
 use sluice_protocol::v1::auth_server::AuthServer;
 use sluice_protocol::v1::consumer_groups_server::ConsumerGroupsServer;
-use sluice_protocol::v1::consumer_server::ConsumerServer;
 use sluice_protocol::v1::producer_server::ProducerServer;
 use sluice_protocol::{
     HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
@@ -31,6 +30,7 @@ use crate::raft::service::{NodeSlot, RaftService};
 use crate::service::admin::AdminService;
 use crate::service::auth::AuthService;
 use crate::service::consumer::ConsumerService;
+use crate::service::subscribe_route::ConsumerRoutes;
 use crate::service::deadline::stamp_arrival;
 use crate::service::groups::GroupsService;
 use crate::service::producer::ProducerService;
@@ -278,9 +278,7 @@ where
     // answer must beat the caller's deadline, which runs from its send.
     let producer = InterceptedService::new(producer, stamp_arrival);
     let producer = InterceptedService::new(producer, authenticate());
-    let consumer = ConsumerServer::new(ConsumerService::new(Arc::clone(&node)))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let consumer = ConsumerRoutes::new(ConsumerService::new(Arc::clone(&node)));
     let consumer = InterceptedService::new(consumer, authenticate());
     let admin = AdminServer::new(AdminService::new(Arc::clone(&node)));
     let admin = InterceptedService::new(admin, authenticate());

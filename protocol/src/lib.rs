@@ -6,6 +6,7 @@
 pub mod entropy;
 mod error_reason;
 pub mod scram;
+pub mod subscribe_frames;
 pub mod tls;
 pub mod transport;
 

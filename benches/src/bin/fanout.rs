@@ -7,6 +7,7 @@
 //! target/release/fanout                 # 20 MB/s of 1 KiB records, 10 s per step
 //! FANOUT_RATE_MB=50 FANOUT_SECONDS=20 target/release/fanout
 //! FANOUT_STEPS="0 16" target/release/fanout   # only these consumer counts
+//! FANOUT_GROUPS=1 target/release/fanout        # consumers as group members, a group each
 //! ```
 
 use std::sync::Arc;
@@ -14,7 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sluice_client::{Client, ConsumerConfig, Offset, ProducerConfig, ProducerRecord};
+use futures::Stream;
+use sluice_client::{
+    AutoOffsetReset, Client, ClientError, ConsumerConfig, ConsumerRecord, Offset, ProducerConfig,
+    ProducerRecord,
+};
 use sluice_tests::TestBroker;
 
 const TOPIC: &str = "fanout";
@@ -49,7 +54,13 @@ fn main() {
             .await
             .expect("create");
     });
-    println!("producer: {rate_mb} MB/s of {RECORD_BYTES} B records; {seconds} s per step");
+    // FANOUT_GROUPS=1: each consumer is the one member of its own consumer group (offsets
+    // auto-committed, heartbeats), instead of a consumer assigned the partition.
+    let groups = env_u64("FANOUT_GROUPS", 0) != 0;
+    println!(
+        "producer: {rate_mb} MB/s of {RECORD_BYTES} B records; {seconds} s per step; consumers {}",
+        if groups { "in groups" } else { "assigned" }
+    );
     let mut alone = None;
     // FANOUT_STEPS="0 16": only these consumer counts (e.g. to profile one).
     let steps: Vec<usize> = std::env::var("FANOUT_STEPS")
@@ -61,7 +72,7 @@ fn main() {
         })
         .unwrap_or_else(|| vec![0, 1, 4, 16]);
     for consumers in steps {
-        let step = runtime.block_on(run_step(&broker, rate_mb, consumers, seconds));
+        let step = runtime.block_on(run_step(&broker, rate_mb, consumers, seconds, groups));
         let cpu = step.broker_cores;
         let base: f64 = *alone.get_or_insert(cpu);
         let rates: Vec<String> = step
@@ -90,15 +101,23 @@ struct Step {
     consumer_mb_s: Vec<f64>,
 }
 
-async fn run_step(broker: &TestBroker, rate_mb: u64, consumers: usize, seconds: u64) -> Step {
+async fn run_step(
+    broker: &TestBroker,
+    rate_mb: u64,
+    consumers: usize,
+    seconds: u64,
+    groups: bool,
+) -> Step {
     let stop = Arc::new(AtomicBool::new(false));
     let mut counters = Vec::new();
     let mut tasks = Vec::new();
-    for _ in 0..consumers {
+    for i in 0..consumers {
         let counter = Arc::new(AtomicU64::new(0));
         counters.push(Arc::clone(&counter));
+        let group = groups.then(|| format!("fanout-{consumers}-{i}"));
         tasks.push(tokio::spawn(consume(
             broker.address.clone(),
+            group,
             counter,
             Arc::clone(&stop),
         )));
@@ -159,15 +178,36 @@ async fn produce(address: String, rate_mb: u64, duration: Duration) -> u64 {
     measured
 }
 
-/// Reads from the head until stopped, counting value bytes.
-async fn consume(address: String, bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+/// Reads from the head until stopped, counting value bytes: assigned the partition, or as
+/// the member of `group`.
+async fn consume(
+    address: String,
+    group: Option<String>,
+    bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
     let client = Client::connect([address.as_str()]).await.expect("connect");
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    consumer
-        .assign(TOPIC, 0, Offset::Latest)
-        .await
-        .expect("assign");
-    let mut stream = consumer.into_stream();
+    let config = ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Latest,
+        ..ConsumerConfig::default()
+    };
+    let mut stream: std::pin::Pin<Box<dyn Stream<Item = Result<ConsumerRecord, ClientError>> + Send>> =
+        match group {
+            Some(group) => Box::pin(
+                client
+                    .consumer(config)
+                    .subscribe(&group, &[TOPIC])
+                    .expect("subscribe"),
+            ),
+            None => {
+                let mut consumer = client.consumer(config);
+                consumer
+                    .assign(TOPIC, 0, Offset::Latest)
+                    .await
+                    .expect("assign");
+                Box::pin(consumer.into_stream())
+            }
+        };
     while let Some(record) = stream.next().await {
         if stop.load(Ordering::Relaxed) {
             return;

@@ -7,3 +7,4 @@ pub mod deadline;
 pub mod groups;
 pub mod producer;
 pub mod quotas;
+pub mod subscribe_route;
