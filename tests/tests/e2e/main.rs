@@ -23,6 +23,7 @@ mod quotas;
 mod restart_cost;
 mod retention;
 mod streams;
+mod subscribe_wire;
 mod tls;
 mod topic_identity;
 mod wiped;
