@@ -30,10 +30,10 @@ use crate::raft::service::{NodeSlot, RaftService};
 use crate::service::admin::AdminService;
 use crate::service::auth::AuthService;
 use crate::service::consumer::ConsumerService;
-use crate::service::subscribe_route::ConsumerRoutes;
 use crate::service::deadline::stamp_arrival;
 use crate::service::groups::GroupsService;
 use crate::service::producer::ProducerService;
+use crate::service::subscribe_route::ConsumerRoutes;
 use crate::tls::{self, Reloader, ServerTls};
 
 /// How long in-flight requests and open streams get to finish after a shutdown signal.

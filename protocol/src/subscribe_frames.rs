@@ -122,7 +122,11 @@ mod tests {
                 encode(response.clone(), usize::MAX, &mut chunks).expect("fits");
                 let sent: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
                 assert_eq!(sent.len(), GRPC_PREFIX_BYTES + response.encoded_len());
-                assert_eq!(decode_frame(&sent), response, "sizes {lens:?}, hw {high_watermark}");
+                assert_eq!(
+                    decode_frame(&sent),
+                    response,
+                    "sizes {lens:?}, hw {high_watermark}"
+                );
             }
         }
     }

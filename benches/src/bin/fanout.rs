@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::Stream;
+use futures::StreamExt;
 use sluice_client::{
     AutoOffsetReset, Client, ClientError, ConsumerConfig, ConsumerRecord, Offset, ProducerConfig,
     ProducerRecord,
@@ -191,23 +191,24 @@ async fn consume(
         auto_offset_reset: AutoOffsetReset::Latest,
         ..ConsumerConfig::default()
     };
-    let mut stream: std::pin::Pin<Box<dyn Stream<Item = Result<ConsumerRecord, ClientError>> + Send>> =
-        match group {
-            Some(group) => Box::pin(
-                client
-                    .consumer(config)
-                    .subscribe(&group, &[TOPIC])
-                    .expect("subscribe"),
-            ),
-            None => {
-                let mut consumer = client.consumer(config);
-                consumer
-                    .assign(TOPIC, 0, Offset::Latest)
-                    .await
-                    .expect("assign");
-                Box::pin(consumer.into_stream())
-            }
-        };
+    let mut stream: std::pin::Pin<
+        Box<dyn Stream<Item = Result<ConsumerRecord, ClientError>> + Send>,
+    > = match group {
+        Some(group) => Box::pin(
+            client
+                .consumer(config)
+                .subscribe(&group, &[TOPIC])
+                .expect("subscribe"),
+        ),
+        None => {
+            let mut consumer = client.consumer(config);
+            consumer
+                .assign(TOPIC, 0, Offset::Latest)
+                .await
+                .expect("assign");
+            Box::pin(consumer.into_stream())
+        }
+    };
     while let Some(record) = stream.next().await {
         if stop.load(Ordering::Relaxed) {
             return;

@@ -1,20 +1,17 @@
 //! `sluice.v1.Consumer`: long-poll fetch, credit-paced subscribe, offset lookups.
 
 use crate::authz::{Caller, authorize};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt};
 use sluice_protocol::v1::consumer_server::Consumer;
 use sluice_protocol::v1::subscribe_request::Kind;
 use sluice_protocol::v1::{
-    Credit, FetchRequest, FetchResponse, FetchedPartition, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetSpec, SubscribeRequest, SubscribeResponse, SubscribeStart,
+    FetchRequest, FetchResponse, FetchedPartition, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetSpec, SubscribeRequest,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
@@ -22,9 +19,7 @@ use crate::flow::quota::Direction;
 use crate::limits::{FETCH_BYTES_MAX, FETCH_PARTITIONS_MAX, FETCH_WAIT_MS_MAX};
 use crate::node::Node;
 use crate::partition::Partition;
-
-/// Bytes one subscribe read takes at most (credit permitting).
-const SUBSCRIBE_READ_BYTES_MAX: u64 = 4 * 1024 * 1024;
+use crate::service::subscription::{self, Quota};
 
 /// Serves `sluice.v1.Consumer`.
 pub struct ConsumerService {
@@ -155,7 +150,7 @@ impl Consumer for ConsumerService {
         }
     }
 
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+    type SubscribeStream = subscription::Responses;
 
     async fn subscribe(
         &self,
@@ -181,14 +176,10 @@ impl Consumer for ConsumerService {
             &start.topic,
         )?;
         let partition = leader_partition(&self.node, &start.topic, start.partition)?;
-        // Capacity 1: the broker holds at most one response it was allowed to send.
-        let (tx, rx) = mpsc::channel(1);
-        let quota = Quota {
-            node: Arc::clone(&self.node),
-            principal: caller.principal,
-        };
-        tokio::spawn(run_subscription(partition, quota, start, requests, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let quota = Quota::new(Arc::clone(&self.node), caller.principal);
+        Ok(Response::new(subscription::responses(
+            partition, quota, start, requests,
+        )))
     }
 
     async fn list_offsets(
@@ -219,135 +210,4 @@ impl Consumer for ConsumerService {
             high_watermark,
         }))
     }
-}
-
-/// Credit a subscriber has granted and not yet used.
-#[derive(Debug, Default, Clone, Copy)]
-struct Held {
-    bytes: u64,
-    batches: u32,
-}
-
-impl Held {
-    fn add(&mut self, credit: Credit) {
-        self.bytes = self.bytes.saturating_add(credit.bytes);
-        self.batches = self.batches.saturating_add(credit.batches);
-    }
-}
-
-/// Whose fetch quota a subscription's bytes count against.
-struct Quota {
-    node: Arc<Node>,
-    principal: crate::auth::Principal,
-}
-
-impl Quota {
-    /// Waits while the principal is over its fetch quota (the stream slows, it does not
-    /// fail).
-    async fn wait(&self) {
-        let Some(rate) = self.node.quota_rate(Direction::Fetch, &self.principal) else {
-            return;
-        };
-        let name = self.principal.to_string();
-        if let Some(wait) = self.node.quotas.debt(Direction::Fetch, &name, rate) {
-            crate::metrics::quota_throttled(Direction::Fetch);
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    fn charge(&self, bytes: u64) {
-        self.node
-            .charge_quota(Direction::Fetch, &self.principal, bytes);
-    }
-}
-
-/// Sends batches from `start.offset` as credit allows. Reads nothing while the subscriber
-/// grants nothing: a stalled consumer costs no buffered record copies.
-async fn run_subscription(
-    partition: Arc<Partition>,
-    quota: Quota,
-    start: SubscribeStart,
-    mut requests: Streaming<SubscribeRequest>,
-    responses: mpsc::Sender<Result<SubscribeResponse, Status>>,
-) {
-    let mut next = start.offset;
-    let mut held = Held::default();
-    let mut high_watermark = partition.watch_high_watermark();
-    let mut open = true;
-    loop {
-        if held.bytes > 0 && held.batches > 0 && *high_watermark.borrow() > next {
-            quota.wait().await;
-            match send_within_credit(&partition, &mut next, &mut held, &responses).await {
-                Ok(Some(sent)) => {
-                    quota.charge(sent);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(()) => return,
-            }
-        }
-        tokio::select! {
-            message = requests.message(), if open => match message {
-                Ok(Some(SubscribeRequest { kind: Some(Kind::Credit(credit)) })) => held.add(credit),
-                Ok(Some(_)) => {
-                    let e = BrokerError::InvalidRequest("only credit may follow the start message".into());
-                    let _ = responses.send(Err(e.into())).await;
-                    return;
-                }
-                Ok(None) => open = false,
-                Err(_) => return,
-            },
-            changed = high_watermark.changed() => if changed.is_err() { return },
-            () = responses.closed() => return,
-        }
-        if !open && held.batches == 0 {
-            return;
-        }
-    }
-}
-
-/// Sends what fits the held credit; the bytes sent, `Ok(None)` if the next batch does not
-/// fit, `Err` if the subscriber is gone.
-async fn send_within_credit(
-    partition: &Partition,
-    next: &mut u64,
-    held: &mut Held,
-    responses: &mpsc::Sender<Result<SubscribeResponse, Status>>,
-) -> Result<Option<u64>, ()> {
-    let read = match partition.read(*next, held.bytes.min(SUBSCRIBE_READ_BYTES_MAX) as usize) {
-        Ok(read) => read,
-        Err(e) => {
-            let _ = responses.send(Err(e.into())).await;
-            return Err(());
-        }
-    };
-    let mut batches = Vec::new();
-    let mut used = 0u64;
-    for bytes in read.batches {
-        let len = bytes.len() as u64;
-        if used + len > held.bytes || batches.len() as u32 >= held.batches {
-            break;
-        }
-        let Ok(header) = sluice_storage::BatchHeader::decode(&bytes) else {
-            break;
-        };
-        used += len;
-        *next = header.next_offset().max(*next);
-        batches.push(bytes);
-    }
-    if batches.is_empty() {
-        return Ok(None);
-    }
-    held.bytes -= used;
-    held.batches -= batches.len() as u32;
-    crate::metrics::fetched("subscribe", &partition.topic, used as usize);
-    let response = SubscribeResponse {
-        batches,
-        high_watermark: read.high_watermark,
-    };
-    responses
-        .send(Ok(response))
-        .await
-        .map(|()| Some(used))
-        .map_err(|_| ())
 }

@@ -8,3 +8,4 @@ pub mod groups;
 pub mod producer;
 pub mod quotas;
 pub mod subscribe_route;
+pub mod subscription;

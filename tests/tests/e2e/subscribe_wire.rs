@@ -98,7 +98,11 @@ fn batches_short_and_long_arrive_intact_with_the_high_watermark() {
                     .into_iter()
                     .map(|r| r.value.expect("a value"))
                     .collect();
-                assert!(values.iter().all(|v| v.len() == 1024 && v.iter().all(|&b| b == 7)));
+                assert!(
+                    values
+                        .iter()
+                        .all(|v| v.len() == 1024 && v.iter().all(|&b| b == 7))
+                );
                 assert_eq!(batch.header().base_offset, next, "in order, no gap");
                 next += values.len() as u64;
                 sizes.push(values.len() * 1024);
