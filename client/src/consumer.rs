@@ -259,14 +259,14 @@ impl Consumer {
     pub fn into_stream(self) -> RecordStream {
         let mut streams = SelectAll::new();
         for assignment in self.assignments {
-            let (tx, rx) = mpsc::channel(self.config.buffer_records);
+            let (tx, rx) = crate::record_channel::channel(self.config.buffer_records);
             tokio::spawn(run_partition(
                 self.client.clone(),
                 self.config.clone(),
                 assignment,
                 tx,
             ));
-            streams.push(ReceiverStream::new(rx));
+            streams.push(rx);
         }
         Box::pin(streams)
     }
@@ -279,6 +279,21 @@ pub(crate) trait RecordSink: Send + Sync + 'static {
         &self,
         item: Result<ConsumerRecord, ClientError>,
     ) -> impl std::future::Future<Output = bool> + Send;
+
+    /// Hands over one stored batch's records, in order.
+    fn send_batch(
+        &self,
+        records: Vec<ConsumerRecord>,
+    ) -> impl std::future::Future<Output = bool> + Send {
+        async move {
+            for record in records {
+                if !self.send(Ok(record)).await {
+                    return false;
+                }
+            }
+            true
+        }
+    }
 }
 
 impl RecordSink for mpsc::Sender<Result<ConsumerRecord, ClientError>> {
@@ -392,12 +407,16 @@ async fn subscribe_once<S: RecordSink>(
             let batch = Batch::decode(stored)?;
             let header = *batch.header();
             if !header.attributes.is_control() {
+                // The position moves once the batch's records are handed over: a batch
+                // that fails to decode half way is read again whole on a retry.
+                let mut next = *position;
+                let mut records = Vec::with_capacity((header.record_count as usize).min(4096));
                 for record in batch.records()? {
                     let record = record?;
-                    if record.offset < *position || record.offset >= end {
+                    if record.offset < next || record.offset >= end {
                         continue;
                     }
-                    *position = record.offset + 1;
+                    next = record.offset + 1;
                     let headers = record
                         .headers
                         .into_iter()
@@ -412,10 +431,12 @@ async fn subscribe_once<S: RecordSink>(
                         value: record.value,
                         headers,
                     };
-                    if !out.send(Ok(record)).await {
-                        return Ok(());
-                    }
+                    records.push(record);
                 }
+                if !records.is_empty() && !out.send_batch(records).await {
+                    return Ok(());
+                }
+                *position = next;
             }
             *position = (*position).max(header.next_offset());
         }

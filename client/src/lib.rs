@@ -31,6 +31,7 @@ mod group_consumer;
 mod groups;
 pub mod partitioner;
 mod producer;
+mod record_channel;
 mod session;
 mod users;
 
