@@ -30,7 +30,8 @@ pub struct ConsumerConfig {
     pub credit_bytes: u64,
     /// Batches of credit per partition.
     pub credit_batches: u32,
-    /// Records buffered between the subscriptions and the stream.
+    /// Records buffered per partition between its subscription and the stream (one stored
+    /// batch beyond it when a single batch holds more).
     pub buffer_records: usize,
     /// Group members: how often processed offsets are committed; `None` commits only when
     /// asked (and on revoke and close).
