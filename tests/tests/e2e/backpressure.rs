@@ -5,16 +5,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_client::Client;
-use sluice_protocol::v1::consumer_client::ConsumerClient;
 use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_protocol::v1::subscribe_request::Kind;
-use sluice_protocol::v1::{Acks, Credit, ProduceRequest, SubscribeRequest, SubscribeStart};
+use sluice_protocol::v1::{Acks, Credit, ProduceRequest, SubscribeRequest};
 use sluice_protocol::{MESSAGE_BYTES_MAX, Reason, StatusInfo};
 use sluice_storage::batch::NewRecord;
 use sluice_storage::{BatchBuilder, Compression};
 use sluice_tests::TestBroker;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{client_with_topic, high_watermark, raw_producer, runtime};
 
@@ -64,32 +62,12 @@ pub(crate) async fn subscribe(
     tonic::Streaming<sluice_protocol::v1::SubscribeResponse>,
     mpsc::Sender<SubscribeRequest>,
 ) {
-    let mut consumer = ConsumerClient::connect(format!("http://{address}"))
-        .await
-        .expect("raw consumer")
-        .max_decoding_message_size(MESSAGE_BYTES_MAX);
-    let (tx, rx) = mpsc::channel(4);
-    let start = SubscribeStart {
-        topic: topic.into(),
-        partition: 0,
-        offset: 0,
-    };
-    tx.send(SubscribeRequest {
-        kind: Some(Kind::Start(start)),
-    })
-    .await
-    .expect("start");
-    tx.send(SubscribeRequest {
-        kind: Some(Kind::Credit(credit)),
-    })
-    .await
-    .expect("credit");
-    let responses = consumer
-        .subscribe(ReceiverStream::new(rx))
-        .await
-        .expect("subscribe")
-        .into_inner();
-    (responses, tx)
+    let first = vec![
+        crate::subscribe_wire::start(topic),
+        crate::subscribe_wire::credit(credit.bytes, credit.batches),
+    ];
+    let (call, tx) = crate::subscribe_wire::open(address, first).await;
+    (call.expect("subscribe"), tx)
 }
 
 #[test]

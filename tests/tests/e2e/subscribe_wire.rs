@@ -21,7 +21,8 @@ use crate::{client_with_topic, raw_producer, runtime};
 /// Batch sizes around the broker's share-or-copy line (16 KiB) and well past it.
 const BATCH_BYTES: [usize; 5] = [1024, 15 * 1024, 16 * 1024, 200 * 1024, 4096];
 
-fn start(topic: &str) -> SubscribeRequest {
+/// The first message of a subscription of `topic`'s partition 0 from offset 0.
+pub(crate) fn start(topic: &str) -> SubscribeRequest {
     SubscribeRequest {
         kind: Some(Kind::Start(SubscribeStart {
             topic: topic.into(),
@@ -31,14 +32,15 @@ fn start(topic: &str) -> SubscribeRequest {
     }
 }
 
-fn credit(bytes: u64, batches: u32) -> SubscribeRequest {
+/// A credit message.
+pub(crate) fn credit(bytes: u64, batches: u32) -> SubscribeRequest {
     SubscribeRequest {
         kind: Some(Kind::Credit(Credit { bytes, batches })),
     }
 }
 
 /// Opens `Subscribe` with `first` as the first messages; the call's result and the sender.
-async fn open(
+pub(crate) async fn open(
     address: &str,
     first: Vec<SubscribeRequest>,
 ) -> (
