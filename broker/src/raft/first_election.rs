@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use super::GroupRaft;
+use super::standing::Standing;
 
 /// The grace, in election timeouts: long enough for every replica to open the group, short
 /// enough that a dead preferred leader delays a new partition by seconds at most.
@@ -23,11 +26,11 @@ const GRACE_ELECTION_TIMEOUTS: u32 = 3;
 const RETRIES_PER_ELECTION_TIMEOUT: u32 = 4;
 
 /// Starts the first election of a group just initialised with other voters.
-pub fn start(raft: GroupRaft, preferred: bool, election_timeout: Duration) {
-    if !preferred {
-        raft.runtime_config().elect(false);
-    }
+pub fn start(raft: GroupRaft, standing: &Arc<Standing>, preferred: bool, election_timeout: Duration) {
+    // The usual standing (`raft::standing`) waits until a leader exists or the grace ends.
+    let hold = standing.hold();
     tokio::spawn(async move {
+        let _hold = hold;
         let deadline = Instant::now() + election_timeout * GRACE_ELECTION_TIMEOUTS;
         let retry = election_timeout / RETRIES_PER_ELECTION_TIMEOUT;
         let mut metrics = raft.metrics();
@@ -49,9 +52,6 @@ pub fn start(raft: GroupRaft, preferred: bool, election_timeout: Duration) {
             if let Ok(Err(_)) = tokio::time::timeout_at(wake, metrics.changed()).await {
                 return;
             }
-        }
-        if !preferred {
-            raft.runtime_config().elect(true);
         }
     });
 }

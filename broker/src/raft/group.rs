@@ -13,6 +13,7 @@ use super::entry_codec::GroupKind;
 use super::first_election;
 use super::log_store::{LogStore, SharedLog};
 use super::network::{GroupNetwork, PeerChannels};
+use super::standing::Standing;
 use super::state_machine::{GroupState, GroupStateMachine};
 use super::suspect::Suspect;
 use super::{GroupId, GroupRaft, NodeId};
@@ -33,6 +34,8 @@ pub struct Group {
     pub durable_end: tokio::sync::watch::Receiver<super::log_store::DurableEnd>,
     /// Set while recovery's cut of its log keeps it from voting (`raft::suspect`).
     pub suspect: Option<Arc<Suspect>>,
+    /// When the replica stands for election (`raft::standing`).
+    pub standing: Arc<Standing>,
 }
 
 /// Failure to start a group.
@@ -115,6 +118,8 @@ pub fn raft_config(
         election_timeout_min: timing.election_timeout_ms,
         election_timeout_max: timing.election_timeout_ms * 6 / 5 + 1,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshots.every_entries),
+        // `raft::standing` keeps the election timer, and stands only when it could win.
+        enable_elect: false,
         max_in_snapshot_log_to_keep: snapshots.keep_behind.unwrap_or(u64::MAX),
         ..openraft::Config::default()
     };
@@ -223,6 +228,7 @@ pub async fn start_group<S: GroupState>(
             .collect();
         raft.initialize(members).await.map_err(|e| raft_error(&e))?;
     }
+    let standing = Standing::start(spec.group_id, spec.node_id, raft.clone(), Arc::clone(&peers));
     let single = spec.members.len() == 1 && spec.members.contains_key(&spec.node_id);
     let election_timeout = std::time::Duration::from_millis(spec.timing.election_timeout_ms);
     if single {
@@ -230,7 +236,7 @@ pub async fn start_group<S: GroupState>(
         let _ = raft.trigger().elect().await;
     } else if fresh && !spec.members.is_empty() && spec.kind == GroupKind::Partition {
         // A new partition's preferred leader leads, as placement intended.
-        first_election::start(raft.clone(), spec.elect, election_timeout);
+        first_election::start(raft.clone(), &standing, spec.elect, election_timeout);
     } else if fresh && spec.elect {
         let _ = raft.trigger().elect().await;
     }
@@ -248,7 +254,14 @@ pub async fn start_group<S: GroupState>(
             bytes = report.truncated_bytes,
             "recovery cut this replica's log above its checkpoint: it votes again once it has caught up with a leader"
         );
-        Suspect::start(spec.group_id, spec.node_id, raft.clone(), peers, election_timeout)
+        Suspect::start(
+            spec.group_id,
+            spec.node_id,
+            raft.clone(),
+            peers,
+            &standing,
+            election_timeout,
+        )
     });
     Ok((
         Group {
@@ -258,6 +271,7 @@ pub async fn start_group<S: GroupState>(
             dir,
             durable_end,
             suspect,
+            standing,
         },
         sm,
         report,

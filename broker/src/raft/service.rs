@@ -137,7 +137,7 @@ impl RaftRpc for RaftService {
         {
             // Refused: asked as for term 0, openraft answers its vote and last log id and
             // grants nothing.
-            rpc = super::suspect::last_log_query(candidate);
+            rpc = super::last_log::last_log_query(candidate);
         }
         let response = raft.vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(wire::vote_response_to_pb(&response)))

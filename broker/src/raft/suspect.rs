@@ -18,14 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::raft::VoteRequest;
 use openraft::{CommittedLeaderId, Vote};
 
 use super::network::PeerChannels;
-use super::{GroupId, GroupRaft, LogId, NodeId, wire};
-
-/// How long a peer may take to tell its last log id.
-const ASK_TIMEOUT: Duration = Duration::from_millis(300);
+use super::standing::{Hold, Standing};
+use super::{GroupId, GroupRaft, LogId, NodeId, last_log};
 
 /// A replica whose log may have lost acknowledged entries, until it is cleared.
 pub struct Suspect {
@@ -36,6 +33,8 @@ pub struct Suspect {
     /// The leader it follows now and that leader's commit index in its first append.
     first_commit: Mutex<Option<(CommittedLeaderId<NodeId>, u64)>>,
     cleared: AtomicBool,
+    /// Keeps the replica's usual standing for election off until it is cleared.
+    hold: Mutex<Option<Hold>>,
 }
 
 impl Suspect {
@@ -46,9 +45,9 @@ impl Suspect {
         node_id: NodeId,
         raft: GroupRaft,
         peers: Arc<PeerChannels>,
+        standing: &Arc<Standing>,
         election_timeout: Duration,
     ) -> Arc<Self> {
-        raft.runtime_config().elect(false);
         let suspect = Arc::new(Self {
             group_id,
             node_id,
@@ -56,6 +55,7 @@ impl Suspect {
             peers,
             first_commit: Mutex::new(None),
             cleared: AtomicBool::new(false),
+            hold: Mutex::new(Some(standing.hold())),
         });
         tokio::spawn(watch(Arc::downgrade(&suspect), election_timeout));
         suspect
@@ -100,7 +100,7 @@ impl Suspect {
         let asked = voters
             .iter()
             .filter(|(id, _)| *id != candidate)
-            .map(|(_, address)| self.last_log_of(address));
+            .map(|(_, address)| last_log::of_peer(&self.peers, self.group_id, self.node_id, address));
         let mut known: Vec<Option<LogId>> = futures::future::join_all(asked)
             .await
             .into_iter()
@@ -122,22 +122,6 @@ impl Suspect {
         complete
     }
 
-    /// The last log id of the replica at `address`, asked with a vote request for term 0,
-    /// which changes nothing and whose answer carries it; `None` without an answer.
-    async fn last_log_of(&self, address: &str) -> Option<Option<LogId>> {
-        let message = wire::vote_request_to_pb(self.group_id, &last_log_query(self.node_id));
-        let mut client = self.peers.client(address).ok()?;
-        let mut call = tonic::Request::new(message);
-        call.set_timeout(ASK_TIMEOUT);
-        let answer = tokio::time::timeout(ASK_TIMEOUT, client.vote(call))
-            .await
-            .ok()?
-            .ok()?;
-        wire::vote_response_from_pb(answer.get_ref())
-            .ok()
-            .map(|r| r.last_log_id)
-    }
-
     /// Clears it once it applied an entry of its current leader's term at or past that
     /// leader's first commit index; answers whether it is clear.
     fn check_cleared(&self) -> bool {
@@ -154,7 +138,7 @@ impl Suspect {
         };
         if whole {
             self.cleared.store(true, Ordering::Relaxed);
-            self.raft.runtime_config().elect(true);
+            self.hold.lock().unwrap_or_else(|p| p.into_inner()).take();
             tracing::info!(
                 node = self.node_id,
                 group = self.group_id,
@@ -165,12 +149,6 @@ impl Suspect {
         }
         whole
     }
-}
-
-/// A vote request for term 0 from `from`: openraft answers it with its vote and last log
-/// id, grants nothing and changes nothing, so it asks a replica how long its log is.
-pub fn last_log_query(from: NodeId) -> VoteRequest<NodeId> {
-    VoteRequest::new(Vote::new(0, from), None)
 }
 
 /// Until the replica is cleared: checks after every metrics change, and once it has been
@@ -203,8 +181,7 @@ async fn watch(suspect: std::sync::Weak<Suspect>, election_timeout: Duration) {
         if now.duration_since(since) < wait {
             continue;
         }
-        let own = last_log_query(suspect.node_id);
-        let Ok(last) = suspect.raft.vote(own).await.map(|r| r.last_log_id) else {
+        let Some(last) = last_log::of_self(&suspect.raft, suspect.node_id).await else {
             return;
         };
         if suspect.permits_vote(suspect.node_id, last).await {

@@ -5,7 +5,9 @@
 //! same entry (term and leader) on every replica, for ever: committed entries never change,
 //! and with log matching every replica's log is a prefix of the leader's below the commit.
 //! A replica moved off a node and later back is a new member (a learner with an empty log
-//! and vote), so a running node that stops hosting a group starts its vote afresh.
+//! and vote), so a running node that stops hosting a group, or that learns from the
+//! controller that it no longer hosts it (a restarted node does not open such a replica
+//! again, and replaces its directory if it is moved back), starts its vote afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +44,7 @@ impl RaftChecks {
                 std::sync::Arc::as_ptr(&node) as usize,
                 node.groups.ids(),
             );
+            self.forget_moved_off(sim_node.id, &node.metadata());
             for group in node.groups.ids() {
                 let Some(raft) = node.groups.get(group) else {
                     continue;
@@ -83,6 +86,16 @@ impl RaftChecks {
             }
         }
         self.hosted.insert(node, (instance, groups));
+    }
+
+    /// Forgets the votes of `node`'s replicas that the controller's metadata, as `node`
+    /// knows it, no longer places on it.
+    fn forget_moved_off(&mut self, node: u64, metadata: &sluice_broker::controller::Metadata) {
+        for partition in metadata.topics.values().flat_map(|t| t.partitions.iter()) {
+            if !partition.hosted_by(node) {
+                self.votes.remove(&(partition.group_id, node));
+            }
+        }
     }
 
     fn violation(&mut self, what: String) {
