@@ -64,6 +64,7 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
         "partitions": topic.partitions.iter().map(|p| json!({
             "partition": p.partition,
             "leader": p.leader,
+            "leader_term": p.leader_term,
             "replicas": p.replicas,
             "log_start_offset": p.log_start_offset,
             "high_watermark": p.high_watermark,

@@ -19,14 +19,18 @@ pub enum Canary {
     /// Recovery accepts a log that lacks durable batches (cut short), so the replica runs
     /// and votes as if it were whole.
     CutLogVotes = 4,
+    /// A replica stands for election whenever its timer fires, without first asking
+    /// whether a quorum would find its log long enough (openraft's own behaviour).
+    StandWithoutAsking = 8,
 }
 
 impl Canary {
     /// Every canary, for listing.
-    pub const ALL: [Canary; 3] = [
+    pub const ALL: [Canary; 4] = [
         Canary::AckBeforeFsync,
         Canary::TruncateOnCorruption,
         Canary::CutLogVotes,
+        Canary::StandWithoutAsking,
     ];
 
     /// The canary's name on the test tools' command lines.
@@ -35,6 +39,7 @@ impl Canary {
             Canary::AckBeforeFsync => "ack-before-fsync",
             Canary::TruncateOnCorruption => "truncate-on-corruption",
             Canary::CutLogVotes => "cut-log-votes",
+            Canary::StandWithoutAsking => "stand-without-asking",
         }
     }
 

@@ -204,6 +204,11 @@ impl Partition {
         serving_leader(&self.group.raft, self.node_id, &self.serving)
     }
 
+    /// [`Self::leader`] with the Raft term it leads in.
+    pub fn leader_and_term(&self) -> Option<(NodeId, u64)> {
+        super::serving::serving_leader_term(&self.group.raft, self.node_id, &self.serving)
+    }
+
     /// Replicas whose log is within `IN_SYNC_LAG_ENTRIES` of this leader's (empty when
     /// this node does not lead: only the leader knows).
     pub fn in_sync_replicas(&self) -> Vec<NodeId> {

@@ -40,11 +40,21 @@ impl ServingTerm {
 
 /// The leader `raft` reports, except this node while its leadership does not serve yet.
 pub fn serving_leader(raft: &GroupRaft, node_id: NodeId, serving: &ServingTerm) -> Option<NodeId> {
+    serving_leader_term(raft, node_id, serving).map(|(leader, _)| leader)
+}
+
+/// [`serving_leader`] with the Raft term it leads in.
+pub fn serving_leader_term(
+    raft: &GroupRaft,
+    node_id: NodeId,
+    serving: &ServingTerm,
+) -> Option<(NodeId, u64)> {
     let metrics = raft.server_metrics();
     let m = metrics.borrow();
+    let term = m.vote.leader_id().term;
     match m.current_leader {
-        Some(leader) if leader == node_id && !serving.serves(m.vote.leader_id().term) => None,
-        other => other,
+        Some(leader) if leader == node_id && !serving.serves(term) => None,
+        other => other.map(|leader| (leader, term)),
     }
 }
 

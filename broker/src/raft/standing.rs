@@ -28,6 +28,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use openraft::ServerState;
+use sluice_storage::canary::{Canary, armed};
 use tokio::time::Instant;
 
 use super::network::PeerChannels;
@@ -124,6 +125,9 @@ impl Standing {
 
     /// Whether a quorum of every configuration holds logs no longer than `mine`.
     async fn could_win(&self, view: &View, mine: Option<LogId>) -> bool {
+        if armed(Canary::StandWithoutAsking) {
+            return true;
+        }
         let mut asks: FuturesUnordered<_> = view
             .others
             .iter()

@@ -47,9 +47,9 @@ impl AdminService {
                 // This node's own view where it hosts a replica (none while its own
                 // leadership does not serve yet: it may have restarted and not re-applied
                 // its log), else the controller's.
-                let leader = match &local {
-                    Some(p) => p.leader(),
-                    None => meta.leader,
+                let (leader, leader_term) = match &local {
+                    Some(p) => p.leader_and_term(),
+                    None => meta.leader.map(|l| (l, meta.leader_term)),
                 }
                 .unwrap_or_default();
                 let in_sync_replicas = local
@@ -72,6 +72,7 @@ impl AdminService {
                 PartitionDescription {
                     partition: i as u32,
                     leader,
+                    leader_term,
                     leader_address: metadata.node_address(leader).unwrap_or_default().into(),
                     in_sync_replicas,
                     target_replicas: meta.target_replicas.clone().unwrap_or_default(),

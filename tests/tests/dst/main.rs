@@ -13,6 +13,7 @@ mod cluster;
 mod faults;
 mod invariants;
 mod net;
+mod os_random;
 mod record;
 mod run;
 mod workload;

@@ -73,6 +73,7 @@ pub fn run(config: &RunConfig) -> RunResult {
 }
 
 fn run_here(config: &RunConfig) -> RunResult {
+    super::os_random::seed(config.seed);
     sluice_protocol::entropy::seed_thread(config.seed);
     canary::arm(&config.canaries);
     super::net::install();

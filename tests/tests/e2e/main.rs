@@ -22,6 +22,7 @@ mod produce_consume;
 mod quotas;
 mod restart_cost;
 mod retention;
+mod returning_follower;
 mod streams;
 mod subscribe_wire;
 mod tls;
