@@ -26,7 +26,12 @@ const GRACE_ELECTION_TIMEOUTS: u32 = 3;
 const RETRIES_PER_ELECTION_TIMEOUT: u32 = 4;
 
 /// Starts the first election of a group just initialised with other voters.
-pub fn start(raft: GroupRaft, standing: &Arc<Standing>, preferred: bool, election_timeout: Duration) {
+pub fn start(
+    raft: GroupRaft,
+    standing: &Arc<Standing>,
+    preferred: bool,
+    election_timeout: Duration,
+) {
     // The usual standing (`raft::standing`) waits until a leader exists or the grace ends.
     let hold = standing.hold();
     tokio::spawn(async move {

@@ -228,7 +228,12 @@ pub async fn start_group<S: GroupState>(
             .collect();
         raft.initialize(members).await.map_err(|e| raft_error(&e))?;
     }
-    let standing = Standing::start(spec.group_id, spec.node_id, raft.clone(), Arc::clone(&peers));
+    let standing = Standing::start(
+        spec.group_id,
+        spec.node_id,
+        raft.clone(),
+        Arc::clone(&peers),
+    );
     let single = spec.members.len() == 1 && spec.members.contains_key(&spec.node_id);
     let election_timeout = std::time::Duration::from_millis(spec.timing.election_timeout_ms);
     if single {

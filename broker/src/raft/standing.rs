@@ -210,7 +210,11 @@ async fn run(standing: Weak<Standing>) {
             tried.map(|at| at + timeout / 4)
         } else {
             let lease = Duration::from_millis(strong.raft.config().election_timeout_max);
-            let wait = if view.committed { lease + timeout } else { timeout };
+            let wait = if view.committed {
+                lease + timeout
+            } else {
+                timeout
+            };
             let since_vote = view.vote_changed.map(|at| at + wait);
             since_vote.max(tried.map(|at| at + timeout))
         };

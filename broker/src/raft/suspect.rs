@@ -100,7 +100,9 @@ impl Suspect {
         let asked = voters
             .iter()
             .filter(|(id, _)| *id != candidate)
-            .map(|(_, address)| last_log::of_peer(&self.peers, self.group_id, self.node_id, address));
+            .map(|(_, address)| {
+                last_log::of_peer(&self.peers, self.group_id, self.node_id, address)
+            });
         let mut known: Vec<Option<LogId>> = futures::future::join_all(asked)
             .await
             .into_iter()

@@ -46,7 +46,9 @@ async fn step(
     seen: &mut Seen,
     n: u64,
 ) -> Vec<u64> {
-    let record = ProducerRecord::new(TOPIC).partition(0).value(format!("r{n}"));
+    let record = ProducerRecord::new(TOPIC)
+        .partition(0)
+        .value(format!("r{n}"));
     // A failed send is no finding here; the leadership is.
     let _ = tokio::time::timeout(Duration::from_secs(3), producer.send(record)).await;
     let (now, in_sync) = leadership(leader_client).await;
@@ -149,7 +151,10 @@ fn a_follower_cut_off_and_back_does_not_unseat_the_leader() {
         seen.before,
         seen.changes
     );
-    assert!(seen.caught_up, "the follower did not catch up after healing");
+    assert!(
+        seen.caught_up,
+        "the follower did not catch up after healing"
+    );
 }
 
 /// The negative control: a follower that stands whenever its timer fires (openraft's own
