@@ -106,12 +106,14 @@ impl RaftChecks {
 
     fn check_vote(&mut self, group: u64, node: u64, vote: Vote<u64>) {
         let highest = self.votes.entry((group, node)).or_insert(vote);
-        if vote < *highest {
+        // A replica whose recovery cut its log forgets that its vote was committed
+        // (`raft::suspect`): the same vote for the same leader, not a vote given twice.
+        if vote.leader_id() < highest.leader_id() {
             let was = *highest;
             self.violation(format!(
                 "group {group}: node {node}'s vote went back from {was} to {vote}"
             ));
-        } else {
+        } else if vote > *highest {
             *highest = vote;
         }
     }
