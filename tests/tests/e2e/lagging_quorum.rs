@@ -121,10 +121,7 @@ fn a_replica_cut_on_disk_never_votes_a_lagging_peer_in() {
 /// The negative control: the same scenario with a cut follower that trusts its log.
 #[test]
 fn the_lagging_quorum_test_catches_a_broker_whose_cut_log_votes() {
-    let canary = Program {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_sluiced-canary")),
-        env: vec![("SLUICE_CANARIES".into(), "cut-log-votes".into())],
-    };
+    let canary = crate::canary_program("cut-log-votes");
     let (report, elected) = cut_replica_beside_a_lagging_one(Some(canary));
     eprintln!("canary: elected {elected:?}; {report}");
     assert!(

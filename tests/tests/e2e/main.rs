@@ -42,6 +42,15 @@ use sluice_protocol::v1::producer_client::ProducerClient;
 use sluice_tests::TestCluster;
 use tonic::transport::Channel;
 
+/// The tests' `sluiced-canary` with the canaries `names` (comma-separated) armed: a broker
+/// deliberately broken for a fault test's negative control.
+pub fn canary_program(names: &str) -> sluice_tests::Program {
+    sluice_tests::Program {
+        binary: std::path::PathBuf::from(env!("CARGO_BIN_EXE_sluiced-canary")),
+        env: vec![("SLUICE_CANARIES".into(), names.into())],
+    }
+}
+
 /// A runtime for one test: the tests are synchronous around the broker process.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

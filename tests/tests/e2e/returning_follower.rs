@@ -7,7 +7,6 @@
 //! were, and the follower must catch up. Needs `CAP_NET_ADMIN` (CI runs as root); without
 //! it the test says so and passes. About 20 s per test.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sluice_client::{Client, ProducerConfig, ProducerRecord};
@@ -161,10 +160,7 @@ fn a_follower_cut_off_and_back_does_not_unseat_the_leader() {
 /// behaviour) comes back with a higher term and unseats the leader.
 #[test]
 fn the_returning_follower_test_catches_a_replica_that_stands_without_asking() {
-    let canary = Program {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_sluiced-canary")),
-        env: vec![("SLUICE_CANARIES".into(), "stand-without-asking".into())],
-    };
+    let canary = crate::canary_program("stand-without-asking");
     let Some(seen) = cut_off_a_follower_and_heal(Some(canary)) else {
         return;
     };
