@@ -9,11 +9,10 @@
 //! Once a leader exists, or the grace ends (the preferred leader may be down), every replica
 //! elects as usual.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use std::sync::Arc;
 
 use super::GroupRaft;
 use super::standing::Standing;
