@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use openraft::Vote;
 use openraft::raft::VoteRequest;
+use openraft::{BasicNode, Membership, Vote};
 
 use super::network::PeerChannels;
 use super::{GroupId, GroupRaft, LogId, NodeId, wire};
@@ -47,4 +47,20 @@ pub async fn of_self(raft: &GroupRaft, node_id: NodeId) -> Option<Option<LogId>>
         .await
         .ok()
         .map(|r| r.last_log_id)
+}
+
+/// The voters of `membership` other than `me`, with their raft addresses (empty if unknown):
+/// whom to ask.
+pub fn other_voters(
+    membership: &Membership<NodeId, BasicNode>,
+    me: NodeId,
+) -> Vec<(NodeId, String)> {
+    membership
+        .voter_ids()
+        .filter(|id| *id != me)
+        .map(|id| {
+            let address = membership.get_node(&id).map(|n| n.addr.clone());
+            (id, address.unwrap_or_default())
+        })
+        .collect()
 }

@@ -103,14 +103,7 @@ impl Standing {
             .with_raft_state(move |state| {
                 let membership = state.membership_state.effective().membership();
                 let configs = membership.get_joint_config().clone();
-                let others = membership
-                    .voter_ids()
-                    .filter(|id| *id != me)
-                    .map(|id| {
-                        let address = membership.get_node(&id).map(|n| n.addr.clone());
-                        (id, address.unwrap_or_default())
-                    })
-                    .collect();
+                let others = last_log::other_voters(membership, me);
                 View {
                     vote_changed: state.vote_last_modified(),
                     committed: state.vote_ref().is_committed(),

@@ -82,19 +82,7 @@ impl Suspect {
     /// from, and enough were heard from to include one that holds every committed entry.
     pub async fn permits_vote(&self, candidate: NodeId, last: Option<LogId>) -> bool {
         let membership = self.raft.metrics().borrow().membership_config.clone();
-        let voters: Vec<(NodeId, String)> = membership
-            .membership()
-            .voter_ids()
-            .filter(|id| *id != self.node_id)
-            .map(|id| {
-                let address = membership
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-                    .unwrap_or_default();
-                (id, address)
-            })
-            .collect();
+        let voters = last_log::other_voters(membership.membership(), self.node_id);
         let n = voters.len() + 1;
         let needed = n - (n / 2 + 1) + 1;
         let asked = voters

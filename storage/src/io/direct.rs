@@ -413,15 +413,22 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn unaligned_ranges_read_the_files_bytes_and_nothing_past_the_limit() {
+    /// A synced file of `len` bytes counting up modulo `modulus` (a prime, so no window
+    /// repeats another), open for reading, with its directory and contents.
+    fn synced_file(len: usize, modulus: usize) -> (tempfile::TempDir, File, Vec<u8>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
-        let content: Vec<u8> = (0..3 * ALIGN + 100).map(|i| (i % 251) as u8).collect();
+        let content: Vec<u8> = (0..len).map(|i| (i % modulus) as u8).collect();
         File::create(&path)
             .and_then(|mut f| f.write_all(&content).and_then(|()| f.sync_all()))
             .expect("write");
         let file = File::open(&path).expect("open");
+        (dir, file, content)
+    }
+
+    #[test]
+    fn unaligned_ranges_read_the_files_bytes_and_nothing_past_the_limit() {
+        let (_dir, file, content) = synced_file(3 * ALIGN + 100, 251);
         let handle = DirectHandle::default();
         let limit = content.len() as u64 - 50;
         for (position, len) in [(0, 10), (4095, 2), (100, 3 * ALIGN), (3 * ALIGN as u64, 50)] {
@@ -456,14 +463,8 @@ mod tests {
 
     #[test]
     fn ranges_across_grid_lines_read_the_files_bytes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
         let grid = DIRECT_READ_BYTES_MAX;
-        let content: Vec<u8> = (0..3 * grid + 5000).map(|i| (i % 253) as u8).collect();
-        File::create(&path)
-            .and_then(|mut f| f.write_all(&content).and_then(|()| f.sync_all()))
-            .expect("write");
-        let file = File::open(&path).expect("open");
+        let (_dir, file, content) = synced_file(3 * grid + 5000, 253);
         let handle = DirectHandle::default();
         let limit = content.len() as u64;
         // In order, as a consumer reads: the first window, then ranges across each line
